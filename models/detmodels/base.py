@@ -1,0 +1,106 @@
+"""The detector protocol every family implements (detectron2-style one-way interface).
+
+A detector's ``forward`` returns *raw* head outputs, per level, ``N×C×H×W`` and pre-activation,
+in the layout of the family's reference implementation. Training and inference are separate
+methods so that the platform's single training loop drives every family the same way::
+
+    outputs = model(images)                       # dict[str, list[Tensor] | Tensor]
+    losses = model.loss(outputs, targets)          # dict[str, Tensor], keys start with "loss_"
+    dets = model.postprocess(outputs, image_sizes) # list[Detections]
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .structures import Detections, InputSpec, Target
+
+__all__ = ["Detector", "RawOutputs"]
+
+RawOutputs = dict[str, Any]
+
+
+class Detector(nn.Module, abc.ABC):
+    """Base class of all detmodels detectors.
+
+    Class attributes set by each family:
+        family: family name (``rtmdet``, ``yolov6``, ``spinenet``, ``yolov3_asff``).
+        task: ``bbox`` or ``segm``.
+        input_spec: pixel normalisation the model was trained with.
+    Instance attributes:
+        num_classes: number of foreground classes.
+        strides: output strides of the head levels, e.g. ``(8, 16, 32)``.
+    """
+
+    family: str = ""
+    task: str = "bbox"
+    input_spec: InputSpec = InputSpec()
+
+    def __init__(self, num_classes: int, strides: Sequence[int]):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.strides = tuple(int(s) for s in strides)
+        self._epoch = 0
+        self._max_epochs = 1
+
+    # ----------------------------------------------------------------- required
+    @abc.abstractmethod
+    def forward(self, images: Tensor) -> RawOutputs:
+        """Raw per-level head outputs for ``images`` (``N×3×H×W``)."""
+
+    @abc.abstractmethod
+    def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+        """Training losses; every key starts with ``loss_``; their sum is optimised."""
+
+    @abc.abstractmethod
+    def decode(self, outputs: RawOutputs) -> tuple[Tensor, Tensor]:
+        """Dense, traceable decode used by export and ``postprocess``.
+
+        Returns:
+            boxes: ``N×A×4`` xyxy in input pixels; scores: ``N×A×C`` in ``[0, 1]``.
+        """
+
+    @abc.abstractmethod
+    def postprocess(
+        self,
+        outputs: RawOutputs,
+        image_sizes: Sequence[tuple[int, int]],
+        score_thr: float = 0.05,
+        nms_iou: float = 0.6,
+        max_det: int = 100,
+        scale_factors: Sequence[float] | None = None,
+    ) -> list[Detections]:
+        """Per-image detections in original image pixels (see ``structures`` for the letterbox rule)."""
+
+    # ----------------------------------------------------------------- optional hooks
+    def set_epoch(self, epoch: int, max_epochs: int) -> None:
+        """Told by the training loop at each epoch start (e.g. ATSS warm-up, distillation decay)."""
+        self._epoch, self._max_epochs = int(epoch), max(int(max_epochs), 1)
+
+    def distill_loss(
+        self, student: RawOutputs, teacher: RawOutputs, targets: Sequence[Target], weight: float = 1.0
+    ) -> dict[str, Tensor]:
+        """Knowledge-distillation terms against a teacher's raw outputs.
+
+        The default is logit KD on the class scores (sigmoid-BCE to the teacher's probabilities)
+        plus an L1 term on the box regression maps, for families without their own recipe.
+        Families override it (YOLOv6: KL on class scores and DFL distributions at T=20).
+        """
+        cls_terms, box_terms = [], []
+        for s, t in zip(student["cls"], teacher["cls"]):
+            cls_terms.append(
+                nn.functional.binary_cross_entropy_with_logits(s, t.detach().sigmoid(), reduction="mean")
+            )
+        for s, t in zip(student["box"], teacher["box"]):
+            box_terms.append((s - t.detach()).abs().mean())
+        return {
+            "loss_kd_cls": weight * torch.stack(cls_terms).mean(),
+            "loss_kd_box": weight * torch.stack(box_terms).mean(),
+        }
+
+    def deploy_outputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` + ``decode``: the graph exported to ONNX (boxes ``N×A×4``, scores ``N×A×C``)."""
+        return self.decode(self(images))

@@ -1,0 +1,78 @@
+"""The ``detflow`` command line: one Typer app; each area registers its commands from its own module.
+
+Exit codes: 0 success, 2 bad input (config, dataset, arguments, checkpoint), 1 runtime failure.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import DetflowError
+
+app = typer.Typer(
+    name="detflow",
+    help="Train, distill, quantize and benchmark real-time detectors on Ray, tracked in MLflow.\n\n"
+    "Example: detflow run workflows/quickstart.yaml",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Modules under detflow.cli that define ``register(app)``; each owns its commands.
+COMMAND_MODULES = ("config", "data", "evaluate", "models", "train", "workflow", "search", "bench", "server")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"detflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """detflow: real-time detector workflows on Ray + MLflow."""
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # area not built yet
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning detflow errors into one-line messages and exit codes."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DetflowError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
