@@ -101,6 +101,54 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
+_NUMBER_KINDS = {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type",
+                 "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _field_at(model_cls: type[BaseModel], loc: tuple) -> Any:
+    """The pydantic FieldInfo at ``loc`` (walking nested models), or None."""
+    cls: Any = model_cls
+    field = None
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        cls = _model_in(field.annotation)
+    return field
+
+
+def _bounds_of(field: Any) -> tuple[str | None, list[str]]:
+    """(``"an integer"``/``"a number"``/None, [``"> 0"`` …]) from a field's type and constraints."""
+    import typing
+
+    metadata = list(field.metadata)
+    base: Any = field.annotation
+    for arg in (typing.get_args(base) if typing.get_origin(base) is not typing.Annotated else ()):
+        if arg is not type(None):
+            base = arg
+            break
+    if typing.get_origin(base) is typing.Annotated:
+        base, *extra = typing.get_args(base)
+        metadata.extend(extra)
+    noun = {int: "an integer", float: "a number"}.get(base)
+    ops = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+    bounds = [f"{sym} {getattr(m, attr)}" for m in metadata for attr, sym in ops if getattr(m, attr, None) is not None]
+    return noun, bounds
+
+
+def _expected_number(err: dict, model_cls: type[BaseModel], loc: tuple) -> str | None:
+    """``an integer > 0`` for a constrained numeric field (whatever the error kind), else None."""
+    field = _field_at(model_cls, loc) if loc else None
+    if field is None:
+        return None
+    noun, bounds = _bounds_of(field)
+    if noun is None or not bounds:
+        return None
+    return f"{noun} {' and '.join(bounds)}"
+
+
 def format_validation_error(exc: ValidationError, source: str, model_cls: type[BaseModel], root: str = "") -> list[str]:
     """One line per pydantic error: ``SOURCE: dotted.path: expected …, got …``."""
     lines = []
@@ -115,7 +163,8 @@ def format_validation_error(exc: ValidationError, source: str, model_cls: type[B
         elif err["type"] == "missing":
             lines.append(f"{source}: {path}: missing required value")
         else:
-            lines.append(f"{source}: {path}: expected {_expected(err)}, got {_describe(err.get('input'))}")
+            expected = (_expected_number(err, model_cls, loc) if err["type"] in _NUMBER_KINDS else None) or _expected(err)
+            lines.append(f"{source}: {path}: expected {expected}, got {_describe(err.get('input'))}")
     return lines
 
 

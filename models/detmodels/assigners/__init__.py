@@ -1,0 +1,4 @@
+"""Label assigners: which priors learn which ground-truth box."""
+from .dynamic_soft_label import Assignment, DynamicSoftLabelAssigner, mask_center_of_mass
+
+__all__ = ["Assignment", "DynamicSoftLabelAssigner", "mask_center_of_mass"]

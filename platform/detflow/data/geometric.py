@@ -1,0 +1,376 @@
+"""Geometric and photometric augmentations that keep boxes and masks consistent.
+
+RTMDet (arXiv 2212.07784, §3.3 "training strategy"; MMDetection configs) uses large-scale
+jitter (``RandomResize`` with a ratio range), ``RandomCrop`` and ``YOLOXHSVRandomAug``; YOLOv6
+(arXiv 2301.05586, §2.4 / training recipe) uses ``RandomAffine`` (translate + scale) and a gain
+HSV jitter (``HSVRandomAug``). ``FilterAnnotations`` drops degenerate instances.
+
+Every transform is a callable ``sample -> sample`` on the dict of the sample contract
+(``image`` H×W×3 uint8 RGB, ``boxes`` M×4 float32 xyxy pixels, ``labels`` M int64, ``masks``
+M×H×W uint8 or ``None``, ``image_id``, ``orig_size``, ``scale``). Transforms never modify the
+arrays of their input in place. Random transforms draw from their own ``numpy.random.Generator``
+(``seed=``; ``reseed(seed)`` is what a DataLoader worker calls) — never the global ``np.random``.
+
+The helpers at the top (``resize_sample``, ``crop_sample``, ``masks_to_boxes``, ...) are shared
+with :mod:`detflow.data.mixing`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "RandomTransform", "RandomResize", "RandomCrop", "RandomAffine", "YOLOXHSVRandomAug",
+    "HSVRandomAug", "FilterAnnotations", "resize_sample", "crop_sample", "masks_to_boxes",
+    "select_instances", "resize_masks", "pair", "seed_transforms",
+]
+
+Sample = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- shared helpers
+def pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``640`` or ``(w, h)`` -> ``(w, h)``."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    w, h = size
+    return int(w), int(h)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight xyxy boxes (M×4 float32, pixel edges: a mask covering columns 3..5 gives x1=3, x2=6)
+    of M×H×W binary masks; an empty mask gives a zero box."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, mask in enumerate(masks):
+        cols = np.flatnonzero(mask.any(axis=0))
+        rows = np.flatnonzero(mask.any(axis=1))
+        if cols.size and rows.size:
+            boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+def select_instances(sample: Sample, keep: np.ndarray) -> Sample:
+    """A shallow copy of ``sample`` keeping only the instances where ``keep`` (bool M or indices)."""
+    out = dict(sample)
+    out["boxes"] = np.asarray(sample["boxes"], np.float32)[keep].reshape(-1, 4)
+    out["labels"] = np.asarray(sample["labels"], np.int64)[keep]
+    if sample.get("masks") is not None:
+        out["masks"] = sample["masks"][keep]
+    return out
+
+
+def _nearest_index(src: int, dst: int) -> np.ndarray:
+    """Source index of each destination pixel for a nearest-neighbour resize src -> dst."""
+    idx = np.floor((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64)
+    return np.minimum(idx, src - 1)
+
+
+def resize_masks(masks: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """Nearest-neighbour resize of M×H×W masks to M×new_h×new_w."""
+    _, h, w = masks.shape
+    if (h, w) == (new_h, new_w):
+        return masks
+    return masks[:, _nearest_index(h, new_h)][:, :, _nearest_index(w, new_w)]
+
+
+def resize_image(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """Bilinear resize of an H×W×3 uint8 image."""
+    if image.shape[:2] == (new_h, new_w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
+def resize_sample(sample: Sample, new_w: int, new_h: int) -> Sample:
+    """Resize image (bilinear), boxes (scaled) and masks (nearest) to ``new_w``×``new_h``."""
+    h, w = sample["image"].shape[:2]
+    sx, sy = new_w / w, new_h / h
+    out = dict(sample)
+    out["image"] = resize_image(sample["image"], new_w, new_h)
+    out["boxes"] = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) * np.float32([sx, sy, sx, sy])
+    if sample.get("masks") is not None:
+        out["masks"] = resize_masks(sample["masks"], new_w, new_h)
+    out["scale"] = float(sample.get("scale", 1.0)) * sx
+    return out
+
+
+def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int, *,
+                recompute_bbox: bool = False) -> Sample:
+    """Crop ``[y0:y1, x0:x1]`` (inside the image); boxes shifted and clipped; instances left with
+    no area are dropped. ``recompute_bbox`` (and masks present): boxes = tight boxes of the
+    cropped masks, and instances whose cropped mask is empty are dropped."""
+    out = dict(sample)
+    out["image"] = sample["image"][y0:y1, x0:x1]
+    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) - np.float32([x0, y0, x0, y0])
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, x1 - x0)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, y1 - y0)
+    out["boxes"] = boxes
+    masks = sample.get("masks")
+    if masks is not None:
+        out["masks"] = masks[:, y0:y1, x0:x1]
+        if recompute_bbox:
+            out["boxes"] = masks_to_boxes(out["masks"])
+    keep = (out["boxes"][:, 2] > out["boxes"][:, 0]) & (out["boxes"][:, 3] > out["boxes"][:, 1])
+    return select_instances(out, keep)
+
+
+def box_candidates(before: np.ndarray, after: np.ndarray, *, wh_thr: float = 2.0,
+                   area_thr: float = 0.1, ar_thr: float = 20.0) -> np.ndarray:
+    """YOLOv5/v6 ``box_candidates``: keep boxes wider/taller than ``wh_thr`` px, keeping at least
+    ``area_thr`` of their (scaled) area, with aspect ratio below ``ar_thr``. Boxes are M×4."""
+    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
+    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+    ar = np.maximum(w2 / (h2 + 1e-16), h2 / (w2 + 1e-16))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + 1e-16) > area_thr) & (ar < ar_thr)
+
+
+class RandomTransform:
+    """Base of the random transforms: owns a seedable ``numpy.random.Generator``."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """Replace the generator (a DataLoader ``worker_init_fn`` calls this per worker)."""
+        self.rng = np.random.default_rng(seed)
+
+
+def seed_transforms(transforms: Any, seed: int) -> None:
+    """Reseed every transform in ``transforms`` (a ``Compose`` with ``.transforms``, a list, or one
+    transform) that has ``reseed``; transform ``i`` gets ``seed + i`` so no two share a stream."""
+    items = getattr(transforms, "transforms", transforms)
+    if not isinstance(items, (list, tuple)):
+        items = [items]
+    for i, t in enumerate(items):
+        if hasattr(t, "reseed"):
+            t.reseed(seed + i)
+        elif hasattr(t, "rng") and isinstance(t.rng, np.random.Generator):
+            t.rng = np.random.default_rng(seed + i)
+
+
+# --------------------------------------------------------------------------- transforms
+class RandomResize(RandomTransform):
+    """Large-scale jitter (RTMDet §3.3): resize to ``scale × r``, r ~ U(ratio_range).
+
+    ``scale``: ``(w, h)`` (or an int). ``keep_ratio``: the image is resized by
+    ``min(tw / w, th / h)`` so it fits ``(tw, th)`` = ``scale × r``; else exactly to ``(tw, th)``.
+    """
+
+    def __init__(self, scale: int | Sequence[int], ratio_range: Sequence[float] = (0.5, 2.0),
+                 keep_ratio: bool = True, *, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.scale = pair(scale)
+        lo, hi = ratio_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"RandomResize: ratio_range must satisfy 0 < lo <= hi, got {ratio_range}")
+        self.ratio_range = (float(lo), float(hi))
+        self.keep_ratio = keep_ratio
+
+    def __call__(self, sample: Sample) -> Sample:
+        r = self.rng.uniform(*self.ratio_range)
+        tw, th = self.scale[0] * r, self.scale[1] * r
+        h, w = sample["image"].shape[:2]
+        if self.keep_ratio:
+            f = min(tw / w, th / h)
+            new_w, new_h = max(1, int(round(w * f))), max(1, int(round(h * f)))
+        else:
+            new_w, new_h = max(1, int(round(tw))), max(1, int(round(th)))
+        return resize_sample(sample, new_w, new_h)
+
+    def __repr__(self) -> str:
+        return f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range}, keep_ratio={self.keep_ratio})"
+
+
+class RandomCrop(RandomTransform):
+    """Random ``size = (w, h)`` crop (smaller images are cropped to their own size; pad after).
+
+    ``recompute_bbox``: with masks, boxes become the tight boxes of the cropped masks (RTMDet-Ins).
+    ``allow_negative_crop=False``: a crop that would lose every box of a sample that had some is
+    retried (up to ``max_tries`` offsets); the last try is kept if all fail.
+    """
+
+    def __init__(self, size: int | Sequence[int], *, recompute_bbox: bool = False,
+                 allow_negative_crop: bool = False, max_tries: int = 10, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.size = pair(size)
+        self.recompute_bbox = recompute_bbox
+        self.allow_negative_crop = allow_negative_crop
+        self.max_tries = max_tries
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[:2]
+        cw, ch = min(self.size[0], w), min(self.size[1], h)
+        had_boxes = len(sample["boxes"]) > 0
+        out = sample
+        for _ in range(1 if self.allow_negative_crop else self.max_tries):
+            x0 = int(self.rng.integers(0, w - cw + 1))
+            y0 = int(self.rng.integers(0, h - ch + 1))
+            out = crop_sample(sample, x0, y0, x0 + cw, y0 + ch, recompute_bbox=self.recompute_bbox)
+            if len(out["boxes"]) or not had_boxes:
+                break
+        return out
+
+    def __repr__(self) -> str:
+        return (f"RandomCrop(size={self.size}, recompute_bbox={self.recompute_bbox}, "
+                f"allow_negative_crop={self.allow_negative_crop})")
+
+
+class RandomAffine(RandomTransform):
+    """YOLOv6 random affine (translate + scale; rotation/shear 0 by default), output ``output_size``.
+
+    The image centre goes to the origin, is scaled by s ~ U(1 − scale, 1 + scale) (and rotated /
+    sheared when asked), then translated to ``U(0.5 − translate, 0.5 + translate) × output``.
+    With ``output_size = canvas / 2`` after a 2×2 mosaic this is YOLOv6's ``border = −S/2``.
+    Boxes: transformed corners, clipped, filtered with :func:`box_candidates`; with masks and a
+    rotation or shear, boxes are recomputed from the warped masks.
+    """
+
+    def __init__(self, output_size: int | Sequence[int] | None = None, *, translate: float = 0.1,
+                 scale: float = 0.5, degrees: float = 0.0, shear: float = 0.0,
+                 border_value: int = 114, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.output_size = None if output_size is None else pair(output_size)
+        self.translate, self.scale, self.degrees, self.shear = translate, scale, degrees, shear
+        self.border_value = border_value
+
+    def _matrix(self, w: int, h: int, out_w: int, out_h: int) -> np.ndarray:
+        """3×3 forward matrix (source pixel -> output pixel)."""
+        c = np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]], np.float64)
+        a = np.deg2rad(self.rng.uniform(-self.degrees, self.degrees))
+        s = self.rng.uniform(1 - self.scale, 1 + self.scale)
+        r = np.array([[s * np.cos(a), -s * np.sin(a), 0], [s * np.sin(a), s * np.cos(a), 0], [0, 0, 1]])
+        sh = np.eye(3)
+        sh[0, 1] = np.tan(np.deg2rad(self.rng.uniform(-self.shear, self.shear)))
+        sh[1, 0] = np.tan(np.deg2rad(self.rng.uniform(-self.shear, self.shear)))
+        t = np.eye(3)
+        t[0, 2] = self.rng.uniform(0.5 - self.translate, 0.5 + self.translate) * out_w
+        t[1, 2] = self.rng.uniform(0.5 - self.translate, 0.5 + self.translate) * out_h
+        return t @ sh @ r @ c
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[:2]
+        out_w, out_h = self.output_size or (w, h)
+        m = self._matrix(w, h, out_w, out_h)
+        return warp_sample(sample, m, out_w, out_h, border_value=self.border_value,
+                           recompute_bbox=bool(self.degrees or self.shear))
+
+    def __repr__(self) -> str:
+        return (f"RandomAffine(output_size={self.output_size}, translate={self.translate}, "
+                f"scale={self.scale}, degrees={self.degrees}, shear={self.shear})")
+
+
+def warp_sample(sample: Sample, m: np.ndarray, out_w: int, out_h: int, *, border_value: int = 114,
+                recompute_bbox: bool = False) -> Sample:
+    """Apply the 3×3 affine ``m`` (source -> output pixel coordinates) to image, boxes and masks."""
+    inv = np.linalg.inv(m)
+    out = dict(sample)
+    out["image"] = np.asarray(Image.fromarray(sample["image"]).transform(
+        (out_w, out_h), Image.AFFINE, data=tuple(inv[:2].ravel()), resample=Image.BILINEAR,
+        fillcolor=(border_value,) * 3))
+    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)
+    xy = corners @ m[:2, :2].T + m[:2, 2]
+    xy = xy.reshape(-1, 4, 2)
+    new = np.concatenate([xy.min(1), xy.max(1)], axis=1).astype(np.float32)
+    new[:, 0::2] = new[:, 0::2].clip(0, out_w)
+    new[:, 1::2] = new[:, 1::2].clip(0, out_h)
+    masks = sample.get("masks")
+    if masks is not None:
+        out["masks"] = _warp_masks(masks, inv, out_w, out_h)
+        if recompute_bbox:
+            new = masks_to_boxes(out["masks"])
+    out["boxes"] = new
+    s = float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+    keep = box_candidates(boxes * s, new)
+    out["scale"] = float(sample.get("scale", 1.0)) * s
+    return select_instances(out, keep)
+
+
+def _warp_masks(masks: np.ndarray, inv: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Nearest-neighbour inverse mapping of M×H×W masks through the affine ``inv`` (output -> source)."""
+    _, h, w = masks.shape
+    ys, xs = np.mgrid[0:out_h, 0:out_w]
+    sx = inv[0, 0] * (xs + 0.5) + inv[0, 1] * (ys + 0.5) + inv[0, 2]
+    sy = inv[1, 0] * (xs + 0.5) + inv[1, 1] * (ys + 0.5) + inv[1, 2]
+    ix, iy = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
+    valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    out = np.zeros((len(masks), out_h, out_w), np.uint8)
+    if len(masks):
+        out[:, valid] = masks[:, iy[valid], ix[valid]]
+    return out
+
+
+def _hsv_luts(image: np.ndarray, lut_h: np.ndarray, lut_s: np.ndarray, lut_v: np.ndarray) -> np.ndarray:
+    """Map the H, S, V channels (Pillow's 0–255 HSV) of an RGB image through three uint8 LUTs."""
+    hsv = np.asarray(Image.fromarray(image).convert("HSV"))
+    mapped = np.stack([lut_h[hsv[..., 0]], lut_s[hsv[..., 1]], lut_v[hsv[..., 2]]], axis=-1)
+    return np.asarray(Image.fromarray(mapped, mode="HSV").convert("RGB"))
+
+
+class YOLOXHSVRandomAug(RandomTransform):
+    """Additive HSV jitter (YOLOX; RTMDet stage 1 and 2): each of hue / saturation / value is
+    shifted with probability 0.5 by U(−delta, delta). Hue deltas are in OpenCV units (0–180),
+    saturation/value in 0–255, as in the RTMDet config (5, 30, 30)."""
+
+    def __init__(self, hue_delta: int = 5, saturation_delta: int = 30, value_delta: int = 30, *,
+                 seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.deltas = np.array([hue_delta, saturation_delta, value_delta], np.float64)
+
+    def __call__(self, sample: Sample) -> Sample:
+        gains = self.rng.uniform(-1, 1, 3) * self.rng.integers(0, 2, 3) * self.deltas
+        gains = np.round(gains)
+        if not gains.any():
+            return sample
+        x = np.arange(256, dtype=np.int64)
+        lut_h = ((x + int(round(gains[0] * 256 / 180))) % 256).astype(np.uint8)
+        lut_s = np.clip(x + gains[1], 0, 255).astype(np.uint8)
+        lut_v = np.clip(x + gains[2], 0, 255).astype(np.uint8)
+        return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
+
+    def __repr__(self) -> str:
+        return f"YOLOXHSVRandomAug(deltas={tuple(self.deltas.astype(int))})"
+
+
+class HSVRandomAug(RandomTransform):
+    """Multiplicative HSV gains (YOLOv5/v6 ``augment_hsv``): channel × U(1 − g, 1 + g), hue wraps.
+    YOLOv6 defaults h 0.015, s 0.7, v 0.4."""
+
+    def __init__(self, hgain: float = 0.015, sgain: float = 0.7, vgain: float = 0.4, *,
+                 seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.gains = np.array([hgain, sgain, vgain], np.float64)
+
+    def __call__(self, sample: Sample) -> Sample:
+        r = self.rng.uniform(-1, 1, 3) * self.gains + 1
+        x = np.arange(256, dtype=np.float64)
+        lut_h = (np.round(x * r[0]) % 256).astype(np.uint8)
+        lut_s = np.clip(np.round(x * r[1]), 0, 255).astype(np.uint8)
+        lut_v = np.clip(np.round(x * r[2]), 0, 255).astype(np.uint8)
+        return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
+
+    def __repr__(self) -> str:
+        return f"HSVRandomAug(gains={tuple(self.gains)})"
+
+
+class FilterAnnotations:
+    """Drop instances whose box is smaller than ``min_wh = (w, h)`` pixels, and (``by_mask``) whose
+    mask is empty (RTMDet-Ins: ``FilterAnnotations(min_gt_bbox_wh=(1, 1))``)."""
+
+    def __init__(self, min_wh: Sequence[float] = (1.0, 1.0), *, by_mask: bool = True) -> None:
+        self.min_wh = (float(min_wh[0]), float(min_wh[1]))
+        self.by_mask = by_mask
+
+    def __call__(self, sample: Sample) -> Sample:
+        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_wh[0]) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_wh[1])
+        if self.by_mask and sample.get("masks") is not None and len(boxes):
+            keep &= sample["masks"].reshape(len(boxes), -1).any(axis=1)
+        if keep.all():
+            return sample
+        return select_instances(sample, keep)
+
+    def __repr__(self) -> str:
+        return f"FilterAnnotations(min_wh={self.min_wh}, by_mask={self.by_mask})"

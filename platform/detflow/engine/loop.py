@@ -1,0 +1,284 @@
+"""The single-process training loop every family trains with (detectron2 ``SimpleTrainer`` spirit).
+
+It talks to a detector only through ``forward`` / ``loss`` / ``postprocess`` / ``set_epoch`` /
+``distill_loss`` (see ``detmodels.base.Detector``), so the same loop trains RTMDet, YOLOv6, SpineNet
+and YOLOv3-ASFF. Ray Train's worker function (``detflow.train.worker``) wraps it with DDP, and
+``detflow bench train`` runs it bare to measure the platform's overhead.
+
+One step: data → (autocast) forward → ``loss`` (+ ``distill_loss`` against a teacher, weighted by the
+cosine decay α(e) = 1 − 0.99·(1 − cos(πe/E))/2 of YOLOv6 §2.4) → (scaled) backward → optional grad
+clipping → optimizer step → per-iteration LR schedule → EMA update. Time waiting for data and time
+computing are measured separately.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import RuntimeFailure
+from .ema import ModelEMA, unwrap_model
+from .schedules import IterLRScheduler
+
+__all__ = ["TrainLoop", "EpochStats", "distill_alpha", "evaluate_model", "move_targets", "reduce_stats",
+           "primary_metric", "autocast_dtype"]
+
+
+def distill_alpha(epoch: int, epochs: int, decay: str = "cosine") -> float:
+    """YOLOv6 KD weight decay: 1 at the first epoch → 0.01 at the end (``decay='none'``: 1)."""
+    if decay != "cosine":
+        return 1.0
+    return 1.0 - 0.99 * (1.0 - math.cos(math.pi * epoch / max(epochs, 1))) / 2.0
+
+
+def primary_metric(task: str) -> str:
+    """The metric that selects the best checkpoint: segm AP for instance segmentation, else bbox AP."""
+    return "val/segm_AP" if task == "segm" else "val/AP"
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast dtype on CUDA; ``None`` (full precision) on CPU or with ``amp='off'``."""
+    if amp == "off" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def move_targets(targets: Sequence[dict], device: torch.device) -> list[dict]:
+    return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+@dataclasses.dataclass
+class EpochStats:
+    """What one epoch measured on this process (sums; :meth:`summary` gives means)."""
+
+    losses: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    steps: int = 0
+    images: int = 0
+    data_time: float = 0.0
+    step_time: float = 0.0
+    wall_time: float = 0.0
+    lr: float = 0.0
+
+    def summary(self, world_size: int = 1) -> dict[str, float]:
+        n = max(self.steps, 1)
+        out = {f"train/{k}": v / n for k, v in self.losses.items()}
+        out["train/loss"] = sum(v for k, v in self.losses.items() if not k.startswith("loss_kd")) / n
+        out.update({
+            "train/lr": self.lr,
+            "train/images_per_s": world_size * self.images / max(self.wall_time, 1e-9),
+            "train/data_time_s": self.data_time / n,
+            "train/step_time_s": self.step_time / n,
+            "train/data_fraction": self.data_time / max(self.data_time + self.step_time, 1e-9),
+            "train/epoch_time_s": self.wall_time,
+        })
+        return out
+
+
+def reduce_stats(summary: dict[str, float]) -> dict[str, float]:
+    """Average loss terms and timings over DDP ranks (no-op without an initialised process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return summary
+    keys = sorted(k for k in summary if k not in ("train/images_per_s", "train/lr"))
+    t = torch.tensor([summary[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    out = dict(summary)
+    out.update({k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())})
+    return out
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain log lines otherwise (Ray workers, CI logs)."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, total: int):
+        self.enabled, self.total, self.label = enabled, total, f"epoch {epoch + 1}/{epochs}"
+        self.bar = None
+        self.every = max(total // 5, 1)
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self.task = self.bar.add_task(self.label, total=total, info="")
+            self.bar.start()
+
+    def update(self, step: int, info: str, eta_s: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif step % self.every == 0 or step == self.total:
+            print(f"{self.label} [{step}/{self.total}] {info} eta {eta_s:.0f}s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class TrainLoop:
+    """Trains a detector epoch by epoch; owns no data and no tracking.
+
+    Args:
+        model: a ``detmodels.Detector`` (possibly wrapped in DDP), already on ``device``.
+        optimizer / scheduler: see :mod:`detflow.engine.optim` and :mod:`detflow.engine.schedules`.
+        ema: optional :class:`ModelEMA`, updated after every optimizer step.
+        amp: ``off`` | ``bf16`` | ``fp16`` (autocast on CUDA only; fp16 uses a GradScaler).
+        grad_clip: max global grad norm, or ``None``.
+        teacher: optional frozen teacher detector; adds ``distill_loss(weight=distill_weight·α(e))``.
+        max_steps_per_epoch: cap on steps per epoch (smoke runs, benchmarks).
+        on_step: optional callback ``on_step(step_in_epoch, loss_terms)`` (e.g. to crash tests).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: IterLRScheduler, *,
+                 device: torch.device | str = "cpu", ema: ModelEMA | None = None, amp: str = "off",
+                 grad_clip: float | None = None, teacher: nn.Module | None = None,
+                 distill_weight: float = 1.0, distill_decay: str = "cosine", max_epochs: int = 1,
+                 max_steps_per_epoch: int | None = None, progress: bool = False,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None):
+        self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
+        self.device = torch.device(device)
+        self.amp_dtype = autocast_dtype(amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.grad_clip, self.teacher = grad_clip, teacher
+        self.distill_weight, self.distill_decay = distill_weight, distill_decay
+        self.max_epochs, self.max_steps = max_epochs, max_steps_per_epoch
+        self.progress, self.on_step = progress, on_step
+        self.step = 0  # global optimizer steps done
+
+    # ------------------------------------------------------------------ one step
+    def _losses(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict[str, torch.Tensor]:
+        core = unwrap_model(self.model)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            outputs = self.model(images)
+            losses = dict(core.loss(outputs, targets))
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_out = self.teacher(images)
+                w = self.distill_weight * distill_alpha(epoch, self.max_epochs, self.distill_decay)
+                losses.update(core.distill_loss(outputs, t_out, targets, weight=w))
+        return losses
+
+    def train_step(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict[str, float]:
+        """One optimisation step; returns the loss terms as floats."""
+        losses = self._losses(images, targets, epoch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            raise RuntimeFailure(f"non-finite loss at epoch {epoch} step {self.step}: {terms}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    # ------------------------------------------------------------------ one epoch
+    def steps_in(self, loader: Iterable) -> int:
+        n = len(loader)  # type: ignore[arg-type]
+        return min(n, self.max_steps) if self.max_steps else n
+
+    def train_epoch(self, loader: Iterable, epoch: int) -> EpochStats:
+        """Train one epoch over ``loader`` batches ``(images, targets, metas)``."""
+        self.model.train()
+        unwrap_model(self.model).set_epoch(epoch, self.max_epochs)
+        stats, total = EpochStats(), self.steps_in(loader)
+        bar = _Progress(self.progress, epoch, self.max_epochs, total)
+        start = t_prev = time.perf_counter()
+        try:
+            for i, (images, targets, _metas) in enumerate(loader):
+                if i >= total:
+                    break
+                t_data = time.perf_counter()
+                images = images.to(self.device, non_blocking=True)
+                terms = self.train_step(images, move_targets(targets, self.device), epoch)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                t_end = time.perf_counter()
+                stats.data_time += t_data - t_prev
+                stats.step_time += t_end - t_data
+                t_prev = t_end
+                for k, v in terms.items():
+                    stats.losses[k] += v
+                stats.steps += 1
+                stats.images += images.shape[0]
+                if self.on_step is not None:
+                    self.on_step(i, terms)
+                eta = (t_end - start) / stats.steps * (total - stats.steps)
+                info = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in terms.items())
+                bar.update(stats.steps, f"{info} {stats.images / (t_end - start):.1f} img/s", eta)
+        finally:
+            bar.close()
+        stats.wall_time = time.perf_counter() - start
+        stats.lr = self.optimizer.param_groups[0]["lr"]
+        return stats
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": unwrap_model(self.model).state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unwrap_model(self.model).load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and ship: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else unwrap_model(self.model)
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu",
+                    score_thr: float = 0.001, nms_iou: float = 0.65, max_det: int = 100,
+                    max_batches: int | None = None) -> tuple[list, list[int]]:
+    """Run ``model`` + ``postprocess`` over ``loader``; returns (Detections per image, image ids)."""
+    model.eval()
+    dets, ids = [], []
+    for b, (images, _targets, metas) in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        outputs = model(images.to(device))
+        dets.extend(model.postprocess(outputs, [tuple(m["orig_size"]) for m in metas], score_thr=score_thr,
+                                      nms_iou=nms_iou, max_det=max_det,
+                                      scale_factors=[float(m["scale"]) for m in metas]))
+        ids.extend(int(m["image_id"]) for m in metas)
+    cpu = [dataclasses.replace(d, **{f.name: getattr(d, f.name).cpu() for f in dataclasses.fields(d)
+                                     if torch.is_tensor(getattr(d, f.name))}) for d in dets]
+    return cpu, ids
+
+
+def evaluate_model(model: nn.Module, loader: Iterable, coco: Any, category_ids: Sequence[int], *,
+                   device: torch.device | str = "cpu", score_thr: float = 0.001, nms_iou: float = 0.65,
+                   max_det: int = 100, plot_pr: str | None = None) -> dict[str, float]:
+    """COCO metrics of ``model`` on a val loader: ``val/AP``, ``val/AP50``… (+ ``val/segm_*`` for segm)."""
+    from ..evaluation import detections_to_coco, evaluate_coco
+
+    dets, ids = predict_batches(model, loader, device=device, score_thr=score_thr, nms_iou=nms_iou, max_det=max_det)
+    results = detections_to_coco(dets, ids, list(category_ids))
+    metrics: dict[str, float] = {}
+    iou_types = ["bbox", "segm"] if getattr(unwrap_model(model), "task", "bbox") == "segm" else ["bbox"]
+    for iou_type in iou_types:
+        out = evaluate_coco(coco, results, iou_type, plot_pr=plot_pr if iou_type == iou_types[-1] else None)
+        prefix = "val/" if iou_type == "bbox" else "val/segm_"
+        metrics.update({f"{prefix}{k}": float(v) for k, v in out.items() if isinstance(v, (int, float))})
+    return metrics

@@ -1,0 +1,219 @@
+"""Shared parts of QAT and PTQ: the torchao PT2E quantizer, data batches, int8 ONNX export, the output directory.
+
+Flow (torchao PT2E, x86 quantizer): re-parameterise → ``torch.export`` the raw forward
+(``images`` → per-level head outputs) → ``prepare_pt2e`` / ``prepare_qat_pt2e`` → calibrate or
+fine-tune → ``convert_pt2e`` → wrap with the float ``decode`` (box decoding and any DFL
+projection stay float) → ``torch.onnx.export(dynamo=True)``, which writes QuantizeLinear /
+DequantizeLinear pairs around int8 weights and activations (the QDQ format TensorRT consumes).
+
+Output directory (``QuantResult.checkpoint``)::
+
+    OUT/model.int8.onnx   QDQ graph: images → boxes, scores (sidecar model.int8.json)
+    OUT/model.int8.pt2    the converted PT2E program (torch backend), when it could be saved
+    OUT/meta.json         the source checkpoint's meta + {"quantization": {...}}
+    OUT/config.yaml       the source checkpoint's resolved TrainConfig (when there is one)
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+import json
+import logging
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import RuntimeFailure, UserInputError
+from ..export.onnx import (
+    ModelSource, compare_onnx_to_torch, deploy_info, export_graph, ort_session, write_sidecar,
+)
+
+__all__ = [
+    "QuantResult", "Batch", "build_quantizer", "resolve_skip_layers", "iter_batches", "export_program",
+    "QuantDeployModule", "export_int8", "count_qdq", "write_quant_dir", "fp32_reference_diff",
+]
+
+log = logging.getLogger(__name__)
+
+INT8_ONNX = "model.int8.onnx"
+INT8_PT2 = "model.int8.pt2"
+Batch = tuple[Tensor, list[dict], list[dict]]  # images N×3×H×W, targets, metas
+
+
+@dataclasses.dataclass
+class QuantResult:
+    """What QAT/PTQ produced: ``onnx_path`` (int8 QDQ graph), ``checkpoint`` (the output directory,
+    see the module docstring) and ``metrics`` (path used, diffs, QDQ node counts, losses)."""
+
+    onnx_path: str
+    checkpoint: str
+    metrics: dict[str, Any]
+
+
+def resolve_skip_layers(model: nn.Module, skip_layers: Sequence[str]) -> list[str]:
+    """Module names kept in float: ``skip_layers`` (exact names or fnmatch globs such as ``head.cls*``),
+    the model's ``quant_float_modules`` attribute if it declares one, and any module whose name
+    contains ``dfl`` (the DFL projection).
+
+    Raises:
+        UserInputError: a pattern matching no module.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    keep: list[str] = []
+    for pattern in skip_layers:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            close = ", ".join(names[:8])
+            raise UserInputError(f"quantization skip_layers: {pattern!r} matches no module (names look like: {close}, …)")
+        keep += hits
+    keep += list(getattr(model, "quant_float_modules", ()))
+    keep += [n for n in names if "dfl" in n.lower()]
+    outermost = [n for n in dict.fromkeys(keep) if not any(n.startswith(p + ".") for p in keep if p != n)]
+    return outermost
+
+
+def build_quantizer(float_modules: Sequence[str], *, is_qat: bool):
+    """torchao's ``X86InductorQuantizer`` (int8 per-channel weights, uint8 per-tensor activations),
+    with ``float_modules`` left unquantized."""
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config,
+    )
+
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    for name in float_modules:
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+def export_program(model: nn.Module, example: Tensor) -> torch.fx.GraphModule:
+    """``torch.export`` of ``model`` (its raw forward) with a dynamic batch axis, as a GraphModule."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+    return program.module()
+
+
+def _loader_batches(split: Any, source: ModelSource, image_size: int, batch_size: int, shuffle: bool) -> Iterable[Batch]:
+    from ..data import CocoDataset, build_dataloader, build_val_transforms
+
+    dataset = CocoDataset(split.annotations, split.images, transforms=build_val_transforms(image_size, source.model.input_spec),
+                          filter_empty=shuffle)
+    return build_dataloader(dataset, batch_size, shuffle=shuffle, num_workers=0, drop_last=shuffle and len(dataset) > batch_size)
+
+
+def iter_batches(data: Any, source: ModelSource, image_size: int, *, batch_size: int, shuffle: bool) -> Iterable[Batch]:
+    """Batches ``(images, targets, metas)`` from ``data``:
+
+    * ``None`` — the checkpoint's training split (``config.data.train``), val-style letterbox transforms;
+    * a ``DatasetSplit`` (or an object with ``annotations`` and ``images``) — that split;
+    * an iterable of batches (tensors, or ``(images, targets[, metas])`` tuples) — used as is.
+    """
+    if data is None:
+        if source.config is None:
+            raise UserInputError("quantization: data is required when the model is not a checkpoint directory")
+        data = source.config.data.train
+    if hasattr(data, "annotations") and hasattr(data, "images"):
+        return _loader_batches(data, source, image_size, batch_size, shuffle)
+    if isinstance(data, (str, Path)):
+        raise UserInputError(f"quantization: data: expected a DatasetSplit (annotations, images), got path {data!r}")
+    return _normalise_batches(data)
+
+
+def _normalise_batches(batches: Iterable[Any]) -> Iterator[Batch]:
+    for item in batches:
+        if isinstance(item, Tensor):
+            yield item, [], []
+        else:
+            images, targets, *rest = item
+            yield images, list(targets), list(rest[0]) if rest else []
+
+
+def take(batches: Iterable[Batch], n: int | None) -> list[Batch]:
+    return list(itertools.islice(batches, n)) if n is not None else list(batches)
+
+
+class QuantDeployModule(nn.Module):
+    """Converted (int8) raw forward followed by the float ``decode`` of the original detector."""
+
+    def __init__(self, quantized: nn.Module, detector: nn.Module):
+        super().__init__()
+        self.quantized = quantized
+        self.detector = detector
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.detector.decode(self.quantized(images))
+
+
+def count_qdq(onnx_path: str | Path) -> dict[str, int]:
+    """Counts of QuantizeLinear / DequantizeLinear / QLinear* / Conv nodes in a graph."""
+    import onnx
+
+    ops = Counter(n.op_type for n in onnx.load(str(onnx_path)).graph.node)
+    return {k: int(v) for k, v in ops.items() if "Quant" in k or k.startswith("QLinear") or k in ("Conv", "ConvInteger")}
+
+
+def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: ModelSource, extra: dict[str, Any]) -> dict[str, Any]:
+    """Export ``module`` (images → boxes, scores) as the int8 QDQ ONNX; check it runs in ORT.
+
+    Returns metrics: exporter, ``ort_vs_torch_max_abs_diff`` (int8 graph in ORT vs the converted
+    torch module; rounding can differ by one quantisation step) and the QDQ node counts.
+    """
+    path = out_dir / INT8_ONNX
+    exporter = export_graph(module, example, path, dynamic_batch=True)
+    counts = count_qdq(path)
+    if not counts.get("QuantizeLinear") or not counts.get("DequantizeLinear"):
+        raise RuntimeFailure(f"{path}: the exported graph has no QuantizeLinear/DequantizeLinear nodes ({counts})")
+    diff = compare_onnx_to_torch(module, path, [example, example[:1]])
+    size = tuple(example.shape[-2:])
+    write_sidecar(path, deploy_info(source, size, precision="int8", exporter=exporter, dynamic_batch=True,
+                                    outputs=["boxes", "scores"], with_nms=False, **extra))
+    return {"exporter": exporter, "ort_vs_torch_max_abs_diff": diff, "qdq_nodes": counts}
+
+
+def save_torch_program(module: nn.Module, example: Tensor, out_dir: Path) -> str | None:
+    """Save the int8 deploy module as a ``torch.export`` program (``model.int8.pt2``); None if it fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                                          strict=False)
+            torch.export.save(program, str(out_dir / INT8_PT2))
+        return str(out_dir / INT8_PT2)
+    except Exception as exc:  # the ONNX graph is the main artefact; the torch program is a bonus
+        log.warning("could not save the int8 torch program: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+@torch.no_grad()
+def fp32_reference_diff(fp32: nn.Module, int8_onnx: str | Path, batches: Sequence[Tensor]) -> dict[str, float]:
+    """How far the int8 graph (ORT) is from the fp32 deploy outputs: max/mean |Δscore|, mean |Δbox| (px)."""
+    sess = ort_session(int8_onnx)
+    name = sess.get_inputs()[0].name
+    ds, db = [], []
+    for x in batches:
+        boxes, scores = fp32(x)
+        q_boxes, q_scores = sess.run(None, {name: x.numpy()})
+        ds.append(np.abs(scores.numpy() - q_scores).ravel())
+        db.append(np.abs(boxes.numpy() - q_boxes).ravel())
+    s, b = np.concatenate(ds), np.concatenate(db)
+    return {"fp32_score_max_abs_diff": float(s.max()), "fp32_score_mean_abs_diff": float(s.mean()),
+            "fp32_box_mean_abs_diff": float(b.mean())}
+
+
+def write_quant_dir(out_dir: Path, source: ModelSource, metrics: dict[str, Any]) -> None:
+    """meta.json (source meta + quantization metrics) and the source's config.yaml into ``out_dir``."""
+    meta = dict(source.meta)
+    meta["quantization"] = metrics
+    meta["source_checkpoint"] = source.checkpoint
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    if source.checkpoint and (Path(source.checkpoint) / "config.yaml").is_file():
+        shutil.copyfile(Path(source.checkpoint) / "config.yaml", out_dir / "config.yaml")

@@ -1,0 +1,35 @@
+"""Dataset fingerprint: what a run was trained on, comparable across runs and machines."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..errors import DataError
+
+__all__ = ["dataset_fingerprint", "count_images"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def count_images(images_dir: str | Path) -> int:
+    """Image files (by suffix) under ``images_dir``, recursively; 0 when the directory is missing."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        return 0
+    return sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def dataset_fingerprint(annotations: str | Path, images_dir: str | Path) -> str:
+    """``"sha256:<first 16 hex of the annotation file's sha256>:images=<N>"``.
+
+    The hash covers the annotation file's bytes; ``N`` counts image files under ``images_dir``.
+    """
+    path = Path(annotations)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read annotations: {exc.strerror or exc}") from None
+    return f"sha256:{digest.hexdigest()[:16]}:images={count_images(images_dir)}"

@@ -1,0 +1,185 @@
+"""Run a sweep on Ray Tune: every trial is a real ``run_training`` (Ray Train inside the trial),
+reporting each epoch so ASHA can stop it; Optuna TPE through ``OptunaSearch`` with the study in
+SQL storage we own, so an interrupted sweep resumes with searcher and scheduler state intact.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config.base import parse_config, read_yaml
+from ..config.train import TrainConfig
+from ..errors import UserInputError
+from ..paths import resolve_path, state_dir
+from .config import SweepConfig
+from .results import SweepResult, collect_results, log_sweep_summary
+from .space import apply_trial, to_tune_space, trial_label, validate_space_paths
+
+__all__ = ["run_sweep", "sweep_dir"]
+
+_STATE_FILE = "detflow_sweep.json"
+
+
+def sweep_dir(cfg: SweepConfig) -> Path:
+    """Directory of a sweep's Tune experiment (``storage/NAME``)."""
+    root = Path(cfg.storage) if cfg.storage and "://" not in cfg.storage else state_dir() / "sweeps"
+    return (root / cfg.name).resolve()
+
+
+def _validate(cfg: SweepConfig, base: dict, source: str) -> None:
+    """Fail before anything runs: unknown paths, and the extremes of every range must validate."""
+    validate_space_paths(cfg.space, source)
+    parse_config(TrainConfig, base, source, cfg.overrides)
+    for path, spec in cfg.space.items():
+        probes = {"uniform": spec.uniform, "loguniform": spec.loguniform, "int": spec.int,
+                  "choice": spec.choice, "fixed": [spec.fixed]}[spec.kind]
+        for value in probes:
+            apply_trial(base, cfg.overrides, {path: value}, f"{source}: space.{path}={value!r}")
+
+
+def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_run_id: str, trials_dir: str) -> None:
+    """Body of one Tune trial: a full ``run_training`` of the trial's config."""
+    from ray import tune
+
+    from ..train import run_training
+
+    cfg = SweepConfig.model_validate(sweep)
+    trial_id = tune.get_context().get_trial_id()
+    values = {k: config[k] for k in cfg.space}
+    label = trial_label(values, cfg.space)
+    train_cfg = apply_trial(base, cfg.overrides, values, f"sweep {cfg.name}, trial {trial_id}")
+    res = cfg.resources
+    train_cfg = train_cfg.model_copy(update={
+        "name": f"{cfg.name}-{trial_id}",
+        "storage": trials_dir,
+        "scaling": train_cfg.scaling.model_copy(update={
+            "workers": res.workers, "cpus_per_worker": res.cpus_per_worker, "gpus_per_worker": res.gpus_per_worker}),
+    })
+    tags = {"detflow.sweep": cfg.name, "detflow.trial_id": trial_id, "detflow.trial_label": label,
+            "mlflow.runName": label}
+    run_training(train_cfg, config_dir=base_dir, parent_run_id=parent_run_id, tags=tags,
+                 progress=False, tune_report=True, resume=True)
+
+
+def _parent_run(cfg: SweepConfig, exp_dir: Path, resume: bool) -> str:
+    """The sweep's MLflow parent run id (created once, remembered in the experiment directory)."""
+    from .. import tracking
+
+    state = exp_dir / _STATE_FILE
+    if resume and state.exists():
+        return json.loads(state.read_text())["parent_run_id"]
+    tracking.configure()
+    with tracking.start_run(cfg.name, tags={"detflow.sweep": cfg.name, "detflow.kind": "sweep"}) as run:
+        tracking.log_config(cfg, name="sweep.yaml")
+        run_id = run.info.run_id
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"parent_run_id": run_id, "created": time.time()}))
+    return run_id
+
+
+def _searcher(cfg: SweepConfig, exp_dir: Path, tune_space: dict):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if cfg.search.name in ("random", "grid"):
+        return BasicVariantGenerator(max_concurrent=cfg.max_concurrent, random_state=cfg.search.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    url = cfg.search.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
+    storage = optuna.storages.RDBStorage(url)
+    search = OptunaSearch(metric=cfg.metric, mode=cfg.mode, study_name=cfg.name, storage=storage,
+                          seed=cfg.search.seed)
+    return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent)
+
+
+def _scheduler(cfg: SweepConfig, base_epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if cfg.scheduler.name == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration", max_t=cfg.scheduler.max_epochs or base_epochs,
+        grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor,
+    )
+
+
+def _base_epochs(cfg: SweepConfig, base: dict, source: str) -> int:
+    fixed = cfg.space.get("train.epochs")
+    if fixed is not None and fixed.kind == "fixed":
+        return int(fixed.fixed)
+    return parse_config(TrainConfig, base, source, cfg.overrides).train.epochs
+
+
+def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume: bool = False,
+              ray_address: str | None = None) -> SweepResult:
+    """Run (or resume) the sweep ``cfg``; returns the trial table, best config and parent run id."""
+    import ray
+    from ray import tune
+
+    base_path = resolve_path(cfg.base, config_dir)
+    base = read_yaml(base_path) or {}
+    source = str(base_path)
+    _validate(cfg, base, source)
+    exp_dir = sweep_dir(cfg)
+    if exp_dir.exists() and not resume and (exp_dir / _STATE_FILE).exists():
+        raise UserInputError(f"sweep {cfg.name!r} already exists at {exp_dir}: resume it with "
+                             f"`detflow sweep --resume {cfg.name}` or choose another name")
+    if resume and not (exp_dir / _STATE_FILE).exists():
+        raise UserInputError(f"no sweep named {cfg.name!r} to resume under {exp_dir.parent}")
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+    parent = _parent_run(cfg, exp_dir, resume)
+    if not resume:
+        (exp_dir / "sweep.json").write_text(json.dumps(
+            {"config": cfg.model_dump(mode="json"), "config_dir": str(Path(config_dir or ".").resolve())}))
+    trainable = tune.with_parameters(
+        _trial_fn, base=base, base_dir=str(base_path.parent), sweep=cfg.model_dump(mode="json"),
+        parent_run_id=parent, trials_dir=str(exp_dir / "trials"))
+    trainable = tune.with_resources(trainable, {"cpu": 0.01})
+    tuner = _make_tuner(cfg, exp_dir, trainable, base, source, resume)
+    started = time.time()
+    grid = tuner.fit()
+    result = collect_results(cfg, grid, parent, exp_dir, base, source, wall_time_s=time.time() - started)
+    log_sweep_summary(cfg, result, exp_dir)
+    return result
+
+
+def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: str, resume: bool):
+    from ray import tune
+
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+    tune_space = to_tune_space(cfg.space, cfg.search.name)
+    return tune.Tuner(
+        trainable,
+        param_space=tune_space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples if cfg.search.name != "grid" else 1,
+            search_alg=_searcher(cfg, exp_dir, tune_space), scheduler=_scheduler(cfg, _base_epochs(cfg, base, source)),
+            max_concurrent_trials=cfg.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=str(exp_dir.parent),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_retries), verbose=1,
+        ),
+    )
+
+
+def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, Path]:
+    """Read a sweep YAML (with ``--set`` overrides); returns the config and its directory."""
+    from ..config.base import load_config
+
+    return load_config(SweepConfig, path, overrides), Path(path).resolve().parent
+
+
+def find_sweep(name: str) -> tuple[SweepConfig, Path]:
+    """The stored config of an existing sweep named ``name`` (for ``--resume NAME``)."""
+    root = state_dir() / "sweeps" / name
+    stored = root / "sweep.json"
+    if not stored.exists():
+        raise UserInputError(f"no sweep named {name!r} under {root.parent}: run `detflow sweep FILE.yaml` first")
+    data: dict[str, Any] = json.loads(stored.read_text())
+    return SweepConfig.model_validate(data["config"]), Path(data["config_dir"])

@@ -1,0 +1,279 @@
+"""Workflow YAML schema: a name, shared ``defaults`` and a list of steps, each ``uses`` one kind.
+
+Example (``workflows/quickstart.yaml``, abridged)::
+
+    name: quickstart
+    defaults: {model: rtmdet_tiny, data: synth, image_size: 320, scaling: {workers: 2}}
+    steps:
+      - {id: synth, uses: synth, with: {num_images: 200}}
+      - {id: train, uses: train, needs: [synth], with: {train: {epochs: 6}}}
+      - {id: distill, uses: distill, needs: [train], with: {teacher: train}}
+      - {id: qat, uses: qat, needs: [distill], with: {checkpoint: distill}}
+      - {id: bench, uses: benchmark, needs: [distill, qat], with: {artifacts: [distill, qat]}}
+
+Upstream outputs are named by step id (``teacher: train``), never by path. ``with`` is typed per
+kind: :class:`Step` validates it with the class registered for ``uses`` (a union discriminated by
+``uses``, kept in a registry so new kinds — and test fakes — plug in). Relative paths are resolved
+against the workflow file's directory when it is loaded (:func:`detflow.workflows.lint.load_workflow`).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveInt, SerializeAsAny, ValidationInfo, field_validator
+
+from ..config.base import StrictModel
+from ..config.train import (CheckpointConfig, DatasetSplit, ModelConfig, RecipeConfig, ScalingConfig,
+                            TrainLoopConfig)
+from .kinds import Ref, StepKind, get_step_kind, register_step_kind
+
+__all__ = [
+    "DatasetSpec", "Defaults", "Resources", "StepParams", "Step", "Workflow", "SynthParams", "TrainParams",
+    "DistillParams", "QATParams", "PTQParams", "ExportParams", "BenchmarkParams", "EvaluateParams",
+    "SweepParams", "NASParams", "BUILTIN_KINDS", "DataRef",
+]
+
+STEP_ID = r"^[A-Za-z][A-Za-z0-9_\-]*$"
+
+
+class DatasetSpec(StrictModel):
+    """A dataset given by path (``train`` for training kinds, ``val`` for evaluation/benchmark)."""
+
+    train: DatasetSplit | None = None
+    val: DatasetSplit | None = None
+
+
+# ``data: synth`` names an upstream ``synth`` step; a mapping gives the paths.
+DataRef = Annotated[str | DatasetSpec | None, Ref("dataset")]
+CheckpointRef = Annotated[str, Ref("checkpoint")]
+
+
+class Defaults(StrictModel):
+    """Shared by every step unless its ``with`` says otherwise."""
+
+    data: DataRef = None
+    model: str | ModelConfig | None = Field(None, description="model name or ModelConfig mapping")
+    image_size: PositiveInt | None = None
+    recipe: RecipeConfig | None = None
+    scaling: ScalingConfig | None = None
+    storage: str | None = Field(None, description="where train steps keep checkpoints; default the step dir")
+
+
+class Resources(StrictModel):
+    """Ray resources of the step task (defaults per kind, see ``StepKind.resources``)."""
+
+    num_cpus: float | None = Field(None, ge=0)
+    num_gpus: float | None = Field(None, ge=0)
+    memory_gb: float | None = Field(None, gt=0)
+
+
+class StepParams(StrictModel):
+    """Base of every kind's ``with`` parameters."""
+
+
+class SynthParams(StepParams):
+    """Generate a synthetic COCO dataset (``detflow.data.generate_synthetic``)."""
+
+    num_images: PositiveInt = 200
+    seed: int = 0
+    image_size: PositiveInt = 320
+    num_classes: PositiveInt = 4
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class _TrainSections(StepParams):
+    """TrainConfig sections a step may override (merged over ``config`` / upstream / defaults)."""
+
+    config: str | None = Field(None, description="base training config YAML")
+    model: str | ModelConfig | None = None
+    data: DataRef = None
+    image_size: PositiveInt | None = None
+    recipe: RecipeConfig | None = None
+    train: TrainLoopConfig | None = None
+    scaling: ScalingConfig | None = None
+    checkpointing: CheckpointConfig | None = None
+    init: Annotated[str | None, Ref("checkpoint")] = Field(None, description="start from this step's weights")
+
+
+class TrainParams(_TrainSections):
+    """Train a detector (``detflow.train.run_training``) — a Ray Train job."""
+
+    config_from: Annotated[str | None, Ref("best_config")] = Field(
+        None, description="take the best config of an upstream sweep/nas step as the base")
+
+
+class DistillParams(_TrainSections):
+    """Train a student with a teacher's soft targets; the same model as the teacher is
+    self-distillation (YOLOv6 §2.4). The student config defaults to the teacher's."""
+
+    teacher: CheckpointRef
+    weight: float = Field(1.0, ge=0)
+    temperature: float = Field(20.0, gt=0)
+    decay: Literal["cosine", "none"] = "cosine"
+    feature: bool = False
+
+
+class QATParams(StepParams):
+    """Re-parameterise, quantization-aware fine-tune (torchao PT2E), export int8 Q/DQ ONNX."""
+
+    checkpoint: CheckpointRef
+    data: DataRef = None
+    epochs: PositiveInt = 2
+    lr: float = Field(1e-5, gt=0)
+    max_steps_per_epoch: PositiveInt | None = None
+    skip_layers: list[str] = Field(default_factory=list, description="module names kept in float")
+
+
+class PTQParams(StepParams):
+    """Calibration-only post-training quantization to an int8 Q/DQ ONNX model."""
+
+    checkpoint: CheckpointRef
+    data: DataRef = Field(None, description="calibration set (its train split)")
+    calib_batches: PositiveInt = 4
+
+
+class ExportParams(StepParams):
+    """Export the deploy form to ONNX (fp32), checked against PyTorch in ONNX Runtime."""
+
+    checkpoint: CheckpointRef
+    input_size: PositiveInt | None = None
+    dynamic_batch: bool = True
+    with_nms: bool = False
+
+
+class BenchmarkParams(StepParams):
+    """Latency + mAP matrix over artifacts × backends × batch sizes (``detflow.bench``)."""
+
+    artifacts: Annotated[list[str], Ref("checkpoint", "onnx")] = Field(min_length=1)
+    backends: list[Literal["torch", "torch_compile", "onnxruntime", "tensorrt"]] = ["torch", "onnxruntime"]
+    batch_sizes: list[PositiveInt] = [1]
+    input_size: PositiveInt | None = None
+    data: DataRef = Field(None, description="val split for the mAP column")
+    warmup: NonNegativeInt = 5
+    iters: PositiveInt = 20
+    threads: PositiveInt = 1
+    missing_backend: Literal["fail", "skip"] = "fail"
+    export_checkpoints: bool = Field(True, description="export checkpoints without an ONNX file for ONNX backends")
+
+
+class EvaluateParams(StepParams):
+    """COCO mAP of a checkpoint or exported model on a dataset."""
+
+    artifact: Annotated[str, Ref("checkpoint", "onnx")]
+    data: DataRef = None
+    backend: Literal["torch", "onnxruntime"] | None = Field(None, description="default: by artifact type")
+    input_size: PositiveInt | None = None
+
+
+class SweepParams(_TrainSections):
+    """Hyperparameter sweep (``detflow.tune``) over the step's training config."""
+
+    space: dict[str, Any]
+    metric: str = "val/bbox_mAP"
+    mode: Literal["max", "min"] = "max"
+    num_samples: PositiveInt = 8
+    max_concurrent: PositiveInt = 2
+    search: dict[str, Any] = Field(default_factory=dict)
+    scheduler: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, Any] = Field(default_factory=dict, description="per-trial resources")
+
+
+class NASParams(_TrainSections):
+    """SpineNet architecture search (``detflow.nas``): proxy-train candidates, keep the best spec."""
+
+    num_samples: PositiveInt = 8
+    proxy_epochs: PositiveInt = 1
+    metric: str = "val/bbox_mAP"
+    mode: Literal["max", "min"] = "max"
+    search: dict[str, Any] = Field(default_factory=dict)
+
+
+_TRAIN_RES = {"num_cpus": 0.0}  # a train-like step only drives its Ray Train / Tune job
+_CPU = {"num_cpus": 1.0}
+_TRAINED = frozenset({"checkpoint", "config", "metrics"})
+_QUANT = frozenset({"checkpoint", "onnx", "metrics"})
+_STEPS = "detflow.workflows.steps"
+BUILTIN_KINDS = (
+    StepKind("synth", SynthParams, f"{_STEPS}.synth:run", frozenset({"dataset"})),
+    StepKind("train", TrainParams, f"{_STEPS}.train:run_train", _TRAINED, _TRAIN_RES,
+             registers_model=True, needs_data=True, needs_model=True),
+    StepKind("distill", DistillParams, f"{_STEPS}.train:run_distill", _TRAINED, _TRAIN_RES, registers_model=True),
+    StepKind("qat", QATParams, f"{_STEPS}.quant:run_qat", _QUANT, _CPU, registers_model=True),
+    StepKind("ptq", PTQParams, f"{_STEPS}.quant:run_ptq", _QUANT, _CPU, registers_model=True),
+    StepKind("export", ExportParams, f"{_STEPS}.export:run", frozenset({"onnx"}), _CPU, registers_model=True),
+    StepKind("benchmark", BenchmarkParams, f"{_STEPS}.benchmark:run", frozenset({"table", "metrics"}), _CPU),
+    StepKind("evaluate", EvaluateParams, f"{_STEPS}.evaluate:run", frozenset({"metrics"}), _CPU),
+    StepKind("sweep", SweepParams, f"{_STEPS}.search:run_sweep", frozenset({"best_config", "checkpoint", "metrics"}),
+             _TRAIN_RES, needs_data=True, needs_model=True),
+    StepKind("nas", NASParams, f"{_STEPS}.search:run_nas", frozenset({"best_config", "spec", "metrics"}),
+             _TRAIN_RES, needs_data=True),
+)
+for _kind in BUILTIN_KINDS:
+    register_step_kind(_kind, replace=True)
+
+
+class Step(StrictModel):
+    """One node of the DAG. ``with`` is validated by the class registered for ``uses``."""
+
+    model_config = {**StrictModel.model_config, "populate_by_name": True}
+
+    id: str = Field(pattern=STEP_ID)
+    uses: str
+    needs: list[str] = Field(default_factory=list)
+    with_: SerializeAsAny[StepParams] = Field(default_factory=StepParams, alias="with")
+    retries: NonNegativeInt = 0
+    retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles each attempt")
+    resources: Resources = Resources()
+
+    @field_validator("uses")
+    @classmethod
+    def _known_kind(cls, uses: str) -> str:
+        get_step_kind(uses)
+        return uses
+
+    @field_validator("with_", mode="before")
+    @classmethod
+    def _typed_params(cls, value: Any, info: ValidationInfo) -> Any:
+        uses = info.data.get("uses")
+        if uses is None:
+            return value
+        params_cls = get_step_kind(uses).params
+        if isinstance(value, params_cls):
+            return value
+        return params_cls.model_validate(value or {})
+
+    @property
+    def kind(self) -> StepKind:
+        return get_step_kind(self.uses)
+
+    def ray_resources(self) -> dict[str, float]:
+        res = dict(self.kind.resources)
+        for key in ("num_cpus", "num_gpus"):
+            if getattr(self.resources, key) is not None:
+                res[key] = getattr(self.resources, key)
+        if self.resources.memory_gb:
+            res["memory"] = self.resources.memory_gb * 2**30
+        return res
+
+
+class Workflow(StrictModel):
+    """A validated workflow; build it with :func:`detflow.workflows.lint.load_workflow`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    registered_model: str | None = Field(None, description="MLflow registry name; default the workflow name")
+    defaults: Defaults = Defaults()
+    steps: list[Step] = Field(min_length=1)
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model or self.name
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
