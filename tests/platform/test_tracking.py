@@ -27,6 +27,7 @@ def store(store_dir, monkeypatch):
     yield store_dir
     while mlflow.active_run():
         mlflow.end_run()
+    mlflow.set_tracking_uri(None)  # also unsets the MLFLOW_TRACKING_URI mlflow exported
 
 
 def _dataset(tmp_path: Path) -> tuple[Path, Path]:
@@ -135,3 +136,10 @@ def test_dataset_fingerprint_changes_with_content(tmp_path):
     assert first.startswith("sha256:") and first.endswith(":images=2")
     ann.write_text(ann.read_text() + " ")
     assert tracking.dataset_fingerprint(ann, images) != first
+
+
+def test_user_sqlite_uri_keeps_artifacts_next_to_it(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'user.db'}")
+    with tracking.start_run("u", experiment="user-store") as run:
+        tracking.log_metrics({"AP": 1.0}, step=0)
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())

@@ -55,7 +55,8 @@ _register_all()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning detflow errors into one-line messages and exit codes."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click *returns* the code of a ``typer.Exit(code)`` (and of --help: 0).
+        code = app(args=argv, standalone_mode=False)
     except DetflowError as exc:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,5 +57,49 @@ def _print_table(result) -> None:
     console.print(f"MLflow parent run: {result.parent_run_id}")
 
 
+def nas_cmd(
+    config: Optional[Path] = typer.Argument(None, help="NAS YAML (omit with --resume NAME)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: KEY=VALUE (repeatable)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Resume the interrupted search NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """SpineNet architecture search: sample specs, train each on the proxy task, rank by val AP.
+
+    Example: detflow nas workflows/nas/spinenet_proxy_nas.yaml --set num_samples=4
+    """
+    from ..errors import UserInputError
+    from ..nas import find_nas, load_nas_config, run_nas
+
+    if resume:
+        cfg, config_dir = find_nas(resume)
+    elif config is None:
+        raise UserInputError("detflow nas: give a NAS YAML, or --resume NAME")
+    else:
+        cfg, config_dir = load_nas_config(config, set_)
+    result = run_nas(cfg, config_dir=config_dir, resume=bool(resume))
+    if as_json:
+        typer.echo(json.dumps(dataclasses_asdict(result), default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"NAS {result.name}: {len(result.ranked)} architectures, {result.rejected} rejected")
+    for head in ("rank", "trial", result.metric, "spec", "mlflow run"):
+        table.add_column(head)
+    for row in result.ranked:
+        table.add_row(str(row["rank"]), str(row["trial"]), f"{row[result.metric]:.4f}", str(row["spec"]),
+                      str(row["mlflow_run_id"]))
+    console = Console()
+    console.print(table)
+    console.print(f"best spec: {result.best_spec_path}  (use model: {{name: spinenet, spec: {result.best_spec_path}}})")
+
+
+def dataclasses_asdict(obj):
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
 def register(app: typer.Typer) -> None:
     app.command("sweep")(sweep_cmd)
+    app.command("nas")(nas_cmd)

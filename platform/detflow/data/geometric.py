@@ -11,21 +11,23 @@ M×H×W uint8 or ``None``, ``image_id``, ``orig_size``, ``scale``). Transforms n
 arrays of their input in place. Random transforms draw from their own ``numpy.random.Generator``
 (``seed=``; ``reseed(seed)`` is what a DataLoader worker calls) — never the global ``np.random``.
 
-The helpers at the top (``resize_sample``, ``crop_sample``, ``masks_to_boxes``, ...) are shared
+The helpers at the top (``resize_sample`` (w, h order), ``fit_resize``, ``crop_sample``, ``masks_to_boxes``, ...) are shared
 with :mod:`detflow.data.mixing`.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+
 __all__ = [
     "RandomTransform", "RandomResize", "RandomCrop", "RandomAffine", "YOLOXHSVRandomAug",
-    "HSVRandomAug", "FilterAnnotations", "resize_sample", "crop_sample", "masks_to_boxes",
-    "select_instances", "resize_masks", "pair", "seed_transforms",
+    "HSVRandomAug", "MultiScaleResize", "FilterAnnotations", "resize_sample", "resize_masks", "fit_resize", "crop_sample", "masks_to_boxes",
+    "select_instances", "pair", "seed_transforms", "warp_sample", "box_candidates",
 ]
 
 Sample = dict[str, Any]
@@ -84,7 +86,8 @@ def resize_image(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
 
 
 def resize_sample(sample: Sample, new_w: int, new_h: int) -> Sample:
-    """Resize image (bilinear), boxes (scaled) and masks (nearest) to ``new_w``×``new_h``."""
+    """Resize image (bilinear), boxes (scaled) and masks (nearest) to ``new_w``×``new_h``.
+    ``scale`` is multiplied by the horizontal factor."""
     h, w = sample["image"].shape[:2]
     sx, sy = new_w / w, new_h / h
     out = dict(sample)
@@ -94,6 +97,13 @@ def resize_sample(sample: Sample, new_w: int, new_h: int) -> Sample:
         out["masks"] = resize_masks(sample["masks"], new_w, new_h)
     out["scale"] = float(sample.get("scale", 1.0)) * sx
     return out
+
+
+def fit_resize(sample: Sample, w: int, h: int) -> Sample:
+    """Keep-ratio resize by ``min(w / iw, h / ih)`` so the sample fits ``w``×``h`` (no padding)."""
+    ih, iw = sample["image"].shape[:2]
+    f = min(w / iw, h / ih)
+    return resize_sample(sample, max(1, int(round(iw * f))), max(1, int(round(ih * f))))
 
 
 def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int, *,
@@ -127,14 +137,35 @@ def box_candidates(before: np.ndarray, after: np.ndarray, *, wh_thr: float = 2.0
 
 
 class RandomTransform:
-    """Base of the random transforms: owns a seedable ``numpy.random.Generator``."""
+    """Base of the random transforms: owns a seedable ``numpy.random.Generator`` (``self.rng``).
+
+    Worker seeding: when the transform is first used in a process other than the one that made
+    the generator (a forked DataLoader worker), the generator is re-derived from
+    ``(seed, torch.initial_seed())`` — the DataLoader gives each worker its own torch seed from the
+    loader's seeded generator — so workers draw different, reproducible streams.
+    """
 
     def __init__(self, seed: int | None = None) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
-        """Replace the generator (a DataLoader ``worker_init_fn`` calls this per worker)."""
-        self.rng = np.random.default_rng(seed)
+        """Replace the generator (fixed ``seed``, or fresh entropy for ``None``)."""
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._pid = os.getpid()
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if os.getpid() != self._pid:
+            import torch
+
+            self._pid = os.getpid()
+            self._rng = np.random.default_rng([self._seed or 0, torch.initial_seed() % 2**63])
+        return self._rng
+
+    @rng.setter
+    def rng(self, value: np.random.Generator) -> None:
+        self._rng, self._pid = value, os.getpid()
 
 
 def seed_transforms(transforms: Any, seed: int) -> None:
@@ -144,10 +175,8 @@ def seed_transforms(transforms: Any, seed: int) -> None:
     if not isinstance(items, (list, tuple)):
         items = [items]
     for i, t in enumerate(items):
-        if hasattr(t, "reseed"):
+        if isinstance(t, RandomTransform):
             t.reseed(seed + i)
-        elif hasattr(t, "rng") and isinstance(t.rng, np.random.Generator):
-            t.rng = np.random.default_rng(seed + i)
 
 
 # --------------------------------------------------------------------------- transforms
@@ -331,7 +360,7 @@ class YOLOXHSVRandomAug(RandomTransform):
         return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
 
     def __repr__(self) -> str:
-        return f"YOLOXHSVRandomAug(deltas={tuple(self.deltas.astype(int))})"
+        return f"YOLOXHSVRandomAug(deltas={tuple(int(d) for d in self.deltas)})"
 
 
 class HSVRandomAug(RandomTransform):
@@ -352,7 +381,29 @@ class HSVRandomAug(RandomTransform):
         return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
 
     def __repr__(self) -> str:
-        return f"HSVRandomAug(gains={tuple(self.gains)})"
+        return f"HSVRandomAug(gains={tuple(float(g) for g in self.gains)})"
+
+
+class MultiScaleResize(RandomTransform):
+    """Multi-scale training (YOLOv3 / ASFF §5.3): keep-ratio resize so the image fits ``size``×``size``,
+    ``size`` drawn from ``sizes`` anew every ``interval`` calls (set it to 10 × the per-worker batch
+    so that a batch shares one size; the collate pads the batch)."""
+
+    def __init__(self, sizes: Sequence[int], *, interval: int = 10, seed: int | None = None) -> None:
+        super().__init__(seed)
+        if not sizes or interval < 1:
+            raise ValueError(f"MultiScaleResize: need sizes and interval >= 1, got {sizes}, {interval}")
+        self.sizes, self.interval = [int(v) for v in sizes], int(interval)
+        self._calls, self.size = 0, self.sizes[-1]
+
+    def __call__(self, sample: Sample) -> Sample:
+        if self._calls % self.interval == 0:
+            self.size = int(self.rng.choice(self.sizes))
+        self._calls += 1
+        return fit_resize(sample, self.size, self.size)
+
+    def __repr__(self) -> str:
+        return f"MultiScaleResize(sizes={self.sizes}, interval={self.interval})"
 
 
 class FilterAnnotations:
@@ -367,7 +418,7 @@ class FilterAnnotations:
         boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
         keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_wh[0]) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_wh[1])
         if self.by_mask and sample.get("masks") is not None and len(boxes):
-            keep &= sample["masks"].reshape(len(boxes), -1).any(axis=1)
+            keep &= sample["masks"].any(axis=(1, 2))
         if keep.all():
             return sample
         return select_instances(sample, keep)

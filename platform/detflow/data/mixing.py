@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from .geometric import (
-    RandomTransform, Sample, crop_sample, masks_to_boxes, pair, resize_image, resize_sample,
+    RandomTransform, Sample, crop_sample, fit_resize, masks_to_boxes, pair, resize_sample,
     select_instances,
 )
+from .transforms import flip_sample
 
 __all__ = [
     "SampleCache", "Mosaic", "CachedMosaic", "MixUp", "CachedMixUp", "CutMix", "CopyPaste",
@@ -59,10 +60,7 @@ def _nonempty(sample: Sample) -> Sample:
 
 def letterbox_fit(sample: Sample, w: int, h: int, *, pad_val: int = 114) -> Sample:
     """Keep-ratio resize so the sample fits ``w``×``h``, placed top-left on a ``pad_val`` canvas."""
-    ih, iw = sample["image"].shape[:2]
-    f = min(w / iw, h / ih)
-    rs = resize_sample(sample, max(1, int(round(iw * f))), max(1, int(round(ih * f))))
-    return _place(rs, w, h, 0, 0, pad_val)
+    return _place(fit_resize(sample, w, h), w, h, 0, 0, pad_val)
 
 
 def _place(sample: Sample, canvas_w: int, canvas_h: int, x: int, y: int, pad_val: int) -> Sample:
@@ -200,9 +198,7 @@ class Mosaic(_MixingTransform):
         yc = int(self.rng.uniform(*self.center_ratio_range) * h)
         placed = []
         for corner, s in enumerate(samples):
-            ih, iw = s["image"].shape[:2]
-            f = min(w / iw, h / ih)
-            rs = resize_sample(s, max(1, int(round(iw * f))), max(1, int(round(ih * f))))
+            rs = fit_resize(s, w, h)
             rh, rw = rs["image"].shape[:2]
             x = xc - rw if corner in (0, 2) else xc
             y = yc - rh if corner in (0, 1) else yc
@@ -293,32 +289,30 @@ class MixUp(_MixingTransform):
         jw, jh = max(1, int(round(w * jit))), max(1, int(round(h * jit)))
         fitted = resize_sample(fitted, jw, jh)
         if flip:
-            fitted = _hflip(fitted)
+            fitted = flip_sample(fitted, "horizontal")
         big = _place(fitted, max(jw, tw), max(jh, th), 0, 0, self.pad_val)
         x0 = int(self.rng.integers(0, big["image"].shape[1] - tw + 1))
         y0 = int(self.rng.integers(0, big["image"].shape[0] - th + 1))
-        before = big["boxes"].copy()
-        cropped = crop_sample({**big, "_before": None}, x0, y0, x0 + tw, y0 + th)
-        cropped = self._filter(big, x0, y0, cropped, before)
+        cropped = self._crop_partner(big, x0, y0, tw, th)
         lam = 0.5 if self.alpha is None else float(self.rng.beta(self.alpha, self.alpha))
         image = (lam * sample["image"].astype(np.float32)
                  + (1 - lam) * cropped["image"].astype(np.float32)).round().astype(np.uint8)
         return _merge([sample, cropped], sample, image)
 
-    def _filter(self, big: Sample, x0: int, y0: int, cropped: Sample, before: np.ndarray) -> Sample:
-        """Drop partner boxes that the crop cut down too much (MMDetection ``_filter_box_candidates``)."""
-        b = before - np.float32([x0, y0, x0, y0])
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        c = b.copy()
-        th, tw = cropped["image"].shape[:2]
+    def _crop_partner(self, big: Sample, x0: int, y0: int, tw: int, th: int) -> Sample:
+        """Crop the placed partner to ``tw``×``th`` at (x0, y0); drop boxes the crop cut down too
+        much (MMDetection ``_filter_box_candidates``)."""
+        before = np.asarray(big["boxes"], np.float32).reshape(-1, 4) - np.float32([x0, y0, x0, y0])
+        c = before.copy()
         c[:, 0::2] = c[:, 0::2].clip(0, tw)
         c[:, 1::2] = c[:, 1::2].clip(0, th)
         cw, ch = c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]
         ar = np.maximum(cw / (ch + 1e-16), ch / (cw + 1e-16))
+        area = (before[:, 2] - before[:, 0]) * (before[:, 3] - before[:, 1])
         keep = ((cw > self.min_bbox_size) & (ch > self.min_bbox_size)
                 & (cw * ch / (area + 1e-16) > self.min_area_ratio) & (ar < self.max_aspect_ratio))
         out = dict(big)
-        out["image"] = cropped["image"]
+        out["image"] = big["image"][y0:y0 + th, x0:x0 + tw]
         out["boxes"] = c
         if big.get("masks") is not None:
             out["masks"] = big["masks"][:, y0:y0 + th, x0:x0 + tw]
@@ -326,18 +320,6 @@ class MixUp(_MixingTransform):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(img_scale={self.img_scale}, ratio_range={self.ratio_range}, prob={self.prob})"
-
-
-def _hflip(sample: Sample) -> Sample:
-    """Horizontal flip of image, boxes and masks."""
-    w = sample["image"].shape[1]
-    out = dict(sample)
-    out["image"] = sample["image"][:, ::-1]
-    b = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
-    out["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1)
-    if sample.get("masks") is not None:
-        out["masks"] = sample["masks"][:, :, ::-1]
-    return out
 
 
 class CachedMixUp(_CacheState, MixUp):
@@ -380,13 +362,12 @@ def cutmix_pair(sample: Sample, partner: Sample, region: Sequence[int], *, min_v
     image = sample["image"].copy()
     image[y0:y1, x0:x1] = partner["image"][y0:y1, x0:x1]
     own = _occlude(sample, (x0, y0, x1, y1), min_visible)
-    pasted = crop_sample(partner, x0, y0, x1, y1)
     pb = np.asarray(partner["boxes"], np.float32).reshape(-1, 4)
     inside = _inter_area(pb, (x0, y0, x1, y1)) / np.maximum(_area(pb), 1e-9)
     keep_ids = np.flatnonzero(inside >= min_visible)
     pasted = select_instances(partner, keep_ids)
     pasted = _place(crop_sample(pasted, x0, y0, x1, y1), image.shape[1], image.shape[0], x0, y0, 0)
-    if own.get("masks") is not None and pasted.get("masks") is not None:
+    if pasted.get("masks") is not None:
         pasted["boxes"] = masks_to_boxes(pasted["masks"])
     return _merge([own, pasted], sample, image)
 
@@ -411,7 +392,7 @@ def _occlude(sample: Sample, region: Sequence[int], min_visible: float) -> Sampl
         out["masks"] = masks.copy()
         out["masks"][:, y0:y1, x0:x1] = 0
         out["boxes"] = masks_to_boxes(out["masks"])
-        return select_instances(out, out["masks"].reshape(len(masks), -1).any(axis=1))
+        return select_instances(out, out["masks"].any(axis=(1, 2)))
     b = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
     visible = 1.0 - _inter_area(b, region) / np.maximum(_area(b), 1e-9)
     return select_instances(sample, visible >= min_visible)
@@ -466,11 +447,11 @@ def copy_paste_pair(sample: Sample, partner: Sample, selected: Sequence[int] | n
     new_boxes = masks_to_boxes(own["masks"])
     moved = np.abs(new_boxes - np.asarray(sample["boxes"], np.float32).reshape(-1, 4)).max(axis=1) \
         if len(new_boxes) else np.zeros(0, np.float32)
-    remain = own["masks"].reshape(len(new_boxes), -1).sum(axis=1)
+    remain = own["masks"].sum(axis=(1, 2), dtype=np.int64)
     own["boxes"] = new_boxes
     own = select_instances(own, ((moved <= bbox_occluded_thr) | (remain > mask_occluded_thr)) & (remain > 0))
     picked["boxes"] = masks_to_boxes(picked["masks"])
-    picked = select_instances(picked, picked["masks"].reshape(len(picked["labels"]), -1).any(axis=1))
+    picked = select_instances(picked, picked["masks"].any(axis=(1, 2)))
     return _merge([own, picked], sample, image.astype(np.uint8))
 
 

@@ -291,19 +291,24 @@ def mask_to_polygons(mask: np.ndarray, offset: tuple[float, float] = (0.0, 0.0),
 
 
 def _annotations(label_map: np.ndarray, classes: list[int], image_id: int, next_id: int) -> list[dict]:
+    """One COCO annotation per visible instance of ``label_map`` (bbox/area/polygons from its pixels)."""
+    from scipy import ndimage
+
     anns = []
-    for inst_id, cls in enumerate(classes, start=1):
-        mask = label_map == inst_id
-        ys, xs = np.nonzero(mask)
-        if len(xs) < MIN_VISIBLE_PIXELS:
+    for inst_id, region in enumerate(ndimage.find_objects(label_map, max_label=len(classes)), start=1):
+        if region is None:
             continue
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        polygons = mask_to_polygons(mask[y0:y1, x0:x1], offset=(x0, y0))
+        mask = label_map[region] == inst_id
+        area = int(mask.sum())
+        if area < MIN_VISIBLE_PIXELS:
+            continue
+        y0, x0 = region[0].start, region[1].start
+        polygons = mask_to_polygons(mask, offset=(x0, y0))
         if not polygons:
             continue
         anns.append({
-            "id": next_id + len(anns), "image_id": image_id, "category_id": cls + 1,
-            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(len(xs)), "iscrowd": 0,
+            "id": next_id + len(anns), "image_id": image_id, "category_id": classes[inst_id - 1] + 1,
+            "bbox": [x0, y0, region[1].stop - x0, region[0].stop - y0], "area": area, "iscrowd": 0,
             "segmentation": polygons,
         })
     return anns

@@ -37,9 +37,14 @@ def distill_alpha(epoch: int, epochs: int, decay: str = "cosine") -> float:
     return 1.0 - 0.99 * (1.0 - math.cos(math.pi * epoch / max(epochs, 1))) / 2.0
 
 
+# evaluate_coco keys -> logged names (val/bbox_mAP50, val/segm_mAP …), as the sweeps and workflows use
+METRIC_NAMES = {"AP": "mAP", "AP50": "mAP50", "AP75": "mAP75", "APs": "mAP_s", "APm": "mAP_m", "APl": "mAP_l",
+                "AR1": "AR1", "AR10": "AR10", "AR100": "AR100"}
+
+
 def primary_metric(task: str) -> str:
-    """The metric that selects the best checkpoint: segm AP for instance segmentation, else bbox AP."""
-    return "val/segm_AP" if task == "segm" else "val/AP"
+    """The metric that selects the best checkpoint: segm mAP for instance segmentation, else bbox mAP."""
+    return "val/segm_mAP" if task == "segm" else "val/bbox_mAP"
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -170,7 +175,7 @@ class TrainLoop:
         losses = self._losses(images, targets, epoch)
         total = sum(losses.values())
         if not torch.isfinite(total):
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             raise RuntimeFailure(f"non-finite loss at epoch {epoch} step {self.step}: {terms}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -270,7 +275,7 @@ def predict_batches(model: nn.Module, loader: Iterable, *, device: torch.device 
 def evaluate_model(model: nn.Module, loader: Iterable, coco: Any, category_ids: Sequence[int], *,
                    device: torch.device | str = "cpu", score_thr: float = 0.001, nms_iou: float = 0.65,
                    max_det: int = 100, plot_pr: str | None = None) -> dict[str, float]:
-    """COCO metrics of ``model`` on a val loader: ``val/AP``, ``val/AP50``… (+ ``val/segm_*`` for segm)."""
+    """COCO metrics of ``model`` on a val loader: ``val/bbox_mAP``, ``val/bbox_mAP50``… (+ ``val/segm_*``)."""
     from ..evaluation import detections_to_coco, evaluate_coco
 
     dets, ids = predict_batches(model, loader, device=device, score_thr=score_thr, nms_iou=nms_iou, max_det=max_det)
@@ -279,6 +284,5 @@ def evaluate_model(model: nn.Module, loader: Iterable, coco: Any, category_ids: 
     iou_types = ["bbox", "segm"] if getattr(unwrap_model(model), "task", "bbox") == "segm" else ["bbox"]
     for iou_type in iou_types:
         out = evaluate_coco(coco, results, iou_type, plot_pr=plot_pr if iou_type == iou_types[-1] else None)
-        prefix = "val/" if iou_type == "bbox" else "val/segm_"
-        metrics.update({f"{prefix}{k}": float(v) for k, v in out.items() if isinstance(v, (int, float))})
+        metrics.update({f"val/{iou_type}_{METRIC_NAMES[k]}": float(v) for k, v in out.items() if k in METRIC_NAMES})
     return metrics

@@ -103,9 +103,10 @@ def export_program(model: nn.Module, example: Tensor) -> torch.fx.GraphModule:
 
 
 def _loader_batches(split: Any, source: ModelSource, image_size: int, batch_size: int, shuffle: bool) -> Iterable[Batch]:
-    from ..data import CocoDataset, build_dataloader, build_val_transforms
+    from ..data import CocoDataset, build_basic_train_transforms, build_dataloader, build_val_transforms
 
-    dataset = CocoDataset(split.annotations, split.images, transforms=build_val_transforms(image_size, source.model.input_spec),
+    build = build_basic_train_transforms if shuffle else build_val_transforms  # letterbox (+ flip for QAT)
+    dataset = CocoDataset(split.annotations, split.images, transforms=build(image_size, source.model.input_spec),
                           filter_empty=shuffle)
     return build_dataloader(dataset, batch_size, shuffle=shuffle, num_workers=0, drop_last=shuffle and len(dataset) > batch_size)
 
@@ -113,7 +114,7 @@ def _loader_batches(split: Any, source: ModelSource, image_size: int, batch_size
 def iter_batches(data: Any, source: ModelSource, image_size: int, *, batch_size: int, shuffle: bool) -> Iterable[Batch]:
     """Batches ``(images, targets, metas)`` from ``data``:
 
-    * ``None`` — the checkpoint's training split (``config.data.train``), val-style letterbox transforms;
+    * ``None`` — the checkpoint's training split (``config.data.train``): letterbox (+ flip when ``shuffle``);
     * a ``DatasetSplit`` (or an object with ``annotations`` and ``images``) — that split;
     * an iterable of batches (tensors, or ``(images, targets[, metas])`` tuples) — used as is.
     """
@@ -125,7 +126,7 @@ def iter_batches(data: Any, source: ModelSource, image_size: int, *, batch_size:
         return _loader_batches(data, source, image_size, batch_size, shuffle)
     if isinstance(data, (str, Path)):
         raise UserInputError(f"quantization: data: expected a DatasetSplit (annotations, images), got path {data!r}")
-    return _normalise_batches(data)
+    return list(_normalise_batches(data))
 
 
 def _normalise_batches(batches: Iterable[Any]) -> Iterator[Batch]:
@@ -145,8 +146,10 @@ class QuantDeployModule(nn.Module):
     """Converted (int8) raw forward followed by the float ``decode`` of the original detector."""
 
     def __init__(self, quantized: nn.Module, detector: nn.Module):
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
         super().__init__()
-        self.quantized = quantized
+        self.quantized = allow_exported_model_train_eval(quantized)
         self.detector = detector
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -158,7 +161,7 @@ def count_qdq(onnx_path: str | Path) -> dict[str, int]:
     import onnx
 
     ops = Counter(n.op_type for n in onnx.load(str(onnx_path)).graph.node)
-    return {k: int(v) for k, v in ops.items() if "Quant" in k or k.startswith("QLinear") or k in ("Conv", "ConvInteger")}
+    return {k: int(v) for k, v in ops.items() if "quant" in k.lower() or k.startswith("QLinear") or k in ("Conv", "ConvInteger")}
 
 
 def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: ModelSource, extra: dict[str, Any]) -> dict[str, Any]:

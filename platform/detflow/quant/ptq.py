@@ -21,7 +21,7 @@ from torch import nn
 
 import detmodels
 
-from ..errors import DetflowError, RuntimeFailure
+from ..errors import RuntimeFailure, UserInputError
 from ..export.onnx import DeployModule, deploy_info, export_graph, resolve_model, write_sidecar
 from .common import (
     INT8_ONNX, QuantDeployModule, QuantResult, build_quantizer, count_qdq, export_int8, export_program,
@@ -102,7 +102,7 @@ def run_ptq(
         int8 = pt2e_ptq(model, calib, floats)
         info.update(quant_path="pt2e", **export_int8(int8, calib[0], out, source, {"float_modules": floats}))
         info["torch_program"] = save_torch_program(int8, calib[0], out)
-    except DetflowError:
+    except UserInputError:
         raise
     except Exception as exc:
         if not fallback:

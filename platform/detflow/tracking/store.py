@@ -22,16 +22,35 @@ def redact_url(text: str) -> str:
     return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 
+# The URI configure() chose itself: mlflow.set_tracking_uri exports it as MLFLOW_TRACKING_URI,
+# which must not then be mistaken for the user's choice.
+_DEFAULT_URI: str | None = None
+
+
+def _user_uri() -> str | None:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return None if not uri or uri == _DEFAULT_URI else uri
+
+
 def uses_embedded_store() -> bool:
-    """True when no ``MLFLOW_TRACKING_URI`` is set (the SQLite store in the state directory is used)."""
-    return not os.environ.get("MLFLOW_TRACKING_URI")
+    """True unless the user's ``MLFLOW_TRACKING_URI`` points somewhere else than a local SQLite file."""
+    user = _user_uri()
+    return user is None or _sqlite_file(user) is not None
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    return None
 
 
 def artifact_root() -> Path:
-    """Artifact root of the embedded store: ``$DETFLOW_HOME/mlartifacts`` (created)."""
+    """Artifact root of the embedded store, next to its database: ``$DETFLOW_HOME/mlartifacts`` by
+    default, ``DIR/mlartifacts`` for a user's ``sqlite:///DIR/x.db`` (created)."""
     from ..paths import state_dir
 
-    root = state_dir() / "mlartifacts"
+    db = _sqlite_file(_user_uri() or "")
+    root = (db.parent if db is not None else state_dir()) / "mlartifacts"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -42,12 +61,15 @@ def configure() -> str:
     ``MLFLOW_TRACKING_URI`` wins when set; otherwise ``sqlite:///$DETFLOW_HOME/mlflow.db``.
     Telemetry is switched off (``MLFLOW_DISABLE_TELEMETRY=true``). Safe to call repeatedly.
     """
+    global _DEFAULT_URI
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     import mlflow
 
     from ..paths import state_dir
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"
+    uri = _user_uri()
+    if uri is None:
+        uri = _DEFAULT_URI = f"sqlite:///{state_dir() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -304,7 +304,9 @@ def rule_param_types(raw: dict) -> list[LintError]:
             Step.model_validate(known)
         except ValidationError as exc:
             for text in format_validation_error(exc, "", Step):
-                errors.append(LintError(_line(step), step["id"], text.removeprefix(": ").replace("with_.", "with."),
+                text = text.removeprefix(": ").replace("with_.", "with.")
+                field = text.split(".")[0].split(":")[0]
+                errors.append(LintError(_line(step, field), step["id"], text,
                                         "see `detflow run --help` and the kind's fields in docs"))
     return errors
 

@@ -25,6 +25,8 @@ from pydantic import Field, NonNegativeInt, PositiveInt, SerializeAsAny, Validat
 from ..config.base import StrictModel
 from ..config.train import (CheckpointConfig, DatasetSplit, ModelConfig, RecipeConfig, ScalingConfig,
                             TrainLoopConfig)
+from ..nas.config import NasSearch, NasSpace, ProxyTask
+from ..tune.config import SchedulerConfig, SearchConfig, TrialResources
 from .kinds import Ref, StepKind, get_step_kind, register_step_kind
 
 __all__ = [
@@ -145,7 +147,9 @@ class BenchmarkParams(StepParams):
     """Latency + mAP matrix over artifacts × backends × batch sizes (``detflow.bench``)."""
 
     artifacts: Annotated[list[str], Ref("checkpoint", "onnx")] = Field(min_length=1)
-    backends: list[Literal["torch", "torch_compile", "onnxruntime", "tensorrt"]] = ["torch", "onnxruntime"]
+    backends: list[Literal["torch", "torch.compile", "onnxruntime", "onnxruntime-cuda", "tensorrt"]] = \
+        ["torch", "onnxruntime"]
+    precisions: list[Literal["fp32", "fp16", "int8"]] | None = Field(None, description="keep only these cells")
     batch_sizes: list[PositiveInt] = [1]
     input_size: PositiveInt | None = None
     data: DataRef = Field(None, description="val split for the mAP column")
@@ -153,7 +157,7 @@ class BenchmarkParams(StepParams):
     iters: PositiveInt = 20
     threads: PositiveInt = 1
     missing_backend: Literal["fail", "skip"] = "fail"
-    export_checkpoints: bool = Field(True, description="export checkpoints without an ONNX file for ONNX backends")
+    max_eval_images: PositiveInt | None = Field(None, description="cap the val images scored per cell")
 
 
 class EvaluateParams(StepParams):
@@ -166,26 +170,28 @@ class EvaluateParams(StepParams):
 
 
 class SweepParams(_TrainSections):
-    """Hyperparameter sweep (``detflow.tune``) over the step's training config."""
+    """Hyperparameter sweep (``detflow.tune``, Ray Tune + Optuna) over the step's training config;
+    ``space`` uses the sweep YAML syntax (``{uniform: [a, b]}``, ``{choice: […]}``, a fixed value)."""
 
-    space: dict[str, Any]
+    space: dict[str, Any] = Field(min_length=1)
     metric: str = "val/bbox_mAP"
     mode: Literal["max", "min"] = "max"
     num_samples: PositiveInt = 8
     max_concurrent: PositiveInt = 2
-    search: dict[str, Any] = Field(default_factory=dict)
-    scheduler: dict[str, Any] = Field(default_factory=dict)
-    resources: dict[str, Any] = Field(default_factory=dict, description="per-trial resources")
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    trial_resources: TrialResources = TrialResources()
 
 
 class NASParams(_TrainSections):
-    """SpineNet architecture search (``detflow.nas``): proxy-train candidates, keep the best spec."""
+    """SpineNet architecture search (``detflow.nas``): proxy-train sampled specs, keep the best."""
 
-    num_samples: PositiveInt = 8
-    proxy_epochs: PositiveInt = 1
     metric: str = "val/bbox_mAP"
     mode: Literal["max", "min"] = "max"
-    search: dict[str, Any] = Field(default_factory=dict)
+    num_samples: PositiveInt = 8
+    space: NasSpace = NasSpace()
+    proxy: ProxyTask = ProxyTask()
+    search: NasSearch = NasSearch()
 
 
 _TRAIN_RES = {"num_cpus": 0.0}  # a train-like step only drives its Ray Train / Tune job
@@ -203,7 +209,7 @@ BUILTIN_KINDS = (
     StepKind("export", ExportParams, f"{_STEPS}.export:run", frozenset({"onnx"}), _CPU, registers_model=True),
     StepKind("benchmark", BenchmarkParams, f"{_STEPS}.benchmark:run", frozenset({"table", "metrics"}), _CPU),
     StepKind("evaluate", EvaluateParams, f"{_STEPS}.evaluate:run", frozenset({"metrics"}), _CPU),
-    StepKind("sweep", SweepParams, f"{_STEPS}.search:run_sweep", frozenset({"best_config", "checkpoint", "metrics"}),
+    StepKind("sweep", SweepParams, f"{_STEPS}.search:run_sweep", frozenset({"best_config", "metrics"}),
              _TRAIN_RES, needs_data=True, needs_model=True),
     StepKind("nas", NASParams, f"{_STEPS}.search:run_nas", frozenset({"best_config", "spec", "metrics"}),
              _TRAIN_RES, needs_data=True),
@@ -240,6 +246,8 @@ class Step(StrictModel):
         params_cls = get_step_kind(uses).params
         if isinstance(value, params_cls):
             return value
+        if isinstance(value, StepParams):  # the (untyped) default
+            value = value.model_dump(exclude_unset=True)
         return params_cls.model_validate(value or {})
 
     @property

@@ -1,0 +1,318 @@
+"""RTMDet and RTMDet-Ins (Lyu et al. 2022, "RTMDet: An Empirical Study of Designing Real-Time
+Object Detectors", arXiv 2212.07784): CSPNeXt backbone, CSPNeXtPAFPN neck, shared-conv /
+separate-BN head, dynamic soft-label assignment.
+
+>>> import detmodels
+>>> model = detmodels.create_model("rtmdet_tiny", num_classes=3, neck={"expand_ratio": 0.75})
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..assigners import DynamicSoftLabelAssigner
+from ..base import Detector, RawOutputs
+from ..layers import ConvNormAct, CSPLayer, PyramidPoolingModule, SPPBottleneck, SqueezeExcitation
+from ..ops import dense_postprocess, distance2bbox, iou_loss, quality_focal_loss
+from ..registry import register_model
+from ..structures import Detections, InputSpec, Target
+from .rtmdet_heads import RTMDetSepBNHead, make_priors
+
+__all__ = ["RTMDetConfig", "RTMDET_CONFIGS", "CSPNeXt", "CSPNeXtPAFPN", "RTMDet", "build_rtmdet"]
+
+STRIDES = (8, 16, 32)
+RTMDET_INPUT_SPEC = InputSpec(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), channel_order="BGR")
+# (in, out, blocks, add_identity, use_spp) of the P5 CSPNeXt stages before scaling (§3.1, Table 1).
+_ARCH_P5 = ((64, 128, 3, True, False), (128, 256, 6, True, False), (256, 512, 6, True, False),
+            (512, 1024, 3, False, True))
+
+
+@dataclasses.dataclass(frozen=True)
+class RTMDetConfig:
+    """One size of the paper's compound scaling (§3.1): channels ``int(c × widen)``, blocks
+    ``max(round(n × deepen), 1)``; neck CSP blocks ``max(round(3 × deepen), 1)``."""
+
+    deepen: float
+    widen: float
+    exp_on_reg: bool = False
+
+    def channels(self, c: int) -> int:
+        return int(c * self.widen)
+
+    def blocks(self, n: int) -> int:
+        return max(round(n * self.deepen), 1)
+
+
+RTMDET_CONFIGS: dict[str, RTMDetConfig] = {
+    "tiny": RTMDetConfig(0.167, 0.375),
+    "s": RTMDetConfig(0.33, 0.5),
+    "m": RTMDetConfig(0.67, 0.75),
+    "l": RTMDetConfig(1.0, 1.0, exp_on_reg=True),
+    "x": RTMDetConfig(1.33, 1.25, exp_on_reg=True),
+}
+
+
+class CSPNeXt(nn.Module):
+    """RTMDet §3.1 backbone: stem of three 3×3 ConvNormAct (first stride 2), then 4 stages of
+    [3×3 stride-2 ConvNormAct → (SPPBottleneck, last stage) → CSPLayer with channel attention].
+
+    ``forward(x)`` ``N×3×H×W`` → ``[C3, C4, C5]`` at strides 8/16/32 with :attr:`out_channels`.
+    """
+
+    def __init__(self, cfg: RTMDetConfig, expand_ratio: float = 0.5, channel_attention: bool = True):
+        super().__init__()
+        stem = cfg.channels(64)
+        self.stem = nn.Sequential(
+            ConvNormAct(3, stem // 2, 3, 2), ConvNormAct(stem // 2, stem // 2, 3), ConvNormAct(stem // 2, stem, 3),
+        )
+        self.stage_names = []
+        for i, (cin, cout, n, identity, spp) in enumerate(_ARCH_P5):
+            cin, cout = cfg.channels(cin), cfg.channels(cout)
+            layers: list[nn.Module] = [ConvNormAct(cin, cout, 3, 2)]
+            if spp:
+                layers.append(SPPBottleneck(cout, cout))
+            layers.append(CSPLayer(cout, cout, cfg.blocks(n), add_identity=identity, expand_ratio=expand_ratio,
+                                   channel_attention=channel_attention))
+            self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
+            self.stage_names.append(f"stage{i + 1}")
+        self.out_channels = [cfg.channels(c) for _, c, *_ in _ARCH_P5[1:]]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        outs = []
+        for i, name in enumerate(self.stage_names):
+            x = getattr(self, name)(x)
+            if i >= 1:
+                outs.append(x)
+        return outs
+
+
+class CSPNeXtPAFPN(nn.Module):
+    """RTMDet §3.1 neck: PAFPN with CSPLayers (no identity, no channel attention).
+
+    Top-down: reduce C5 (1×1) → R5, up ×2 (nearest), concat C4 → CSP → T4; reduce T4 → R4, up,
+    concat C3 → CSP → P3. Bottom-up: 3×3/2 conv P3, concat R4 → CSP → P4; 3×3/2 conv, concat
+    R5 → CSP → P5. Then a 3×3 ConvNormAct per level to ``out_channels``.
+
+    Options (searched later): ``expand_ratio`` of the CSP layers; ``se`` adds a
+    :class:`SqueezeExcitation` after every CSP layer; ``ppm`` puts a :class:`PyramidPoolingModule`
+    on the C5 input. Shapes: ``[N×c3×H/8, N×c4×H/16, N×c5×H/32]`` → 3 maps ``N×out×…``.
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, num_blocks: int, expand_ratio: float = 0.5,
+                 se: bool = False, ppm: bool = False):
+        super().__init__()
+        c = list(in_channels)
+        self.ppm = PyramidPoolingModule(c[-1]) if ppm else None
+
+        def csp(cin: int, cout: int) -> CSPLayer:
+            return CSPLayer(cin, cout, num_blocks, add_identity=False, expand_ratio=expand_ratio)
+
+        self.reduce_layers = nn.ModuleList(ConvNormAct(c[i], c[i - 1], 1) for i in range(len(c) - 1, 0, -1))
+        self.top_down_blocks = nn.ModuleList(csp(2 * c[i - 1], c[i - 1]) for i in range(len(c) - 1, 0, -1))
+        self.downsamples = nn.ModuleList(ConvNormAct(c[i], c[i], 3, 2) for i in range(len(c) - 1))
+        self.bottom_up_blocks = nn.ModuleList(csp(2 * c[i], c[i + 1]) for i in range(len(c) - 1))
+        self.out_convs = nn.ModuleList(ConvNormAct(ci, out_channels, 3) for ci in c)
+        se_channels = [c[i - 1] for i in range(len(c) - 1, 0, -1)] + c[1:]
+        self.se_layers = nn.ModuleList(SqueezeExcitation(ch) for ch in se_channels) if se else None
+
+    def _csp(self, block: CSPLayer, index: int, x: Tensor) -> Tensor:
+        y = block(x)
+        return self.se_layers[index](y) if self.se_layers is not None else y
+
+    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        feats = list(feats)
+        if self.ppm is not None:
+            feats[-1] = self.ppm(feats[-1])
+        n = len(feats)
+        inner = [feats[-1]]
+        for k, idx in enumerate(range(n - 1, 0, -1)):
+            reduced = self.reduce_layers[k](inner[0])
+            inner[0] = reduced
+            up = F.interpolate(reduced, scale_factor=2.0, mode="nearest")
+            inner.insert(0, self._csp(self.top_down_blocks[k], k, torch.cat((up, feats[idx - 1]), 1)))
+        outs = [inner[0]]
+        for idx in range(n - 1):
+            down = self.downsamples[idx](outs[-1])
+            outs.append(self._csp(self.bottom_up_blocks[idx], n - 1 + idx, torch.cat((down, inner[idx + 1]), 1)))
+        return [conv(o) for conv, o in zip(self.out_convs, outs)]
+
+
+def _flatten_levels(maps: Sequence[Tensor]) -> Tensor:
+    """Per-level ``N×C×H×W`` maps → ``N×A×C`` (levels concatenated, row-major positions)."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
+
+
+class RTMDet(Detector):
+    """RTMDet detector (arXiv 2212.07784): CSPNeXt → CSPNeXtPAFPN → RTMDetSepBNHead.
+
+    ``forward(images)`` → ``{"cls": [N×C×H_l×W_l], "box": [N×4×H_l×W_l]}`` per stride 8/16/32:
+    class logits and (l, t, r, b) distances in input pixels (the reference's raw ``bbox_preds``).
+    Loss (§3.2): :class:`DynamicSoftLabelAssigner`, QualityFocalLoss (β 2) normalised by the sum
+    of assigned IoUs (min 1), GIoU (weight 2) weighted by the assigned IoU.
+    """
+
+    family = "rtmdet"
+    task = "bbox"
+    input_spec = RTMDET_INPUT_SPEC
+
+    def __init__(self, cfg: RTMDetConfig, num_classes: int = 80, *, neck_expand_ratio: float = 0.5,
+                 neck_se: bool = False, neck_ppm: bool = False, assigner: DynamicSoftLabelAssigner | None = None,
+                 loss_weights: Mapping[str, float] | None = None):
+        super().__init__(num_classes, STRIDES)
+        self.cfg = cfg
+        self.backbone = CSPNeXt(cfg)
+        feat = cfg.channels(256)
+        self.neck = CSPNeXtPAFPN(self.backbone.out_channels, feat, cfg.blocks(3), neck_expand_ratio,
+                                 se=neck_se, ppm=neck_ppm)
+        self.bbox_head = self._make_head(cfg, num_classes, feat)
+        self.assigner = assigner or DynamicSoftLabelAssigner()
+        self.loss_weights = {"cls": 1.0, "bbox": 2.0, "mask": 2.0, **dict(loss_weights or {})}
+
+    def _make_head(self, cfg: RTMDetConfig, num_classes: int, feat: int) -> nn.Module:
+        return RTMDetSepBNHead(num_classes, feat, feat, STRIDES, exp_on_reg=cfg.exp_on_reg)
+
+    def forward(self, images: Tensor) -> RawOutputs:
+        cls, box = self.bbox_head(self.neck(self.backbone(images)))
+        return {"cls": cls, "box": box}
+
+    # ------------------------------------------------------------------ decoding
+    def _priors(self, outputs: RawOutputs) -> Tensor:
+        sizes = [tuple(m.shape[-2:]) for m in outputs["cls"]]
+        return make_priors(sizes, self.strides, outputs["cls"][0].device)
+
+    def decode(self, outputs: RawOutputs) -> tuple[Tensor, Tensor]:
+        """Boxes ``N×A×4`` (xyxy, input px) = prior point ∓ distances; scores ``N×A×C`` = σ(logits)."""
+        priors = self._priors(outputs)
+        boxes = distance2bbox(priors[None, :, :2], _flatten_levels(outputs["box"]).float())
+        return boxes, _flatten_levels(outputs["cls"]).float().sigmoid()
+
+    def postprocess(self, outputs: RawOutputs, image_sizes: Sequence[tuple[int, int]], score_thr: float = 0.05,
+                    nms_iou: float = 0.6, max_det: int = 100,
+                    scale_factors: Sequence[float] | None = None) -> list[Detections]:
+        """Score filter, class-aware NMS, rescale to original image pixels (one entry per image)."""
+        boxes, scores = self.decode(outputs)
+        input_hw = self._input_hw(outputs)
+        return dense_postprocess(boxes, scores, input_hw, image_sizes, score_thr, nms_iou, max_det, scale_factors)
+
+    def _input_hw(self, outputs: RawOutputs) -> tuple[int, int]:
+        h, w = outputs["cls"][0].shape[-2:]
+        return h * self.strides[0], w * self.strides[0]
+
+    # ------------------------------------------------------------------ training
+    def _assign_batch(self, logits: Tensor, boxes: Tensor, priors: Tensor,
+                      targets: Sequence[Target]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per image DSL assignment → (labels ``N×A`` (C = background), IoU metrics ``N×A``,
+        matched GT index ``N×A`` (−1 background))."""
+        labels = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
+        metrics = torch.zeros(logits.shape[:2], device=logits.device)
+        gt_index = torch.full(logits.shape[:2], -1, dtype=torch.long, device=logits.device)
+        for b, t in enumerate(targets):
+            gt_boxes = t["boxes"].to(logits.device).float()
+            gt_labels = t["labels"].to(logits.device).long()
+            centers = self._gt_centers(t, logits.device)
+            res = self.assigner.assign(logits[b].detach(), boxes[b].detach(), priors, gt_boxes, gt_labels, centers)
+            pos = res.positive
+            labels[b, pos] = gt_labels[res.gt_index[pos]]
+            metrics[b] = res.metrics
+            gt_index[b] = res.gt_index
+        return labels, metrics, gt_index
+
+    def _gt_centers(self, target: Target, device: torch.device) -> Tensor | None:
+        return None
+
+    def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+        """``{"loss_cls", "loss_bbox"}`` (RTMDet §3.2; normalisation as the reference)."""
+        losses, _ = self._det_loss(outputs, targets)
+        return losses
+
+    def _det_loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> tuple[dict[str, Tensor], tuple]:
+        priors = self._priors(outputs)
+        logits = _flatten_levels(outputs["cls"]).float()
+        boxes = distance2bbox(priors[None, :, :2], _flatten_levels(outputs["box"]).float())
+        labels, metrics, gt_index = self._assign_batch(logits, boxes, priors, targets)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            qfl = quality_focal_loss(logits.reshape(-1, self.num_classes), labels.reshape(-1), metrics.reshape(-1))
+            loss_cls = qfl.sum() / metrics.sum().clamp(min=1.0)
+            pos = gt_index >= 0
+            gt_boxes = torch.cat([t["boxes"].to(boxes.device).float().reshape(-1, 4) for t in targets])
+            offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets][:-1], device=boxes.device).cumsum(0)
+            flat_gt = (gt_index + offsets[:, None])[pos]
+            weight = metrics[pos]
+            giou = iou_loss(boxes[pos], gt_boxes[flat_gt], "giou", eps=1e-6) * weight
+            loss_bbox = giou.sum() / weight.sum().clamp(min=1.0) + boxes.sum() * 0
+        losses = {"loss_cls": self.loss_weights["cls"] * loss_cls, "loss_bbox": self.loss_weights["bbox"] * loss_bbox}
+        return losses, (priors, gt_index, metrics)
+
+
+# ---------------------------------------------------------------------- builders
+_SECTION_KEYS = {
+    "neck": {"expand_ratio", "se", "ppm"},
+    "assigner": {"soft_center_alpha", "soft_center_beta", "topk", "iou_weight"},
+    "head": {"loss_cls_weight", "loss_bbox_weight", "loss_mask_weight"},
+}
+
+
+def _check_section(name: str, section: Mapping[str, Any] | None) -> dict[str, Any]:
+    section = dict(section or {})
+    for key in section:
+        if key not in _SECTION_KEYS[name]:
+            raise ValueError(f"unknown {name} option {key!r} for RTMDet; expected one of {sorted(_SECTION_KEYS[name])}")
+    return section
+
+
+def build_rtmdet(size: str, num_classes: int = 80, *, instance: bool = False, neck: Mapping[str, Any] | None = None,
+                 assigner: Mapping[str, Any] | None = None, head: Mapping[str, Any] | None = None,
+                 neck_expand_ratio: float | None = None) -> RTMDet:
+    """Build RTMDet (or RTMDet-Ins when ``instance``) of ``size`` in tiny/s/m/l/x.
+
+    Args:
+        neck: ``{"expand_ratio": 0.5, "se": False, "ppm": False}``.
+        assigner: ``{"soft_center_alpha": 10, "soft_center_beta": 3, "topk": 13, "iou_weight": 3}``.
+        head: loss weights ``{"loss_cls_weight": 1, "loss_bbox_weight": 2, "loss_mask_weight": 2}``.
+        neck_expand_ratio: shorthand for ``neck={"expand_ratio": …}``.
+    Raises:
+        ValueError: naming any unknown key.
+    """
+    if size not in RTMDET_CONFIGS:
+        raise ValueError(f"unknown RTMDet size {size!r}; expected one of {sorted(RTMDET_CONFIGS)}")
+    neck_opts, dsl_opts, head_opts = _check_section("neck", neck), _check_section("assigner", assigner), \
+        _check_section("head", head)
+    if neck_expand_ratio is not None:
+        neck_opts.setdefault("expand_ratio", neck_expand_ratio)
+    weights = {k[len("loss_"):-len("_weight")]: float(v) for k, v in head_opts.items()}
+    cls = RTMDet
+    if instance:
+        from .rtmdet_ins import RTMDetIns
+
+        cls = RTMDetIns
+    return cls(RTMDET_CONFIGS[size], num_classes, neck_expand_ratio=float(neck_opts.get("expand_ratio", 0.5)),
+               neck_se=bool(neck_opts.get("se", False)), neck_ppm=bool(neck_opts.get("ppm", False)),
+               assigner=DynamicSoftLabelAssigner(**dsl_opts), loss_weights=weights)
+
+
+def _register(size: str, instance: bool) -> None:
+    name = f"rtmdet_ins_{size}" if instance else f"rtmdet_{size}"
+
+    def builder(num_classes: int = 80, **overrides: Any) -> RTMDet:
+        allowed = {"neck", "assigner", "head", "neck_expand_ratio"}
+        for key in overrides:
+            if key not in allowed:
+                raise ValueError(f"unknown option {key!r} for {name}; expected one of {sorted(allowed)}")
+        return build_rtmdet(size, num_classes, instance=instance, **overrides)
+
+    builder.__name__ = name
+    builder.__doc__ = f"{'RTMDet-Ins' if instance else 'RTMDet'}-{size} (arXiv 2212.07784); see build_rtmdet."
+    register_model(name, family="rtmdet", task="segm" if instance else "bbox", input_size=640)(builder)
+
+
+for _size in RTMDET_CONFIGS:
+    _register(_size, False)
+for _size in RTMDET_CONFIGS:
+    _register(_size, True)
+
+from . import rtmdet_weights  # noqa: E402,F401  (registers the "mmdet" weight source)

@@ -1,0 +1,262 @@
+"""YOLOv6 v3.0 (Li et al., arXiv 2301.05586): EfficientRep / CSPBep backbones, RepBi-PAN neck with
+BiC, Efficient Decoupled Head, TAL/ATSS + VFL/IoU/DFL loss, anchor-aided training and self-distillation.
+
+Registered variants ``yolov6_n``, ``yolov6_s``, ``yolov6_m``, ``yolov6_l`` (640 px, §2 and Table 1).
+
+>>> import detmodels
+>>> model = detmodels.create_model("yolov6_n", num_classes=3, head={"anchor_aided": True})
+>>> out = model(torch.zeros(2, 3, 64, 64))  # doctest: +SKIP
+>>> sorted(out)  # training mode: AAT outputs too           # doctest: +SKIP
+['box', 'box_ab', 'cls', 'cls_ab']
+>>> detmodels.reparameterize_model(model)  # deploy form: RepVGG fused, BN folded, AAT dropped  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..base import Detector, RawOutputs
+from ..layers import SPPF, BepC3, BiC, ConvNormAct, RepBlock, SimCSPSPPF, SimSPPF, make_rep_unit
+from ..ops.postprocess import dense_postprocess
+from ..registry import register_model
+from ..structures import Detections, InputSpec, Target
+from .yolov6_distill import cosine_distill_weight, yolov6_distill_loss
+from .yolov6_head import EfficientDecoupledHead
+from .yolov6_loss import YOLOv6Criterion, decode_dense
+
+__all__ = ["YOLOv6", "YOLOv6Config", "VARIANTS", "EfficientRep", "RepBiPAN", "cosine_distill_weight"]
+
+_BN = {"bn_eps": 1e-3, "bn_momentum": 0.03}
+BACKBONE_CHANNELS = (64, 128, 256, 512, 1024)
+NECK_CHANNELS = (256, 128, 128, 256, 256, 512)
+BACKBONE_REPEATS = (1, 6, 12, 18, 6)
+NECK_REPEATS = (12, 12, 12, 12)
+
+
+@dataclasses.dataclass(frozen=True)
+class YOLOv6Config:
+    """One row of the scaling table (Y6 ``configs/yolov6{n,s,m,l}.py``).
+
+    Attributes:
+        depth, width: multipliers of the base repeats / channels.
+        csp_e: BepC3 hidden ratio for CSPBep models (M/L); ``None`` for EfficientRep (N/S).
+        block: basic unit, ``repvgg`` or ``conv_silu`` (L).
+        spp: ``simcspsppf``, ``simsppf`` or ``sppf``.
+        reg_max: DFL bins − 1 (0 = plain distances).
+        iou_loss: ``siou`` (N) or ``giou``.
+        distill_class_weight: class-KD weight of self-distillation.
+    """
+
+    depth: float
+    width: float
+    csp_e: float | None
+    block: str
+    spp: str
+    reg_max: int
+    iou_loss: str
+    distill_class_weight: float
+
+    def channels(self) -> tuple[list[int], list[int]]:
+        scale = lambda c: math.ceil(c * self.width / 8) * 8  # noqa: E731
+        return [scale(c) for c in BACKBONE_CHANNELS], [scale(c) for c in NECK_CHANNELS]
+
+    def repeats(self) -> tuple[list[int], list[int]]:
+        rep = lambda n: max(round(n * self.depth), 1) if n > 1 else n  # noqa: E731
+        return [rep(n) for n in BACKBONE_REPEATS], [rep(n) for n in NECK_REPEATS]
+
+
+VARIANTS: dict[str, YOLOv6Config] = {
+    "n": YOLOv6Config(0.33, 0.25, None, "repvgg", "simcspsppf", 0, "siou", 1.0),
+    "s": YOLOv6Config(0.33, 0.50, None, "repvgg", "simcspsppf", 0, "giou", 1.0),
+    "m": YOLOv6Config(0.60, 0.75, 2 / 3, "repvgg", "simsppf", 16, "giou", 0.8),
+    "l": YOLOv6Config(1.0, 1.0, 1 / 2, "conv_silu", "sppf", 16, "giou", 2.0),
+}
+
+
+def _stage_block(block: str, csp_e: float | None, c_in: int, c_out: int, n: int) -> nn.Module:
+    """RepBlock of ``n`` units (EfficientRep) or BepC3 with ``n // 2`` BottleReps (CSPBep)."""
+    if csp_e is None:
+        return RepBlock(c_in, c_out, n, unit=block)
+    return BepC3(c_in, c_out, n, csp_e, kind=block)
+
+
+def _spp(kind: str, block: str, channels: int) -> nn.Module:
+    act = "silu" if block == "conv_silu" else "relu"
+    if kind == "simcspsppf":
+        return SimCSPSPPF(channels, channels, 5, act=act)
+    if kind == "simsppf":
+        return SimSPPF(channels, channels, 5) if act == "relu" else SPPF(channels, channels, 5, act="silu")
+    if kind == "sppf":
+        return SPPF(channels, channels, 5, act=act)
+    raise ValueError(f"unknown spp {kind!r}; expected simcspsppf, simsppf or sppf")
+
+
+class EfficientRep(nn.Module):
+    """EfficientRep (N/S) / CSPBep (M/L, ``csp_e`` set) backbone (YOLOv6 v3 §2.1).
+
+    stem 3×3/2, then 4 stages of (3×3/2 unit → stage block); stage 5 ends with the SPP module.
+    Output: ``(C2, C3, C4, C5)`` at strides 4, 8, 16, 32 (C2 feeds the neck's BiC).
+    """
+
+    def __init__(self, channels: Sequence[int], repeats: Sequence[int], *, block: str, csp_e: float | None, spp: str):
+        super().__init__()
+        self.out_channels = tuple(channels[1:])
+        self.stem = make_rep_unit(block, 3, channels[0], 2)
+        for i in range(1, 5):
+            layers = [make_rep_unit(block, channels[i - 1], channels[i], 2),
+                      _stage_block(block, csp_e, channels[i], channels[i], repeats[i])]
+            if i == 4:
+                layers.append(_spp(spp, block, channels[i]))
+            self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        c2 = self.stage2(self.stem(x))
+        c3 = self.stage3(c2)
+        c4 = self.stage4(c3)
+        return c2, c3, c4, self.stage5(c4)
+
+
+class RepBiPAN(nn.Module):
+    """RepBi-PAN neck (YOLOv6 v3 §2.1): top-down with BiC, bottom-up PAN; outputs P3, P4, P5.
+
+    Args: ``backbone`` channels (C2..C5); ``neck`` channels ``[red0, P3, down2, P4, down1, P5]``;
+    ``repeats`` of the stage blocks (p4, p3, n3, n4).
+    """
+
+    def __init__(self, backbone: Sequence[int], neck: Sequence[int], repeats: Sequence[int], *,
+                 block: str, csp_e: float | None):
+        super().__init__()
+        c2, c3, c4, c5 = backbone
+        red0, p3, down2, p4, down1, p5 = neck
+        relu = {"act": "relu", **_BN}
+        self.reduce0 = ConvNormAct(c5, red0, 1, **relu)
+        self.bic0 = BiC((c4, c3), red0)
+        self.p4_block = _stage_block(block, csp_e, red0, red0, repeats[0])
+        self.reduce1 = ConvNormAct(red0, p3, 1, **relu)
+        self.bic1 = BiC((c3, c2), p3)
+        self.p3_block = _stage_block(block, csp_e, p3, p3, repeats[1])
+        self.down_p3 = ConvNormAct(p3, down2, 3, 2, **relu)
+        self.n3_block = _stage_block(block, csp_e, p3 + down2, p4, repeats[2])
+        self.down_p4 = ConvNormAct(p4, down1, 3, 2, **relu)
+        self.n4_block = _stage_block(block, csp_e, red0 + down1, p5, repeats[3])
+        self.out_channels = (p3, p4, p5)
+
+    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        c2, c3, c4, c5 = feats
+        top0 = self.reduce0(c5)
+        top1 = self.reduce1(self.p4_block(self.bic0(top0, c4, c3)))
+        out3 = self.p3_block(self.bic1(top1, c3, c2))
+        out4 = self.n3_block(torch.cat((self.down_p3(out3), top1), 1))
+        out5 = self.n4_block(torch.cat((self.down_p4(out4), top0), 1))
+        return [out3, out4, out5]
+
+
+class YOLOv6(Detector):
+    """YOLOv6 v3.0 detector (anchor-free, 1 point per cell, strides 8/16/32).
+
+    ``forward`` → ``{"cls": [N×C×H×W], "box": [N×4(reg_max+1)×H×W]}`` (+ ``cls_ab``/``box_ab`` with AAT and
+    ``box_dfl`` with DLD, training mode only; + ``feats`` when feature distillation is on).
+    Images are RGB scaled to [0, 1].
+    """
+
+    family = "yolov6"
+    input_spec = InputSpec(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), channel_order="RGB")
+
+    def __init__(self, cfg: YOLOv6Config, num_classes: int = 80, *, reg_max: int | None = None,
+                 anchor_aided: bool = False, dld: bool = False, distill_feat: bool = False,
+                 temperature: float = 20.0, distill_class_weight: float | None = None,
+                 criterion_kwargs: dict[str, Any] | None = None):
+        super().__init__(num_classes, (8, 16, 32))
+        self.cfg = cfg
+        self.reg_max = cfg.reg_max if reg_max is None else int(reg_max)
+        self.temperature = float(temperature)
+        self.distill_class_weight = cfg.distill_class_weight if distill_class_weight is None else distill_class_weight
+        self.distill_feat = distill_feat
+        bb_ch, neck_ch = cfg.channels()
+        bb_rep, neck_rep = cfg.repeats()
+        self.backbone = EfficientRep(bb_ch, bb_rep, block=cfg.block, csp_e=cfg.csp_e, spp=cfg.spp)
+        self.neck = RepBiPAN(bb_ch[1:], neck_ch, neck_rep, block=cfg.block, csp_e=cfg.csp_e)
+        self.head = EfficientDecoupledHead(self.neck.out_channels, num_classes, self.reg_max,
+                                           anchor_aided=anchor_aided, dld=dld)
+        self.criterion = YOLOv6Criterion(num_classes, self.strides, self.reg_max, iou_type=cfg.iou_loss,
+                                         **(criterion_kwargs or {}))
+
+    def forward(self, images: Tensor) -> RawOutputs:
+        feats = self.neck(self.backbone(images))
+        out: RawOutputs = self.head(feats)
+        if self.distill_feat and self.training:
+            out["feats"] = feats
+        return out
+
+    def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+        """``loss_cls`` (VFL), ``loss_iou`` (×2.5), ``loss_dfl`` (×0.5, DFL models/DLD) and, with AAT,
+        ``loss_cls_ab``/``loss_iou_ab``; TAL, or ATSS during the warm-up epochs (see :meth:`set_epoch`)."""
+        return self.criterion(outputs, targets, self._epoch)
+
+    def decode(self, outputs: RawOutputs) -> tuple[Tensor, Tensor]:
+        return decode_dense(outputs["cls"], outputs["box"], self.strides, self.reg_max)
+
+    def postprocess(self, outputs: RawOutputs, image_sizes: Sequence[tuple[int, int]], score_thr: float = 0.05,
+                    nms_iou: float = 0.6, max_det: int = 100,
+                    scale_factors: Sequence[float] | None = None) -> list[Detections]:
+        boxes, scores = self.decode(outputs)
+        h, w = outputs["cls"][0].shape[-2:]
+        input_hw = (h * self.strides[0], w * self.strides[0])
+        return dense_postprocess(boxes, scores, input_hw, image_sizes, score_thr, nms_iou, max_det, scale_factors)
+
+    def distill_loss(self, student: RawOutputs, teacher: RawOutputs, targets: Sequence[Target],
+                     weight: float = 1.0) -> dict[str, Tensor]:
+        """YOLOv6 self-distillation: KL at temperature ``T`` on class scores (×T², × class weight) and
+        on DFL distributions at the student's positives; ``weight`` is α(e) (:func:`cosine_distill_weight`)."""
+        return yolov6_distill_loss(self, student, teacher, targets, weight)
+
+
+# ----------------------------------------------------------------------------- builders
+_SECTION_KEYS = {
+    "head": {"anchor_aided", "dld", "reg_max", "iou_loss", "temperature", "distill_class_weight", "distill_feat"},
+    "neck": {"csp_e"},
+    "backbone": {"block", "csp_e"},
+    "assigner": {"tal_topk", "tal_alpha", "tal_beta", "atss_topk", "aat_topk"},
+}
+
+
+def _check_section(name: str, section: dict[str, Any] | None) -> dict[str, Any]:
+    section = dict(section or {})
+    for key in section:
+        if key not in _SECTION_KEYS[name]:
+            raise ValueError(f"yolov6: unknown {name} key {key!r}; expected one of {sorted(_SECTION_KEYS[name])}")
+    return section
+
+
+def build_yolov6(size: str, num_classes: int = 80, *, head: dict[str, Any] | None = None,
+                 neck: dict[str, Any] | None = None, backbone: dict[str, Any] | None = None,
+                 assigner: dict[str, Any] | None = None, atss_warmup_epochs: int = 0) -> YOLOv6:
+    """Build ``yolov6_<size>``. Sections: ``head`` (anchor_aided, dld, reg_max, iou_loss, temperature,
+    distill_class_weight, distill_feat), ``backbone`` (block, csp_e), ``neck`` (csp_e), ``assigner``
+    (tal_topk, tal_alpha, tal_beta, atss_topk, aat_topk). Unknown keys raise ``ValueError``."""
+    head, neck, backbone, assigner = (_check_section(n, s) for n, s in
+                                      (("head", head), ("neck", neck), ("backbone", backbone), ("assigner", assigner)))
+    cfg = VARIANTS[size]
+    csp_e = backbone.get("csp_e", neck.get("csp_e", cfg.csp_e))
+    cfg = dataclasses.replace(cfg, block=backbone.get("block", cfg.block), csp_e=csp_e,
+                              iou_loss=head.pop("iou_loss", cfg.iou_loss))
+    crit = {"atss_warmup_epochs": int(atss_warmup_epochs), **assigner}
+    return YOLOv6(cfg, num_classes, criterion_kwargs=crit, **head)
+
+
+def _register(size: str) -> None:
+    @register_model(f"yolov6_{size}", family="yolov6", input_size=640)
+    def builder(num_classes: int = 80, **kwargs: Any) -> YOLOv6:
+        return build_yolov6(size, num_classes, **kwargs)
+
+    builder.__doc__ = f"YOLOv6-{size.upper()} v3.0 (640 px). Keywords as :func:`build_yolov6`."
+
+
+for _size in VARIANTS:
+    _register(_size)
+
+from . import yolov6_weights  # noqa: E402,F401  (registers the "yolov6" weight source)

@@ -1,0 +1,118 @@
+"""Batching: ``collate_detection`` pads packed samples into one tensor; ``build_dataloader`` wires a
+seeded, optionally distributed, multi-worker ``torch.utils.data.DataLoader``.
+
+Example::
+
+    ds = CocoDataset(ann, images, transforms=build_val_transforms(320, model.input_spec))
+    loader = build_dataloader(ds, 8, shuffle=False, num_workers=2)
+    images, targets, metas = next(iter(loader))   # images N×3×H×W, H and W multiples of 32
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["collate_detection", "build_dataloader", "seed_worker"]
+
+Packed = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]
+
+
+def collate_detection(batch: Sequence[Packed], *, size_divisor: int = 32,
+                      pad_value: Sequence[float] | float | None = None
+                      ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
+    """Stack ``PackDetInputs`` outputs, padding right/bottom to a common size.
+
+    Args:
+        batch: ``(image 3×h×w, target, meta)`` triples.
+        size_divisor: the batch height/width are rounded up to a multiple of it.
+        pad_value: normalised fill per channel (or one number); ``None`` uses ``meta["pad_value"]``
+            written by ``PackDetInputs`` (the model's ``InputSpec.pad_value`` normalised), else 0.
+
+    Returns:
+        images ``N×3×H×W`` float, targets (masks zero-padded to ``H×W``), metas (``batch_input_size``
+        added).
+    """
+    if not batch:
+        raise ValueError("collate_detection: empty batch")
+    images, targets, metas = zip(*batch)
+    height = max(img.shape[1] for img in images)
+    width = max(img.shape[2] for img in images)
+    height = -(-height // size_divisor) * size_divisor
+    width = -(-width // size_divisor) * size_divisor
+    if pad_value is None:
+        pad_value = metas[0].get("pad_value", 0.0)
+    fill = torch.as_tensor(pad_value, dtype=images[0].dtype).reshape(-1, 1, 1).expand(images[0].shape[0], 1, 1)
+    out = fill.expand(images[0].shape[0], height, width).repeat(len(images), 1, 1, 1)
+    new_targets, new_metas = [], []
+    for i, (img, target, meta) in enumerate(zip(images, targets, metas)):
+        out[i, :, :img.shape[1], :img.shape[2]] = img
+        target = dict(target)
+        masks = target.get("masks")
+        if masks is not None and masks.shape[-2:] != (height, width):
+            padded = masks.new_zeros((masks.shape[0], height, width))
+            padded[:, :masks.shape[1], :masks.shape[2]] = masks
+            target["masks"] = padded
+        new_targets.append(target)
+        new_metas.append({**meta, "batch_input_size": (height, width)})
+    return out, new_targets, new_metas
+
+
+def _seed_dataset_transforms(dataset: Any, seed: int) -> None:
+    from .geometric import seed_transforms
+
+    transforms = getattr(dataset, "transforms", None)
+    if transforms is not None:
+        seed_transforms(transforms, seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: derive everything random in the worker from torch's per-worker
+    seed (itself drawn from the loader's generator each epoch): numpy's global generator, ``random``
+    and the ``reseed`` of the dataset's transforms. Augmentations thus differ across workers and
+    epochs, and repeat across runs with the same loader seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        _seed_dataset_transforms(info.dataset, seed)
+
+
+def build_dataloader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int,
+                     sampler: Sampler | None = None, seed: int = 0, drop_last: bool = False,
+                     pin_memory: bool = False, persistent_workers: bool = False) -> DataLoader:
+    """A DataLoader with :func:`collate_detection`, seeded shuffling and worker seeding.
+
+    Args:
+        sampler: e.g. a ``DistributedSampler`` built by the caller (who calls its ``set_epoch``);
+            ``shuffle`` is then left to the sampler.
+        seed: seeds the loader's generator (shuffle order and worker seeds); give each
+            distributed rank its own (e.g. ``seed + rank``). With ``num_workers=0`` the dataset's
+            transforms are reseeded with it here.
+        persistent_workers: keep workers across epochs. Off by default: workers hold a copy of the
+            dataset, so ``dataset.set_transforms`` (a recipe's stage switch) would not reach them.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size}")
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    if num_workers == 0:
+        _seed_dataset_transforms(dataset, seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_detection,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
+    )

@@ -1,0 +1,22 @@
+"""SpineNet architecture search (SpineNet §3–4) with Optuna; proxy trainings run on Ray Train."""
+from .config import NasConfig
+from .runner import NasResult, find_nas, load_nas_config, run_nas
+
+__all__ = ["NasConfig", "NasResult", "run_nas", "load_nas_config", "find_nas", "nas"]
+
+
+def nas(config: str | None = None, *, name: str | None = None, resume: bool = False, **overrides) -> NasResult:
+    """Run a NAS from a YAML path (``config``) or resume one by ``name``.
+
+    >>> import detflow
+    >>> result = detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")  # doctest: +SKIP
+    >>> result.best_spec_path  # doctest: +SKIP
+    """
+    if resume:
+        cfg, config_dir = find_nas(name or "")
+        return run_nas(cfg, config_dir=config_dir, resume=True)
+    if config is None:
+        raise ValueError("detflow.nas: give a NAS YAML path, or name=… with resume=True")
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    cfg, config_dir = load_nas_config(config, sets)
+    return run_nas(cfg, config_dir=config_dir)

@@ -1,0 +1,268 @@
+"""``run_training``: one training = one Ray Train ``TorchTrainer`` run + one MLflow run.
+
+Resolution happens on the driver: relative data paths are taken against the config file's
+directory, the class count comes from the dataset, both datasets are checked (``check_coco``), and
+the resolved config is what workers train with and what every checkpoint stores.
+
+Storage layout (``storage`` = a local directory, default ``$DETFLOW_HOME/runs``, or ``s3://…``)::
+
+    STORAGE/NAME-YYYYmmdd-HHMMSS/        Ray Train run (RunConfig name + storage_path)
+        detflow_run.json                 MLflow run id + resolved config (for --resume)
+        epoch_0004-<ts>/                 checkpoints reported to Ray (the last ``keep_last`` kept)
+        best/                            the best checkpoint by val AP (published atomically)
+
+Fault tolerance: ``FailureConfig(max_failures)`` restarts the worker group from the latest
+reported checkpoint; ``resume=True`` (``detflow train CONFIG --resume``) restarts the latest run of
+the same config name and storage, which Ray Train V2 recovers from its stored state.
+
+Example::
+
+    from detflow.config import load_config, TrainConfig
+    from detflow.train import run_training
+    cfg = load_config(TrainConfig, "workflows/configs/rtmdet_tiny_synth.yaml")
+    result = run_training(cfg, config_dir="workflows/configs")
+    print(result.run_id, result.metrics.get("val/bbox_mAP50"), result.checkpoint)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..config.train import TrainConfig
+from ..errors import DataError, RuntimeFailure, UserInputError
+from ..paths import resolve_path, state_dir
+
+__all__ = ["TrainResult", "run_training", "resolve_train_config", "check_datasets", "RUN_MARKER"]
+
+RUN_MARKER = "detflow_run.json"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training produced. ``checkpoint``: best checkpoint dir (by val AP; the last one without
+    val data); ``metrics``: the best epoch's val metrics; ``history``: one dict per epoch."""
+
+    run_id: str
+    checkpoint: str
+    last_checkpoint: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    storage_path: str
+    wall_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- resolution
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_train_config(cfg: TrainConfig, config_dir: str | os.PathLike | None = None) -> TrainConfig:
+    """``cfg`` with absolute data/checkpoint paths, a storage location and ``model.num_classes`` set."""
+    base = Path(config_dir).resolve() if config_dir is not None else None
+
+    def path(p: str | None) -> str | None:
+        return p if p is None or _is_uri(p) else str(resolve_path(p, base))
+
+    def split(s):
+        return None if s is None else s.model_copy(update={"annotations": path(s.annotations), "images": path(s.images)})
+
+    data = cfg.data.model_copy(update={"train": split(cfg.data.train), "val": split(cfg.data.val)})
+    model = cfg.model.model_copy(update={"pretrained": path(cfg.model.pretrained), "spec": path(cfg.model.spec)})
+    if model.num_classes is None:
+        model = model.model_copy(update={"num_classes": _count_categories(data.train.annotations)})
+    update: dict[str, Any] = {"data": data, "model": model, "storage": path(cfg.storage) if cfg.storage else str(state_dir() / "runs")}
+    if cfg.distill is not None:
+        update["distill"] = cfg.distill.model_copy(update={"teacher": path(cfg.distill.teacher)})
+    # round-trip through validation so the stored config is a valid TrainConfig
+    return TrainConfig.model_validate(cfg.model_copy(update=update).model_dump(mode="json"))
+
+
+def _count_categories(annotations: str) -> int:
+    try:
+        cats = json.loads(Path(annotations).read_text()).get("categories") or []
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{annotations}: data.train.annotations: expected a readable COCO JSON file ({exc})") from None
+    if not cats:
+        raise DataError(f"{annotations}: categories: expected at least one category")
+    return len(cats)
+
+
+def check_datasets(cfg: TrainConfig) -> None:
+    """Refuse a train/val split whose ``check_coco`` report has errors (DataError, one line each)."""
+    from ..data import check_coco
+
+    for split in (cfg.data.train, cfg.data.val):
+        if split is not None:
+            check_coco(split.annotations, split.images).raise_if_errors()
+
+
+# --------------------------------------------------------------------------- run directories
+def _fs(storage: str):
+    import pyarrow.fs as pafs
+
+    if _is_uri(storage):
+        return pafs.FileSystem.from_uri(storage)
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    return pafs.LocalFileSystem(), storage
+
+
+def _write_marker(storage: str, name: str, payload: dict) -> None:
+    fs, root = _fs(storage)
+    fs.create_dir(f"{root}/{name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{name}/{RUN_MARKER}") as f:
+        f.write(json.dumps(payload, indent=2).encode())
+
+
+def _latest_run(storage: str, cfg_name: str) -> tuple[str, dict]:
+    """(run directory name, marker) of the newest run of ``cfg_name`` under ``storage``."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(storage)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(f"{cfg_name}-"))
+    for name in reversed(names):
+        marker = f"{root}/{name}/{RUN_MARKER}"
+        if fs.get_file_info(marker).type == pafs.FileType.File:
+            with fs.open_input_stream(marker) as f:
+                return name, json.loads(f.read().decode())
+    raise UserInputError(f"{storage}: no run of {cfg_name!r} to resume; start it without --resume")
+
+
+def _join(storage: str, *parts: str) -> str:
+    return "/".join([storage.rstrip("/"), *parts])
+
+
+# --------------------------------------------------------------------------- Ray
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def _worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
+    from .worker import PID_DIR_ENV
+
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "DETFLOW_HOME": str(state_dir()),
+           "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": str(max(int(cfg.scaling.cpus_per_worker), 1))}
+    if os.environ.get(PID_DIR_ENV):
+        env[PID_DIR_ENV] = os.environ[PID_DIR_ENV]
+    return env
+
+
+def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri: str, tune_report: bool):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .worker import train_worker
+
+    s = cfg.scaling
+    use_gpu = s.gpus_per_worker > 0
+    resources = {"CPU": float(s.cpus_per_worker), **({"GPU": float(s.gpus_per_worker)} if use_gpu else {})}
+    callbacks = []
+    if tune_report:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    run_config = ray.train.RunConfig(
+        name=name, storage_path=cfg.storage, callbacks=callbacks or None,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+        worker_runtime_env={"env_vars": _worker_env(cfg, tracking_uri)},
+    )
+    return TorchTrainer(
+        train_worker, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=s.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"), run_config=run_config,
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+def _checkpoint_uri(cfg: TrainConfig, checkpoint: Any) -> str:
+    path = str(checkpoint.path)
+    if _is_uri(cfg.storage):
+        return f"{cfg.storage.split('://')[0]}://{path.lstrip('/')}"
+    return path
+
+
+def _best_val(meta: dict) -> dict[str, float]:
+    metrics = (meta.get("best") or {}).get("metrics") or meta.get("metrics") or {}
+    return {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+
+
+def _log_recipe(cfg: TrainConfig) -> None:
+    """The resolved recipe (stages, switch epoch, optimiser/schedule/EMA defaults) as MLflow params."""
+    import mlflow
+
+    from ..data.recipes import build_recipe
+
+    recipe = build_recipe(cfg.recipe, model_name=cfg.model.name, image_size=cfg.data.image_size, epochs=cfg.train.epochs)
+    mlflow.log_params({f"resolved.{k}": str(v)[:500] for k, v in recipe.describe().items()})
+
+
+def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = None, resume: bool = False,
+                 parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None, progress: bool = True,
+                 tune_report: bool = False) -> TrainResult:
+    """Train ``cfg`` on Ray Train and track it in MLflow (see the module docstring).
+
+    Args:
+        config_dir: directory relative paths in ``cfg`` are resolved against (the config file's).
+        resume: continue the latest run of ``cfg.name`` in ``cfg.storage`` from its last checkpoint.
+        parent_run_id: nest the MLflow run under this one (sweeps, workflows).
+        tags: extra MLflow tags. progress: per-epoch progress output from rank 0.
+        tune_report: forward every epoch's metrics to the enclosing Ray Tune trial.
+
+    Raises:
+        ConfigError / DataError (bad config or dataset), RuntimeFailure (training failed).
+    """
+    from .. import tracking
+    from ..engine import checkpoint as ckpt_io
+    from .plots import log_training_artifacts
+
+    start = time.perf_counter()
+    cfg = resolve_train_config(cfg, config_dir)
+    if resume:
+        name, marker = _latest_run(cfg.storage, cfg.name)
+        run_id = marker["run_id"]
+        cfg = TrainConfig.model_validate(marker["config"])  # the run continues with its own config
+    else:
+        check_datasets(cfg)
+        name, run_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", None
+    uri = tracking.configure()
+    all_tags = {"detflow.kind": "train", "detflow.model": cfg.model.name, "detflow.run_dir": _join(cfg.storage, name),
+                **dict(tags or {})}
+    with tracking.start_run(name, experiment=cfg.experiment, tags=all_tags, parent_run_id=parent_run_id,
+                            run_id=run_id) as run:
+        if not resume:
+            run_id = run.info.run_id
+            tracking.log_config(cfg)
+            tracking.log_run_context(seed=cfg.train.seed, dataset=(cfg.data.train.annotations, cfg.data.train.images))
+            _log_recipe(cfg)
+            _write_marker(cfg.storage, name, {"run_id": run_id, "name": name, "config": cfg.model_dump(mode="json")})
+        best_dir = None if _is_uri(cfg.storage) else _join(cfg.storage, name, "best")
+        loop_config = {"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "best_dir": best_dir, "progress": progress}
+        _ensure_ray()
+        trainer = _build_trainer(cfg, name, loop_config, uri, tune_report)
+        try:
+            result = trainer.fit()
+        except Exception as exc:
+            raise RuntimeFailure(f"training run {name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                                 f"; continue it with `detflow train CONFIG --resume`") from exc
+        if result.checkpoint is None:
+            raise RuntimeFailure(f"training run {name} reported no checkpoint")
+        last = _checkpoint_uri(cfg, result.checkpoint)
+        best = best_dir if best_dir and ckpt_io.is_checkpoint(best_dir) else last
+        meta = ckpt_io.read_meta(last)
+        metrics = _best_val(meta)
+        log_training_artifacts(cfg, meta, best=best, last=last)
+    return TrainResult(run_id=run_id, checkpoint=best, last_checkpoint=last, metrics=metrics,
+                       history=list(meta.get("history", [])), storage_path=_join(cfg.storage, name),
+                       wall_time_s=time.perf_counter() - start)

@@ -1,0 +1,221 @@
+"""The per-worker training function Ray Train runs (one process per worker, DDP between them).
+
+``train_worker(config)`` builds data, model, optimiser, schedule and EMA from the resolved
+:class:`~detflow.config.TrainConfig`, restores the latest Ray checkpoint when there is one (worker
+restart or driver recovery) and drives :class:`detflow.engine.TrainLoop` epoch by epoch. At each
+checkpoint epoch rank 0 writes the checkpoint directory (atomically), reports it with
+``ray.train.report``, publishes the best one and logs the epoch's metrics to MLflow — each epoch at
+most once: epochs already in the run's history (a restart re-running an epoch) are not logged again.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config.train import TrainConfig
+from ..engine import checkpoint as ckpt_io
+from ..engine.ema import ModelEMA, build_ema, unwrap_model
+from ..engine.loop import TrainLoop, evaluate_model, primary_metric, reduce_stats
+from ..engine.optim import build_optimizer
+from ..engine.schedules import IterLRScheduler, build_schedule
+from .data import TrainData, build_train_data, recipe_settings
+
+__all__ = ["train_worker", "EpochLogger", "build_model", "PID_DIR_ENV"]
+
+# When set, each worker writes an empty file ``rank<r>-<pid>`` there (fault-injection tests, debugging).
+PID_DIR_ENV = "DETFLOW_WORKER_PID_DIR"
+
+
+class EpochLogger:
+    """Logs one dict of metrics per epoch to an MLflow run, never twice for the same epoch.
+
+    The marker metric ``epoch`` is written in the same ``log_batch`` as the epoch's metrics, so the
+    set of logged epochs is read back from its history after a restart.
+    """
+
+    def __init__(self, run_id: str | None):
+        self.run_id = run_id
+        self.client = None
+        self.done: set[int] = set()
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient()
+            self.done = {int(m.step) for m in self.client.get_metric_history(run_id, "epoch")}
+
+    def log(self, epoch: int, metrics: dict[str, float]) -> bool:
+        if self.client is None or epoch in self.done:
+            return False
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        rows = [Metric(k, float(v), ts, epoch) for k, v in metrics.items() if isinstance(v, (int, float))]
+        rows.append(Metric("epoch", float(epoch), ts, epoch))
+        self.client.log_batch(self.run_id, metrics=rows)
+        self.done.add(epoch)
+        return True
+
+    def log_artifact(self, path: str | Path, artifact_path: str) -> None:
+        if self.client is not None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """``detmodels.create_model`` with the config's overrides; ``model.pretrained`` weights loaded
+    where names and shapes match (a different class count leaves the class predictors fresh)."""
+    import detmodels
+
+    model = detmodels.create_model(cfg.model.name, num_classes=num_classes, **cfg.model.builder_kwargs())
+    if cfg.model.pretrained:
+        state = ckpt_io.load_checkpoint_state(cfg.model.pretrained)
+        weights = state["ema"]["module"] if state.get("ema") else state["model"]
+        own = model.state_dict()
+        usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(usable, strict=False)
+    return model
+
+
+def _build_loop(cfg: TrainConfig, model: torch.nn.Module, recipe: Any, steps: int, world: int,
+                device: torch.device, teacher: torch.nn.Module | None, progress: bool) -> TrainLoop:
+    opt, sched, ema_opts = recipe_settings(cfg, recipe)
+    name = opt.pop("name")
+    optimizer = build_optimizer(model, name, total_batch=cfg.train.batch_size * world, **opt)
+    schedule = build_schedule(sched.pop("name"), epochs=cfg.train.epochs, iters_per_epoch=steps, **sched)
+    ema: ModelEMA | None = None
+    if ema_opts["enabled"]:
+        ema = build_ema(model, ema_opts["kind"], momentum=ema_opts["momentum"], decay=ema_opts["decay"],
+                        gamma=ema_opts["gamma"]).to(device)
+    d = cfg.distill
+    return TrainLoop(model, optimizer, IterLRScheduler(optimizer, schedule), device=device, ema=ema,
+                     amp=cfg.train.amp, grad_clip=cfg.train.grad_clip, teacher=teacher,
+                     distill_weight=d.weight if d else 1.0, distill_decay=d.decay if d else "none",
+                     max_epochs=cfg.train.epochs, max_steps_per_epoch=cfg.train.max_steps_per_epoch,
+                     progress=progress)
+
+
+def _meta(cfg: TrainConfig, data: TrainData, epoch: int, metrics: dict, history: list, best: dict) -> dict:
+    from .. import __version__
+
+    return {"model": cfg.model.name, "num_classes": data.num_classes, "category_ids": data.category_ids,
+            "class_names": data.class_names, "epoch": epoch, "metrics": metrics, "history": history,
+            "best": best, "task": data.task, "switch_epoch": data.recipe.switch_epoch, "image_size": cfg.data.image_size, "detflow_version": __version__}
+
+
+def _write_pid(rank: int) -> None:
+    pid_dir = os.environ.get(PID_DIR_ENV)
+    if pid_dir:
+        Path(pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(pid_dir) / f"rank{rank}-{os.getpid()}").touch()
+
+
+class _WorkerRun:
+    """State of one worker for one attempt (a restart builds a new one from the checkpoint)."""
+
+    def __init__(self, config: dict[str, Any]):
+        import ray.train
+        import ray.train.torch
+
+        self.cfg = TrainConfig.model_validate(config["cfg"])
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.best_dir = config.get("best_dir")
+        torch.set_num_threads(max(int(self.cfg.scaling.cpus_per_worker), 1))
+        torch.manual_seed(self.cfg.train.seed + self.rank)
+        self.device = ray.train.torch.get_device()
+        _write_pid(self.rank)
+        model = build_model(self.cfg, int(self.cfg.model.num_classes)).to(self.device)
+        self.data = build_train_data(self.cfg, model.input_spec, rank=self.rank, world=self.world)
+        if self.cfg.train.sync_bn and self.world > 1 and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        teacher = None
+        if self.cfg.distill is not None:
+            teacher = ckpt_io.load_checkpoint_model(self.cfg.distill.teacher)[0].to(self.device).eval()
+        self.loop = _build_loop(self.cfg, model, self.data.recipe, self.data.steps_per_epoch, self.world,
+                                self.device, teacher, progress=bool(config.get("progress")) and self.rank == 0)
+        # DDP wrapping after the EMA copy was taken from the bare module
+        self.loop.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        self.logger = EpochLogger(config.get("run_id") if self.rank == 0 else None)
+        self.start_epoch, self.history, self.best = 0, [], {}
+        self._restore(ray.train.get_checkpoint())
+
+    def _restore(self, checkpoint: Any) -> None:
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as d:
+            state = ckpt_io.load_checkpoint_state(d, map_location=self.device)
+            meta = ckpt_io.read_meta(d)
+        self.loop.load_state_dict(state)
+        ckpt_io.set_rng_state(state["rng"])
+        if self.rank:  # the RNG state saved is rank 0's: keep the other ranks' streams distinct
+            torch.manual_seed(self.cfg.train.seed + 7919 * self.rank + int(state["epoch"]))
+        self.start_epoch = int(state["epoch"]) + 1
+        self.history, self.best = list(meta.get("history", [])), dict(meta.get("best", {}))
+        self.data.load_state_dict(state.get("data"), epoch=self.start_epoch)
+        if self.history:  # the checkpointed epoch may have been reported but not logged
+            self.logger.log(int(state["epoch"]), self.history[-1])
+        if self.rank == 0:
+            print(f"resumed from checkpoint of epoch {int(state['epoch']) + 1} (step {self.loop.step})", flush=True)
+
+    def _evaluate(self, epoch: int, last: bool, plot_dir: Path) -> dict[str, float]:
+        e = self.cfg.train
+        if self.rank != 0 or self.data.val is None or not (last or (epoch + 1) % e.eval_interval == 0):
+            return {}
+        plot = str(plot_dir / "pr_curve.png") if last else None
+        return evaluate_model(self.loop.eval_model(), self.data.val_loader(), self.data.val.coco,
+                              self.data.category_ids, device=self.device, score_thr=e.score_thr,
+                              nms_iou=e.nms_iou, max_det=e.max_det, plot_pr=plot)
+
+    def _is_better(self, metrics: dict[str, float]) -> bool:
+        key = primary_metric(self.data.task)
+        if key not in metrics:
+            return self.data.val is None  # without val data the latest checkpoint is the best
+        return not self.best or metrics[key] > self.best.get("value", float("-inf"))
+
+    def _checkpoint(self, epoch: int, metrics: dict, tmp: Path) -> tuple[Any, bool]:
+        import ray.train
+
+        better = self._is_better(metrics)
+        if better:
+            key = primary_metric(self.data.task)
+            self.best = {"metric": key, "value": metrics.get(key), "epoch": epoch, "metrics": metrics}
+        state = {**self.loop.state_dict(), "epoch": epoch, "rng": ckpt_io.rng_state(), "data": self.data.state_dict()}
+        path = ckpt_io.save_checkpoint(tmp / f"epoch_{epoch:04d}", state=state, config=self.cfg,
+                                       meta=_meta(self.cfg, self.data, epoch, metrics, self.history, self.best))
+        return ray.train.Checkpoint.from_directory(str(path)), better
+
+    def run_epoch(self, epoch: int) -> None:
+        import ray.train
+
+        e, last = self.cfg.train, epoch == self.cfg.train.epochs - 1
+        stats = self.loop.train_epoch(self.data.train_loader(epoch), epoch)
+        metrics = reduce_stats(stats.summary(self.world))
+        with tempfile.TemporaryDirectory(prefix="detflow-ckpt-") as tmp:
+            metrics.update(self._evaluate(epoch, last, Path(tmp)))
+            metrics["epoch"] = epoch
+            self.history.append(metrics)
+            checkpoint, better = None, False
+            if self.rank == 0 and (last or (epoch + 1) % self.cfg.checkpoint.every == 0):
+                checkpoint, better = self._checkpoint(epoch, metrics, Path(tmp))
+                if better and self.best_dir:
+                    ckpt_io.publish_checkpoint(checkpoint.path, self.best_dir)
+            name = f"epoch_{epoch:04d}-{int(time.time())}" if checkpoint is not None else None
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+            self.logger.log(epoch, {k: v for k, v in metrics.items() if k != "epoch"})
+            if last and (Path(tmp) / "pr_curve.png").exists():
+                self.logger.log_artifact(Path(tmp) / "pr_curve.png", "plots")
+        if self.rank == 0:
+            line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train/loss", "train/images_per_s", "val/bbox_mAP50", "val/segm_mAP50"))
+            print(f"epoch {epoch + 1}/{e.epochs} {line}", flush=True)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: ``{"cfg": resolved TrainConfig dict, "run_id": MLflow run or
+    None, "best_dir": where rank 0 publishes the best checkpoint, "progress": bool}``."""
+    run = _WorkerRun(config)
+    for epoch in range(run.start_epoch, run.cfg.train.epochs):
+        run.run_epoch(epoch)

@@ -1,0 +1,260 @@
+"""Workflow lineage in MLflow: one parent run per workflow run, one child run per step.
+
+Child runs are named after the step id and tagged ``detflow.workflow``, ``detflow.workflow_run_id``,
+``detflow.step_id``, ``detflow.step_kind``, ``detflow.family``, ``detflow.git_commit`` and
+``dataset.fingerprint``. A model-producing step logs its model files under ``model/`` and registers
+them as a new version of the workflow's registered model with lineage tags (source step, upstream
+steps, teacher, calibration set); the alias ``candidate`` points at the last successful one.
+A benchmark step's table goes up as CSV/Markdown artifacts (child and parent) and metrics, with a
+plot of mAP against latency. Uses :class:`mlflow.tracking.MlflowClient` only (no global active run),
+so the driver can track several steps at once.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .context import StepContext
+from .schema import Step, Workflow
+
+__all__ = ["Lineage", "flatten_metrics", "plot_map_vs_latency", "CANDIDATE_ALIAS"]
+
+CANDIDATE_ALIAS = "candidate"
+_MODEL_FILES = ("model.pt", "config.yaml", "meta.json")
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-./ ]+")
+
+
+def flatten_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested mapping as ``a/b`` metric names."""
+    out: dict[str, float] = {}
+    if not isinstance(metrics, dict):
+        return out
+    for key, value in metrics.items():
+        name = _METRIC_NAME.sub("_", f"{prefix}{key}")
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            out[name] = float(value)
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _family(wf: Workflow, step: Step) -> str:
+    model = getattr(step.with_, "model", None) or wf.defaults.model
+    name = model if isinstance(model, str) else getattr(model, "name", None)
+    if not name:
+        return "unknown"
+    try:
+        import detmodels
+
+        return detmodels.get_model_entry(name).family
+    except Exception:  # noqa: BLE001 — an unknown name still gets a tag
+        return name.split("_")[0]
+
+
+def plot_map_vs_latency(rows: list[dict], path: str | Path) -> Path | None:
+    """Scatter of mAP50 against p50 latency, one point per (artifact, backend, precision, batch)."""
+    points = [(r.get("latency_p50_ms"), r.get("mAP50", r.get("AP50")), r) for r in rows]
+    points = [(x, y, r) for x, y, r in points if isinstance(x, (int, float)) and isinstance(y, (int, float))]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for x, y, r in points:
+        label = f"{r.get('artifact', '?')}/{r.get('backend', '?')}/{r.get('precision', '?')}/b{r.get('batch_size', '?')}"
+        ax.scatter([x], [y])
+        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("p50 latency per batch (ms)")
+    ax.set_ylabel("mAP50 (val)")
+    ax.set_title("accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+class Lineage:
+    """MLflow runs and registry versions of one workflow run (see module docstring)."""
+
+    def __init__(self, wf: Workflow, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        from ..tracking import configure, ensure_experiment
+
+        self.wf, self.run_id = wf, run_id
+        self.uri = configure()
+        self.client = MlflowClient(self.uri)
+        self.experiment_id = ensure_experiment(wf.name)
+        self.parent: str | None = None
+        self.commit = _git_commit()
+
+    def base_tags(self) -> dict[str, str]:
+        tags = {"detflow.workflow": self.wf.name, "detflow.workflow_run_id": self.run_id}
+        if self.commit:
+            tags["detflow.git_commit"] = self.commit
+        return tags
+
+    def start_workflow(self, existing: str | None = None) -> str:
+        """Create (or, on resume, reopen) the parent run; returns its id."""
+        if existing:
+            self.client.update_run(existing, status="RUNNING")
+            self.parent = existing
+            return existing
+        run = self.client.create_run(self.experiment_id, run_name=self.run_id, tags=self.base_tags())
+        self.parent = run.info.run_id
+        self.client.log_dict(self.parent, self.wf.to_dict(), "workflow.yaml")
+        return self.parent
+
+    def step_tags(self, step: Step) -> dict[str, str]:
+        return {**self.base_tags(), "detflow.step_id": step.id, "detflow.step_kind": step.uses,
+                "detflow.family": _family(self.wf, step)}
+
+    def start_step(self, step: Step, cache_key: str) -> str:
+        tags = {**self.step_tags(step), "detflow.cache_key": cache_key}
+        if self.parent:
+            tags["mlflow.parentRunId"] = self.parent
+        run = self.client.create_run(self.experiment_id, run_name=step.id, tags=tags)
+        params = flatten_params(step.with_.model_dump(mode="json", exclude_none=True))
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in list(params.items())[:200]]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return run.info.run_id
+
+    def step_succeeded(self, step: Step, child: str | None, outputs: dict, inputs: dict[str, dict]) -> None:
+        if child is None:
+            return
+        metrics = flatten_metrics(outputs.get("metrics") or {})
+        self._log_metrics(child, metrics)
+        self._tag_dataset(step, child, inputs)
+        if step.uses == "benchmark":
+            self._log_table(child, outputs)
+        if step.kind.registers_model:
+            self._register(step, child, outputs)
+        self.client.set_terminated(child, "FINISHED")
+
+    def step_failed(self, step: Step, child: str | None, error: str) -> None:
+        if child is None:
+            return
+        self.client.set_tag(child, "detflow.error", error[:4000])
+        self.client.set_terminated(child, "KILLED" if error == "cancelled" else "FAILED")
+
+    def finish(self, status: str, result: Any) -> None:
+        if not self.parent:
+            return
+        summary = {sid: {k: v for k, v in info.items() if k in ("status", "attempts", "duration_s", "error")}
+                   for sid, info in result.steps.items()}
+        self.client.log_dict(self.parent, summary, "steps.json")
+        mlflow_status = {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(status, "FAILED")
+        self.client.set_tag(self.parent, "detflow.status", status)
+        self.client.set_terminated(self.parent, mlflow_status)
+
+    # ------------------------------------------------------------------------------- details
+    def _log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def _tag_dataset(self, step: Step, child: str, inputs: dict[str, dict]) -> None:
+        if "data" not in type(step.with_).model_fields:
+            return
+        ctx = StepContext(self.run_id, step.id, step.uses, self.wf.name, "",
+                          defaults=self.wf.defaults.model_dump(mode="json", exclude_none=True), inputs=inputs)
+        try:
+            data = ctx.dataset(step.with_.data)
+        except Exception:  # noqa: BLE001 — a dataset from a base config: no tag
+            return
+        split = data.get("train") or data.get("val")
+        if split and Path(split["annotations"]).exists():
+            from ..tracking import dataset_fingerprint
+
+            self.client.set_tag(child, "dataset.fingerprint", dataset_fingerprint(split["annotations"], split["images"]))
+            self.client.set_tag(child, "dataset.annotations", split["annotations"])
+
+    def _log_table(self, child: str, outputs: dict) -> None:
+        for key in ("table_csv", "table_md"):
+            if outputs.get(key) and Path(outputs[key]).exists():
+                self.client.log_artifact(child, outputs[key], "benchmark")
+                if self.parent:
+                    self.client.log_artifact(self.parent, outputs[key], "benchmark")
+        rows = outputs.get("rows") or []
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = plot_map_vs_latency(rows, Path(tmp) / "map_vs_latency.png")
+            if plot is not None:
+                self.client.log_artifact(child, str(plot), "benchmark")
+                if self.parent:
+                    self.client.log_artifact(self.parent, str(plot), "benchmark")
+        if self.parent:
+            self._log_metrics(self.parent, {f"bench/{k}": v for k, v in flatten_metrics(outputs.get("metrics") or {}).items()})
+
+    def _model_files(self, outputs: dict) -> list[Path]:
+        files: list[Path] = []
+        ckpt = outputs.get("checkpoint")
+        if isinstance(ckpt, str) and Path(ckpt).is_dir():
+            files += [Path(ckpt) / f for f in _MODEL_FILES if (Path(ckpt) / f).exists()]
+        onnx = outputs.get("onnx")
+        if isinstance(onnx, str) and Path(onnx).is_file():
+            files.append(Path(onnx))
+        return files
+
+    def _register(self, step: Step, child: str, outputs: dict) -> None:
+        files = self._model_files(outputs)
+        if not files:
+            return
+        for f in files:
+            self.client.log_artifact(child, str(f), "model")
+        name = self.wf.model_name
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, tags={"detflow.workflow": self.wf.name})
+        except MlflowException:
+            pass  # exists (or created concurrently)
+        tags = {**self.step_tags(step), "detflow.source_step": step.id, "detflow.upstream": ",".join(step.needs),
+                "detflow.formats": ",".join(sorted({f.suffix.lstrip('.') for f in files}))}
+        for field in ("teacher", "checkpoint", "init"):
+            value = getattr(step.with_, field, None)
+            if isinstance(value, str):
+                tags[f"detflow.{field}"] = value
+        data = getattr(step.with_, "data", None)
+        if step.uses in ("qat", "ptq"):
+            tags["detflow.calibration_set"] = json.dumps(data.model_dump(mode="json")) if hasattr(data, "model_dump") \
+                else str(data or self.wf.defaults.data or "training set of the checkpoint")
+        artifact_uri = self.client.get_run(child).info.artifact_uri
+        version = self.client.create_model_version(name, f"{artifact_uri}/model", run_id=child, tags=tags)
+        self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
+        self.client.set_tag(child, "detflow.registered_model", f"{name}/{version.version}")
+
+
+def flatten_params(data: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten_params(value, f"{prefix}{key}."))
+    else:
+        out[prefix.rstrip(".")] = str(data)[:500]
+    return out
