@@ -1,8 +1,15 @@
 """detflow: experiment orchestration for real-time object detectors on Ray, tracked in MLflow.
 
-The public SDK is re-exported here as areas land (``detflow.train``, ``detflow.run``,
-``detflow.sweep`` …); see docs/ for the guide.
+The Python SDK::
+
+    import detflow
+    detflow.run("workflows/quickstart.yaml")                     # a workflow on local Ray
+    detflow.sweep(base="train.yaml", space={...}, name="s1")     # Ray Tune + Optuna sweep
+    detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")         # SpineNet architecture search
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from . import nas  # noqa: E402  (callable package: detflow.nas(...))
+from .tune.sdk import sweep  # noqa: E402
+
+__all__ = ["__version__", "sweep", "nas"]

@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # click usage errors carry their own exit code (2)
         import click
 
-        if isinstance(exc, click.ClickException):
+        try:  # recent typer vendors click (typer._click): its exceptions are not click.ClickException
+            from typer._click.exceptions import ClickException as VendoredClickException
+        except ImportError:
+            VendoredClickException = click.ClickException
+        if isinstance(exc, (click.ClickException, VendoredClickException)):
             exc.show()
             return exc.exit_code
         raise

@@ -45,14 +45,14 @@ def _measure(name: str, with_flops: bool) -> dict[str, Any]:
                            "params_m": round(detmodels.count_params(model) / 1e6, 3)}
     if with_flops:
         macs = detmodels.count_macs(model, entry.input_size)
-        row["gmacs"] = round(macs / 1e9, 3)
-        row["gflops"] = round(2 * macs / 1e9, 3)
+        row["macs"] = int(macs)
+        row["gflops"] = round(2 * macs / 1e9, 4)
     return row
 
 
 def model_rows(names: list[str] | None = None, *, with_flops: bool = True, progress: bool = True) -> list[dict]:
     """One dict per registered model: name, family, task, input_size, params_m, and (measured with
-    ``detmodels.count_macs`` at the default input size, 80 classes) gmacs and gflops = 2 × MACs."""
+    ``detmodels.count_macs`` at the default input size, 80 classes) macs and gflops = 2 × MACs / 1e9."""
     import detmodels
     from rich.console import Console
     from rich.progress import Progress

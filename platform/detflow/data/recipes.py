@@ -211,8 +211,8 @@ class Recipe:
             "recipe.hsv": a.hsv or "off", "recipe.flip_prob": a.flip_prob,
             "recipe.cutmix_prob": a.cutmix_prob, "recipe.copy_paste_prob": a.copy_paste_prob,
             "recipe.multiscale": list(a.multiscale) if a.multiscale else None,
-            "recipe.optimizer": dataclasses.asdict(self.optimizer),
-            "recipe.schedule": dataclasses.asdict(self.schedule), "recipe.ema": dataclasses.asdict(self.ema),
+            **{f"recipe.{part}.{k}": v for part in ("optimizer", "schedule", "ema")
+               for k, v in dataclasses.asdict(getattr(self, part)).items()},
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,3 +20,13 @@ def nas(config: str | None = None, *, name: str | None = None, resume: bool = Fa
     sets = [f"{k}={v}" for k, v in overrides.items()]
     cfg, config_dir = load_nas_config(config, sets)
     return run_nas(cfg, config_dir=config_dir)
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``detflow.nas`` is both this package and the SDK function: ``detflow.nas("nas.yaml")``."""
+
+    def __call__(self, *args, **kwargs) -> NasResult:
+        return nas(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

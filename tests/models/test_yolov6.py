@@ -1,0 +1,246 @@
+"""YOLOv6 v3.0: every registered variant at 64×64, batch 2 — shapes, losses, fusion, counts, AAT/DLD,
+distillation and the official-weight converter (round trip through reference key names)."""
+import copy
+import math
+
+import pytest
+import torch
+
+import detmodels
+from detmodels import count_params, create_model, list_models, load_official_weights, reparameterize_model
+from detmodels.families.yolov6 import cosine_distill_weight
+from detmodels.families.yolov6_weights import reference_key_map
+from detmodels.weights import WeightsError
+
+VARIANTS = list_models("yolov6")
+# (training-form, deploy-form) parameter counts in millions, 80 classes (reference architectures.md §1).
+PUBLISHED = {"yolov6_n": (5.058, 4.647), "yolov6_s": (20.147, 18.537), "yolov6_m": (37.741, 34.856),
+             "yolov6_l": (59.639, 59.608)}
+NC = 3
+_CACHE: dict = {}
+
+
+def _model(name: str, **kw):
+    """Build once per (name, options) and hand out copies (M/L take seconds to initialise)."""
+    key = (name, tuple(sorted((k, str(v)) for k, v in kw.items())))
+    if key not in _CACHE:
+        torch.manual_seed(0)
+        _CACHE[key] = create_model(name, num_classes=NC, **kw)
+    return copy.deepcopy(_CACHE[key])
+
+
+def _targets():
+    return [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 60.0, 30.0]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.tensor([[10.0, 10.0, 26.0, 30.0]]), "labels": torch.tensor([1])},
+    ]
+
+
+def _randomise(model, seed=0):
+    """Non-trivial BN statistics and predictor weights (predictors start at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+        for name, p in model.named_parameters():
+            if "preds" in name and p.dim() == 4:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+    return model
+
+
+def test_registry():
+    assert {"yolov6_n", "yolov6_s", "yolov6_m", "yolov6_l"} <= set(VARIANTS)
+    for name in VARIANTS:
+        entry = detmodels.get_model_entry(name)
+        assert (entry.family, entry.input_size, entry.task) == ("yolov6", 640, "bbox")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_param_counts_train_and_deploy(name):
+    with torch.device("meta"):
+        model = create_model(name, num_classes=80)
+        train = count_params(model) / 1e6
+        aat = count_params(create_model(name, num_classes=80, head={"anchor_aided": True})) / 1e6
+        deploy = count_params(reparameterize_model(model)) / 1e6
+    want_train, want_deploy = PUBLISHED[name]
+    assert train == pytest.approx(want_train, rel=5e-3)
+    assert deploy == pytest.approx(want_deploy, rel=5e-3)
+    assert 0.05 < aat - train < 0.25  # AAT adds 0.057 M (N) … 0.227 M (L) of training-only predictors
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward_shapes_train_and_eval(name):
+    model = _model(name, head={"anchor_aided": True})
+    reg = 68 if name in ("yolov6_m", "yolov6_l") else 4
+    out = model(torch.rand(2, 3, 64, 64))
+    assert sorted(out) == ["box", "box_ab", "cls", "cls_ab"]
+    assert [tuple(t.shape) for t in out["cls"]] == [(2, NC, 8, 8), (2, NC, 4, 4), (2, NC, 2, 2)]
+    assert [tuple(t.shape) for t in out["box"]] == [(2, reg, 8, 8), (2, reg, 4, 4), (2, reg, 2, 2)]
+    assert out["cls_ab"][0].shape[1] == 3 * NC and out["box_ab"][0].shape[1] == 12
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 96))
+    assert sorted(out) == ["box", "cls"]  # AAT is never computed at inference
+    boxes, scores = model.decode(out)
+    assert boxes.shape == (1, 8 * 12 + 4 * 6 + 2 * 3, 4) and scores.shape == (1, 126, NC)
+
+
+def test_decode_hand_computed_at_init():
+    """Predictors start at zero: box bias 1 → 1 stride to each side; class bias −log 99 → score 0.01."""
+    model = _model("yolov6_n").eval()
+    with torch.no_grad():
+        boxes, scores = model.decode(model(torch.rand(1, 3, 64, 64)))
+    assert boxes[0, 0].tolist() == pytest.approx([-4.0, -4.0, 12.0, 12.0])  # cell (0,0), stride 8, centre (4,4)
+    assert boxes[0, 64].tolist() == pytest.approx([-8.0, -8.0, 24.0, 24.0])  # first cell of stride 16
+    assert scores.max().item() == pytest.approx(0.01, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_loss_finite_with_gradients(name):
+    model = _model(name, head={"anchor_aided": True})
+    _randomise(model)
+    losses = model.loss(model(torch.rand(2, 3, 64, 64)), _targets())
+    expected = {"loss_cls", "loss_iou", "loss_cls_ab", "loss_iou_ab"}
+    if name in ("yolov6_m", "yolov6_l"):
+        expected.add("loss_dfl")
+    assert set(losses) == expected
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total > 0
+    total.backward()
+    assert model.head.cls_preds[0].weight.grad.abs().sum() > 0
+    assert model.head.reg_preds_ab[0].weight.grad.abs().sum() > 0
+    stem_grads = [p.grad for p in model.backbone.stem.parameters() if p.grad is not None]
+    assert stem_grads and sum(g.abs().sum() for g in stem_grads) > 0
+
+
+def test_loss_with_no_objects_is_finite():
+    model = _model("yolov6_n")
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
+    losses = model.loss(model(torch.rand(2, 3, 64, 64)), empty)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_iou"].item() == 0.0
+
+
+def test_atss_warmup_then_tal(monkeypatch):
+    model = _model("yolov6_s", atss_warmup_epochs=2)
+    calls = []
+    orig_atss, orig_tal = model.criterion.atss, model.criterion.tal
+    monkeypatch.setattr(model.criterion, "atss", lambda *a, **k: calls.append("atss") or orig_atss(*a, **k))
+    monkeypatch.setattr(model.criterion, "tal", lambda *a, **k: calls.append("tal") or orig_tal(*a, **k))
+    for epoch in (0, 1, 2):
+        model.set_epoch(epoch, 10)
+        model.loss(model(torch.rand(2, 3, 64, 64)), _targets())
+    assert calls == ["atss", "atss", "tal"]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_reparameterize_equal_outputs_and_drops_aux(name):
+    dld = name in ("yolov6_n", "yolov6_s")
+    model = _randomise(_model(name, head={"anchor_aided": True, "dld": dld})).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        reparameterize_model(model)
+        after = model(x)
+    for key in ("cls", "box"):
+        for a, b in zip(before[key], after[key]):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("_ab" in n or "reg_preds_dfl" in n for n in names)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    model.train()
+    assert sorted(model(x)) == ["box", "cls"]  # the AAT branch is gone for good
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_distillation_loss_decreases(name):
+    """Self-distillation toy pair: student (DLD for N/S) fits a perturbed teacher in a few steps."""
+    small = name in ("yolov6_n", "yolov6_s")
+    student = _model(name, head={"dld": True} if small else None)
+    teacher = _randomise(_model(name, head={"reg_max": 16} if small else None), seed=1).eval()
+    x, targets = torch.rand(2, 3, 64, 64), _targets()
+    with torch.no_grad():
+        t_out = teacher(x)
+    params = [p for n, p in student.named_parameters() if n.startswith("head.")]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    history = []
+    for _ in range(4):
+        kd = student.distill_loss(student(x), t_out, targets, weight=cosine_distill_weight(0, 10))
+        assert set(kd) == {"loss_kd_cls", "loss_kd_dfl"} and kd["loss_kd_dfl"] > 0
+        total = sum(kd.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        history.append(total.item())
+    assert history[-1] < history[0]
+
+
+def test_dld_loss_keys_and_distill_class_weights():
+    n = _model("yolov6_n", head={"dld": True})
+    losses = n.loss(n(torch.rand(2, 3, 64, 64)), _targets())
+    assert set(losses) == {"loss_cls", "loss_iou", "loss_dfl"}
+    assert {s: create_model(f"yolov6_{s}", num_classes=1).distill_class_weight for s in "n"} == {"n": 1.0}
+    assert n.temperature == 20.0
+
+
+def test_cosine_distill_weight():
+    assert cosine_distill_weight(0, 300) == pytest.approx(1.0)
+    assert cosine_distill_weight(300, 300) == pytest.approx(0.01)
+    assert cosine_distill_weight(150, 300) == pytest.approx(1 - 0.99 / 2)
+    assert cosine_distill_weight(75, 300) == pytest.approx(1 - 0.99 * (1 - math.cos(math.pi / 4)) / 2)
+
+
+@pytest.mark.parametrize("section,key", [("head", "anchor_aidd"), ("neck", "depth"), ("assigner", "topk"),
+                                         ("backbone", "width")])
+def test_unknown_builder_key_names_it(section, key):
+    with pytest.raises(ValueError, match=key):
+        create_model("yolov6_n", num_classes=2, **{section: {key: 1}})
+
+
+def _reference_state(model):
+    mapping = reference_key_map(model)
+    return {mapping[k]: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_converter_round_trip_reference_names(tmp_path, deploy):
+    src = _randomise(_model("yolov6_n")).eval()
+    if deploy:
+        reparameterize_model(src)
+    ref = _reference_state(src)
+    if not deploy:
+        assert "backbone.ERBlock_2.1.conv1.rbr_dense.bn.running_var" in ref
+        assert "neck.Bifusion0.upsample.upsample_transpose.weight" in ref
+        assert "backbone.ERBlock_5.2.cspsppf.cv7.block.conv.weight" in ref
+        assert "detect.stems.0.block.bn.weight" in ref
+    else:
+        assert "backbone.stem.rbr_reparam.bias" in ref and "detect.stems.0.block.conv.bias" in ref
+    ref["detect.proj"] = torch.linspace(0, 16, 17)  # fixed DFL projection, ignored
+    torch.save(ref, tmp_path / "ref.pt")
+    dst = _model("yolov6_n")
+    if deploy:
+        reparameterize_model(dst)
+    load_official_weights(dst, tmp_path / "ref.pt", source="yolov6").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = src(x), dst(x)
+    for key in ("cls", "box"):
+        for p, q in zip(a[key], b[key]):
+            assert torch.equal(p, q)
+
+
+def test_converter_names_mismatches(tmp_path):
+    src = _model("yolov6_n")
+    ref = _reference_state(src)
+    ref["detect.reg_preds_dist.0.weight"] = torch.zeros(68, 32, 1, 1)
+    torch.save(ref, tmp_path / "bad.pt")
+    with pytest.raises(WeightsError, match="reg_preds_dist"):
+        load_official_weights(_model("yolov6_n"), tmp_path / "bad.pt", source="yolov6")
+    ref.pop("detect.reg_preds_dist.0.weight")
+    torch.save(ref, tmp_path / "other_classes.pt")
+    with pytest.raises(WeightsError, match="shape"):
+        load_official_weights(create_model("yolov6_n", num_classes=5), tmp_path / "other_classes.pt", source="yolov6")
