@@ -49,6 +49,7 @@ def test_version(capsys):
     ["config", "validate"],                                    # missing argument
     ["models", "convert", "missing.pth", "--model", "nope", "--out", "o"],
     ["ui", "--port", "0"],                                     # out of range
+    ["models", "list", "no_such_model", "--no-flops"],
 ])
 def test_bad_input_exits_2(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -129,13 +129,14 @@ def test_bound_wording_in_library_errors():
 
 
 def test_config_kind_registry(in_tmp, capsys, monkeypatch):
+    kinds.list_config_kinds()  # import the providers first, so they register into the real table
     monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
 
     class Tiny(TrainConfig.__mro__[1]):  # a StrictModel
         steps: list[str]
 
-    kinds.register_config_kind("tiny", Tiny, lambda d: "steps" in d, priority=5)
-    kinds.register_config_kind("tiny", Tiny, lambda d: "steps" in d, priority=5)  # idempotent
+    kinds.register_config_kind("tiny", Tiny, lambda d: "steps" in d, priority=50)
+    kinds.register_config_kind("tiny", Tiny, lambda d: "steps" in d, priority=50)  # idempotent
     with pytest.raises(ValueError, match="already registered"):
         kinds.register_config_kind("tiny", TrainConfig, lambda d: True)
     assert kinds.list_config_kinds()[0] == "tiny"

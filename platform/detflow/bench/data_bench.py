@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config.train import MixUpConfig, MosaicConfig, RecipeConfig
 from ..errors import UserInputError
 
 __all__ = ["run_data_bench", "format_data_bench"]
+
+_DEFAULT_MODEL = {"rtmdet": "rtmdet_s", "yolov6": "yolov6_s", "retinanet": "spinenet_49s",
+                  "yolov3_asff": "yolov3_asff", "plain": "rtmdet_s"}
 
 
 def _dataset(dataset: Any, image_size: int, images: int, workdir: Path) -> Any:
@@ -45,18 +49,38 @@ def _dataset(dataset: Any, image_size: int, images: int, workdir: Path) -> Any:
 
 
 def _time_pipeline(load: Callable[[int], Any], pipeline: Callable[[Any], Any], order: list[int],
-                   warmup: int) -> float:
-    """Images/s of ``pipeline(load(i))`` over ``order`` after ``warmup`` untimed calls."""
+                   warmup: int) -> tuple[float, float]:
+    """``(images per wall second, images per CPU second)`` of ``pipeline(load(i))`` over ``order``
+    after ``warmup`` untimed calls (CPU time is the steadier figure on a shared machine)."""
     for i in order[:warmup]:
         pipeline(load(i))
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for i in order[warmup:]:
         pipeline(load(i))
-    return (len(order) - warmup) / (time.perf_counter() - start)
+    n = len(order) - warmup
+    return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
+
+
+def _pipelines(recipe: str, model_name: str, image_size: int, ds: Any, seed: int) -> dict[str, Any]:
+    """The cached / uncached stage-1 pipelines of ``recipe`` and the decode+resize ceiling."""
+    from detmodels import InputSpec
+
+    from ..data.recipes import build_recipe
+    from ..data.transforms import Compose, LetterboxResize, PackDetInputs
+
+    spec = InputSpec()
+    pipelines = {}
+    for name, cache in (("cached", True), ("uncached", False)):
+        cfg = RecipeConfig(name=recipe, mosaic=MosaicConfig(enabled=True, cache=cache),
+                           mixup=MixUpConfig(enabled=True, cache=cache))
+        r = build_recipe(cfg, model_name=model_name, image_size=image_size, epochs=300, input_spec=spec, seed=seed)
+        pipelines[name] = r.train_transforms(0, dataset=ds)
+    pipelines["ceiling"] = Compose([LetterboxResize(image_size), PackDetInputs(spec)])
+    return pipelines
 
 
 def run_data_bench(recipe: str = "rtmdet", images: int = 200, image_size: int = 320, dataset: Any = None, *,
-                   model_name: str = "rtmdet_s", seed: int = 0, print_fn: Callable[[str], None] | None = print
+                   model_name: str | None = None, seed: int = 0, print_fn: Callable[[str], None] | None = print
                    ) -> dict[str, Any]:
     """Measure the stage-1 pipeline of ``recipe`` with cached vs uncached Mosaic/MixUp vs the ceiling.
 
@@ -67,39 +91,39 @@ def run_data_bench(recipe: str = "rtmdet", images: int = 200, image_size: int = 
         image_size: training input size S (mosaic canvas 2S).
         dataset: a ``CocoDataset``, an ``(annotations, images_dir)`` pair, or ``None`` for a
             synthetic dataset written to a temporary directory.
-        model_name: picks the recipe's size-dependent defaults (``rtmdet_s``: caches 40 / 20, random pop).
+        model_name: picks the recipe's size-dependent defaults; default the recipe's "s" model
+            (``rtmdet_s``: caches 40 / 20, random pop).
 
     Returns:
-        ``{"recipe", "model_name", "image_size", "images", "images_per_s": {"cached", "uncached",
-        "ceiling"}, "speedup_cached_vs_uncached", "cached_fraction_of_ceiling", "dataset_images"}``.
+        ``{"recipe", "model_name", "image_size", "images", "dataset_images",
+        "images_per_s": {"cached", "uncached", "ceiling"}, "images_per_cpu_s": {same keys},
+        "speedup_cached_vs_uncached", "speedup_cached_vs_uncached_cpu", "cached_fraction_of_ceiling"}``.
     """
+    from ..data.recipes import RECIPE_NAMES
+
     if images < 1:
         raise UserInputError(f"bench data --images: expected a positive number, got {images}")
-    from detmodels import InputSpec
-
-    from ..data.recipes import RECIPE_NAMES, build_recipe
-    from ..data.transforms import Compose, LetterboxResize, PackDetInputs
-
     if recipe not in RECIPE_NAMES:
         raise UserInputError(f"bench data --recipe: expected one of {', '.join(RECIPE_NAMES)}, got {recipe!r}")
+    model_name = model_name or _DEFAULT_MODEL[recipe]
     with tempfile.TemporaryDirectory(prefix="detflow-bench-data-") as tmp:
         ds = _dataset(dataset, image_size, images, Path(tmp))
-        spec = InputSpec()
-        pipelines = {}
-        for name, cache in (("cached", True), ("uncached", False)):
-            cfg = RecipeConfig(name=recipe, mosaic=MosaicConfig(enabled=True, cache=cache),
-                               mixup=MixUpConfig(enabled=True, cache=cache))
-            r = build_recipe(cfg, model_name=model_name, image_size=image_size, epochs=300, input_spec=spec,
-                             seed=seed)
-            pipelines[name] = r.train_transforms(0, dataset=ds)
-        pipelines["ceiling"] = Compose([LetterboxResize(image_size), PackDetInputs(spec)])
+        pipelines = _pipelines(recipe, model_name, image_size, ds, seed)
         warmup = 2 * max(MosaicConfig().max_cached_images, MixUpConfig().max_cached_images)
         order = np.random.default_rng(seed).integers(len(ds), size=warmup + images).tolist()
-        rates = {name: _time_pipeline(ds.load_sample, p, order, warmup) for name, p in pipelines.items()}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        try:
+            timed = {name: _time_pipeline(ds.load_sample, p, order, warmup) for name, p in pipelines.items()}
+        finally:
+            torch.set_num_threads(threads)
+    rates = {name: wall for name, (wall, _) in timed.items()}
+    cpu_rates = {name: cpu for name, (_, cpu) in timed.items()}
     result = {
         "recipe": recipe, "model_name": model_name, "image_size": image_size, "images": images,
-        "dataset_images": len(ds), "images_per_s": rates,
+        "dataset_images": len(ds), "images_per_s": rates, "images_per_cpu_s": cpu_rates,
         "speedup_cached_vs_uncached": rates["cached"] / rates["uncached"],
+        "speedup_cached_vs_uncached_cpu": cpu_rates["cached"] / cpu_rates["uncached"],
         "cached_fraction_of_ceiling": rates["cached"] / rates["ceiling"],
     }
     if print_fn is not None:
@@ -109,14 +133,16 @@ def run_data_bench(recipe: str = "rtmdet", images: int = 200, image_size: int = 
 
 def format_data_bench(result: dict[str, Any]) -> str:
     """A small text table of :func:`run_data_bench`'s figures."""
-    r = result["images_per_s"]
+    r, c = result["images_per_s"], result["images_per_cpu_s"]
     lines = [
         f"data pipeline, recipe {result['recipe']} ({result['model_name']}), {result['image_size']} px, "
-        f"{result['images']} images timed (dataset of {result['dataset_images']})",
-        f"  stage 1, CachedMosaic + CachedMixUp : {r['cached']:8.1f} images/s",
-        f"  stage 1, Mosaic + MixUp (uncached)  : {r['uncached']:8.1f} images/s",
-        f"  decode + resize only (ceiling)      : {r['ceiling']:8.1f} images/s",
-        f"  cached / uncached = {result['speedup_cached_vs_uncached']:.2f}x; "
+        f"{result['images']} images timed (dataset of {result['dataset_images']}), 1 torch thread",
+        f"  {'':38s}{'images/s':>10s}{'images/CPU-s':>14s}",
+        f"  {'stage 1, CachedMosaic + CachedMixUp':38s}{r['cached']:10.1f}{c['cached']:14.1f}",
+        f"  {'stage 1, Mosaic + MixUp (uncached)':38s}{r['uncached']:10.1f}{c['uncached']:14.1f}",
+        f"  {'decode + resize only (ceiling)':38s}{r['ceiling']:10.1f}{c['ceiling']:14.1f}",
+        f"  cached / uncached = {result['speedup_cached_vs_uncached']:.2f}x wall, "
+        f"{result['speedup_cached_vs_uncached_cpu']:.2f}x CPU; "
         f"cached = {100 * result['cached_fraction_of_ceiling']:.0f}% of the ceiling",
     ]
     return "\n".join(lines)

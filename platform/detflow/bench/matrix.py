@@ -100,7 +100,7 @@ class BenchTable:
             lines.append("| " + " | ".join(_fmt(getattr(row, k)) for k, _ in _MD_COLUMNS) + " |")
         proto = self.protocol
         lines.append("")
-        lines.append(f"Protocol: NMS {proto.get('nms', '?')}; {proto.get('threads', '?')} intra-op thread(s); "
+        lines.append(f"Protocol: NMS {proto.get('nms', '?')}; intra-op threads: {proto.get('threads', '?')}; "
                      f"warm-up {proto.get('warmup', '?')}, {proto.get('iters', '?')} timed iterations per cell; "
                      f"device {proto.get('device', '?')}; versions {proto.get('versions', {})}.")
         return "\n".join(lines) + "\n"
@@ -108,7 +108,7 @@ class BenchTable:
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         """CSV text of the rows (written to ``path`` when given)."""
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: "" if v is None else v for k, v in dataclasses.asdict(row).items()})
@@ -258,8 +258,11 @@ def run_benchmark(
                 continue
             rows += _run_cell(art, backend, size, label, batch_sizes, val=val, warmup=warmup, iters=iters, threads=threads,
                               eval_batch_size=eval_batch_size, max_eval_images=max_eval_images, work=work)
-    nms = "in the graph" if any("NMS in graph" in r.note for r in rows) else \
-        "not included (dense boxes+scores; NMS runs outside the timed region)"
+    timed = [r for r in rows if r.status == "ok"]
+    in_graph = [r for r in timed if "NMS in graph" in r.note]
+    nms = ("included (in the graph)" if timed and len(in_graph) == len(timed) else
+           "not included (dense boxes+scores timed; NMS runs outside the timed region)" if not in_graph else
+           "mixed: rows noted 'NMS in graph' include it; the others time dense boxes+scores without NMS")
     return BenchTable(rows, protocol_info(threads=threads, warmup=warmup, iters=iters, backends=backends, nms=nms))
 
 

@@ -35,13 +35,15 @@ COCO_CATEGORY_IDS = tuple(
 NUM_COCO_CLASSES = 80
 
 
-def _measure(name: str, with_flops: bool) -> dict[str, Any]:
+def _measure(name: str, with_flops: bool, deploy: bool = False) -> dict[str, Any]:
     import detmodels
 
     entry = detmodels.get_model_entry(name)
-    model = detmodels.create_model(name, num_classes=NUM_COCO_CLASSES)
+    model = detmodels.create_model(name, num_classes=NUM_COCO_CLASSES).eval()
+    if deploy:
+        model = detmodels.reparameterize_model(model)
     row: dict[str, Any] = {"name": name, "family": entry.family, "task": entry.task,
-                           "input_size": entry.input_size,
+                           "input_size": entry.input_size, "deploy": deploy,
                            "params_m": round(detmodels.count_params(model) / 1e6, 3)}
     if with_flops:
         macs = detmodels.count_macs(model, entry.input_size)
@@ -50,9 +52,11 @@ def _measure(name: str, with_flops: bool) -> dict[str, Any]:
     return row
 
 
-def model_rows(names: list[str] | None = None, *, with_flops: bool = True, progress: bool = True) -> list[dict]:
-    """One dict per registered model: name, family, task, input_size, params_m, and (measured with
-    ``detmodels.count_macs`` at the default input size, 80 classes) macs and gflops = 2 × MACs / 1e9."""
+def model_rows(names: list[str] | None = None, *, with_flops: bool = True, deploy: bool = False,
+               progress: bool = True) -> list[dict]:
+    """One dict per registered model: name, family, task, input_size, deploy, params_m, and (measured
+    with ``detmodels.count_macs`` at the default input size, 80 classes) macs and gflops = 2 × MACs / 1e9.
+    ``deploy`` measures the re-parameterised (inference) form."""
     import detmodels
     from rich.console import Console
     from rich.progress import Progress
@@ -63,7 +67,7 @@ def model_rows(names: list[str] | None = None, *, with_flops: bool = True, progr
         task = bar.add_task("measuring models", total=len(names))
         for name in names:
             bar.update(task, description=f"building {name}")
-            rows.append(_measure(name, with_flops))
+            rows.append(_measure(name, with_flops, deploy))
             bar.advance(task)
     return rows
 
@@ -73,18 +77,26 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     no_flops: bool = typer.Option(False, "--no-flops", help="Skip the (slow) FLOP measurement."),
     family: Optional[str] = typer.Option(None, "--family", help="Only this family (rtmdet, yolov6, …)."),
+    deploy: bool = typer.Option(False, "--deploy", help="Measure the re-parameterised (inference) form."),
+    names: Optional[list[str]] = typer.Argument(None, help="Only these models (default: all).", show_default=False),
 ) -> None:
     """List every registered model with family, task, parameters (M) and GFLOPs.
 
     Parameters and FLOPs are measured by building each model (80 classes) and running one forward
     pass at its default input size; GFLOPs = 2 × multiply-accumulates.
 
-    Example: detflow models list --family rtmdet --json
+    Example: detflow models list --family rtmdet --json    (or: detflow models list rtmdet_tiny yolov6_n --deploy)
     """
     import detmodels
 
-    names = detmodels.list_models(family)
-    rows = model_rows(names, with_flops=not no_flops, progress=not as_json)
+    from ..errors import UserInputError
+
+    known = detmodels.list_models(family)
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise UserInputError(f"unknown model {unknown[0]!r}" + (f" in family {family!r}" if family else "")
+                             + f"; known: {', '.join(known)}")
+    rows = model_rows(list(names) if names else known, with_flops=not no_flops, deploy=deploy, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -95,7 +107,10 @@ def _print_rows(rows: list[dict], *, with_flops: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="registered models (80 classes, measured)")
+    form = "deploy form" if rows and rows[0].get("deploy") else "training form"
+    table = Table(title=f"registered models (80 classes, {form}, measured)",
+                  caption="GFLOPs = 2 × multiply-accumulates at the input size (papers' 'FLOPs' are often MACs)"
+                  if with_flops else None)
     heads = ["name", "family", "task", "input", "params (M)"] + (["GFLOPs (2×MACs)"] if with_flops else [])
     for head in heads:
         table.add_column(head, justify="right" if head not in ("name", "family", "task") else "left")

@@ -67,12 +67,14 @@ class CheckReport:
         lines.append("ok" if self.ok else f"{len(self.errors)} error(s)")
         return "\n".join(lines)
 
-    def _add(self, kind: str, what: str, ids: list[Any], *, warning: bool = False) -> None:
+    def _add(self, kind: str, what: str, ids: list[Any], *, label: str = "annotation ids",
+             warning: bool = False) -> None:
+        """Record ``len(ids)`` findings of one kind as ``N what (label first, ids, …)``."""
         if not ids:
             return
         self.counts[kind] = len(ids)
         shown = ", ".join(str(i) for i in ids[:FIRST]) + (", …" if len(ids) > FIRST else "")
-        (self.warnings if warning else self.errors).append(f"{len(ids)} {what} ({shown})")
+        (self.warnings if warning else self.errors).append(f"{len(ids)} {what} ({label} {shown})")
 
 
 def _load_json(path: Path, report: CheckReport) -> Any:
@@ -107,13 +109,15 @@ def _records(items: list, fields: dict[str, type | tuple], kind: str, report: Ch
             good.append(item)
         else:
             bad.append(f"#{index}")
-    report._add(f"malformed_{kind}", f"malformed {kind} records, need {', '.join(fields)} (list index)", bad)
+    report._add(f"malformed_{kind}", f"malformed {kind} records, need {', '.join(fields)}", bad,
+                label="list index")
     return good
 
 
 def _check_duplicates(records: list[dict], kind: str, report: CheckReport) -> None:
     counts = Counter(r["id"] for r in records)
-    report._add(f"duplicate_{kind}_ids", f"duplicate {kind} ids", sorted(i for i, n in counts.items() if n > 1))
+    report._add(f"duplicate_{kind}_ids", f"duplicate {kind} ids", sorted(i for i, n in counts.items() if n > 1),
+                label="ids")
 
 
 def _check_images(images: list[dict], images_dir: Path, report: CheckReport) -> None:
@@ -137,9 +141,10 @@ def _check_images(images: list[dict], images_dir: Path, report: CheckReport) -> 
             continue
         if size != (img["width"], img["height"]):
             wrong_size.append(img["id"])
-    report._add("missing_images", f"image files missing under {images_dir} (image ids)", missing)
-    report._add("undecodable_images", "undecodable image files (image ids)", broken)
-    report._add("image_size_mismatch", "images whose file size differs from width/height (image ids)", wrong_size)
+    report._add("missing_images", f"image files missing under {images_dir}", missing, label="image ids")
+    report._add("undecodable_images", "undecodable image files", broken, label="image ids")
+    report._add("image_size_mismatch", "images whose file size differs from width/height", wrong_size,
+                label="image ids")
 
 
 def _box_problem(bbox: Any, img: dict | None) -> str | None:
@@ -177,15 +182,15 @@ def _segmentation_problem(seg: Any, img: dict | None) -> str | None:
 
 
 _ANN_PROBLEMS = {
-    "malformed": "annotations with a malformed bbox, need [x, y, w, h] (annotation ids)",
-    "non_positive": "boxes with non-positive width or height (annotation ids)",
-    "outside": "boxes outside the image (annotation ids)",
-    "unknown_category": "annotations with an unknown category_id (annotation ids)",
-    "unknown_image": "annotations with an unknown image_id (annotation ids)",
-    "bad_polygon": "segmentations that are neither polygons nor RLE (annotation ids)",
-    "odd_polygon": "polygons with an odd number of coordinates (annotation ids)",
-    "short_polygon": "polygons with fewer than 3 points (annotation ids)",
-    "bad_rle": "RLE segmentations without counts or with a size other than the image's (annotation ids)",
+    "malformed": "annotations with a malformed bbox, need [x, y, w, h]",
+    "non_positive": "boxes with non-positive width or height",
+    "outside": "boxes outside the image",
+    "unknown_category": "annotations with an unknown category_id",
+    "unknown_image": "annotations with an unknown image_id",
+    "bad_polygon": "segmentations that are neither polygons nor RLE",
+    "odd_polygon": "polygons with an odd number of coordinates",
+    "short_polygon": "polygons with fewer than 3 points",
+    "bad_rle": "RLE segmentations without counts or with a size other than the image's",
 }
 
 
@@ -230,8 +235,8 @@ def check_coco(annotations: str | Path, images_dir: str | Path | None, *, check_
     by_id = {img["id"]: img for img in images}
     _check_annotations(anns, by_id, {c["id"] for c in cats}, report)
     annotated = {a["image_id"] for a in anns}
-    report._add("images_without_annotations", "images without annotations (image ids)",
-                [i for i in by_id if i not in annotated], warning=True)
+    report._add("images_without_annotations", "images without annotations",
+                [i for i in by_id if i not in annotated], label="image ids", warning=True)
     if check_files and images_dir is not None:
         _check_images(images, Path(images_dir), report)
     return report

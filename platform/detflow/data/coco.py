@@ -68,7 +68,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except OSError as exc:

@@ -11,23 +11,23 @@ M×H×W uint8 or ``None``, ``image_id``, ``orig_size``, ``scale``). Transforms n
 arrays of their input in place. Random transforms draw from their own ``numpy.random.Generator``
 (``seed=``; ``reseed(seed)`` is what a DataLoader worker calls) — never the global ``np.random``.
 
-The helpers at the top (``resize_sample`` (w, h order), ``fit_resize``, ``crop_sample``, ``masks_to_boxes``, ...) are shared
-with :mod:`detflow.data.mixing`.
+The helpers at the top (``resize_sample`` — note the ``(new_w, new_h)`` order —, ``fit_resize``,
+``crop_sample``, ``masks_to_boxes``, ...) are shared with :mod:`detflow.data.mixing`.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-
 __all__ = [
-    "RandomTransform", "RandomResize", "RandomCrop", "RandomAffine", "YOLOXHSVRandomAug",
-    "HSVRandomAug", "MultiScaleResize", "FilterAnnotations", "resize_sample", "resize_masks", "fit_resize", "crop_sample", "masks_to_boxes",
-    "select_instances", "pair", "seed_transforms", "warp_sample", "box_candidates",
+    "RandomTransform", "RandomResize", "RandomCrop", "RandomResizeCrop", "RandomAffine", "YOLOXHSVRandomAug",
+    "HSVRandomAug", "MultiScaleResize", "FilterAnnotations", "resize_sample", "resize_masks", "fit_resize",
+    "crop_sample", "resized_crop_sample", "masks_to_boxes", "select_instances", "pair", "seed_transforms",
+    "warp_sample", "box_candidates",
 ]
 
 Sample = dict[str, Any]
@@ -82,7 +82,7 @@ def resize_image(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     """Bilinear resize of an H×W×3 uint8 image."""
     if image.shape[:2] == (new_h, new_w):
         return image
-    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
 
 
 def resize_sample(sample: Sample, new_w: int, new_h: int) -> Sample:
@@ -113,17 +113,43 @@ def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int, *,
     cropped masks, and instances whose cropped mask is empty are dropped."""
     out = dict(sample)
     out["image"] = sample["image"][y0:y1, x0:x1]
-    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) - np.float32([x0, y0, x0, y0])
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, x1 - x0)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, y1 - y0)
-    out["boxes"] = boxes
     masks = sample.get("masks")
     if masks is not None:
         out["masks"] = masks[:, y0:y1, x0:x1]
-        if recompute_bbox:
-            out["boxes"] = masks_to_boxes(out["masks"])
-    keep = (out["boxes"][:, 2] > out["boxes"][:, 0]) & (out["boxes"][:, 3] > out["boxes"][:, 1])
+    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) - np.float32([x0, y0, x0, y0])
+    return _finish_crop(out, boxes, x1 - x0, y1 - y0, recompute_bbox)
+
+
+def _finish_crop(out: Sample, boxes: np.ndarray, cw: int, ch: int, recompute_bbox: bool) -> Sample:
+    """Clip crop-relative ``boxes`` to ``cw``×``ch`` (or take them from the cropped masks) and drop
+    instances with no area."""
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+    if recompute_bbox and out.get("masks") is not None:
+        boxes = masks_to_boxes(out["masks"])
+    out["boxes"] = boxes
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return select_instances(out, keep)
+
+
+def resized_crop_sample(sample: Sample, new_w: int, new_h: int, x0: int, y0: int, x1: int, y1: int, *,
+                        recompute_bbox: bool = False) -> Sample:
+    """``crop_sample(resize_sample(sample, new_w, new_h), x0, y0, x1, y1)`` computing only the
+    kept window (Pillow ``resize(box=…)``; masks by the same nearest indices)."""
+    h, w = sample["image"].shape[:2]
+    sx, sy = new_w / w, new_h / h
+    out = dict(sample)
+    box = (x0 / sx, y0 / sy, x1 / sx, y1 / sy)
+    out["image"] = np.array(Image.fromarray(sample["image"]).resize((x1 - x0, y1 - y0), Image.BILINEAR, box=box))
+    masks = sample.get("masks")
+    if masks is not None:
+        rows = _nearest_index(h, new_h)[y0:y1]
+        cols = _nearest_index(w, new_w)[x0:x1]
+        out["masks"] = masks[:, rows][:, :, cols]
+    out["scale"] = float(sample.get("scale", 1.0)) * sx
+    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) * np.float32([sx, sy, sx, sy])
+    boxes -= np.float32([x0, y0, x0, y0])
+    return _finish_crop(out, boxes, x1 - x0, y1 - y0, recompute_bbox)
 
 
 def box_candidates(before: np.ndarray, after: np.ndarray, *, wh_thr: float = 2.0,
@@ -197,16 +223,18 @@ class RandomResize(RandomTransform):
         self.ratio_range = (float(lo), float(hi))
         self.keep_ratio = keep_ratio
 
-    def __call__(self, sample: Sample) -> Sample:
-        r = self.rng.uniform(*self.ratio_range)
+    def draw_size(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
+        """Draw r and return the new ``(w, h)`` of an ``h×w`` image."""
+        r = rng.uniform(*self.ratio_range)
         tw, th = self.scale[0] * r, self.scale[1] * r
-        h, w = sample["image"].shape[:2]
         if self.keep_ratio:
             f = min(tw / w, th / h)
-            new_w, new_h = max(1, int(round(w * f))), max(1, int(round(h * f)))
-        else:
-            new_w, new_h = max(1, int(round(tw))), max(1, int(round(th)))
-        return resize_sample(sample, new_w, new_h)
+            return max(1, int(round(w * f))), max(1, int(round(h * f)))
+        return max(1, int(round(tw))), max(1, int(round(th)))
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[:2]
+        return resize_sample(sample, *self.draw_size(h, w, self.rng))
 
     def __repr__(self) -> str:
         return f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range}, keep_ratio={self.keep_ratio})"
@@ -228,22 +256,50 @@ class RandomCrop(RandomTransform):
         self.allow_negative_crop = allow_negative_crop
         self.max_tries = max_tries
 
-    def __call__(self, sample: Sample) -> Sample:
-        h, w = sample["image"].shape[:2]
+    def search(self, w: int, h: int, had_boxes: bool, crop: Callable[[int, int, int, int], Sample],
+               rng: np.random.Generator) -> Sample:
+        """Draw offsets for a ``w×h`` image and return ``crop(x0, y0, x1, y1)`` (with retries)."""
         cw, ch = min(self.size[0], w), min(self.size[1], h)
-        had_boxes = len(sample["boxes"]) > 0
-        out = sample
+        out: Sample = {}
         for _ in range(1 if self.allow_negative_crop else self.max_tries):
-            x0 = int(self.rng.integers(0, w - cw + 1))
-            y0 = int(self.rng.integers(0, h - ch + 1))
-            out = crop_sample(sample, x0, y0, x0 + cw, y0 + ch, recompute_bbox=self.recompute_bbox)
+            x0 = int(rng.integers(0, w - cw + 1))
+            y0 = int(rng.integers(0, h - ch + 1))
+            out = crop(x0, y0, x0 + cw, y0 + ch)
             if len(out["boxes"]) or not had_boxes:
                 break
         return out
 
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[:2]
+        return self.search(w, h, len(sample["boxes"]) > 0, lambda x0, y0, x1, y1: crop_sample(
+            sample, x0, y0, x1, y1, recompute_bbox=self.recompute_bbox), self.rng)
+
     def __repr__(self) -> str:
         return (f"RandomCrop(size={self.size}, recompute_bbox={self.recompute_bbox}, "
                 f"allow_negative_crop={self.allow_negative_crop})")
+
+
+class RandomResizeCrop(RandomTransform):
+    """``RandomResize`` then ``RandomCrop`` fused: same random draws and the same result (up to
+    bilinear rounding at the window border), but only the kept ``size`` window is resampled —
+    LSJ at ratio 2 on a 2S mosaic canvas otherwise resamples a 4S×4S image to keep S×S."""
+
+    def __init__(self, scale: int | Sequence[int], ratio_range: Sequence[float], size: int | Sequence[int], *,
+                 keep_ratio: bool = True, recompute_bbox: bool = False, allow_negative_crop: bool = False,
+                 max_tries: int = 10, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.resize = RandomResize(scale, ratio_range, keep_ratio)
+        self.crop = RandomCrop(size, recompute_bbox=recompute_bbox, allow_negative_crop=allow_negative_crop,
+                               max_tries=max_tries)
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[:2]
+        new_w, new_h = self.resize.draw_size(h, w, self.rng)
+        return self.crop.search(new_w, new_h, len(sample["boxes"]) > 0, lambda x0, y0, x1, y1: resized_crop_sample(
+            sample, new_w, new_h, x0, y0, x1, y1, recompute_bbox=self.crop.recompute_bbox), self.rng)
+
+    def __repr__(self) -> str:
+        return f"RandomResizeCrop({self.resize!r} + {self.crop!r})"
 
 
 class RandomAffine(RandomTransform):
@@ -295,7 +351,7 @@ def warp_sample(sample: Sample, m: np.ndarray, out_w: int, out_h: int, *, border
     """Apply the 3×3 affine ``m`` (source -> output pixel coordinates) to image, boxes and masks."""
     inv = np.linalg.inv(m)
     out = dict(sample)
-    out["image"] = np.asarray(Image.fromarray(sample["image"]).transform(
+    out["image"] = np.array(Image.fromarray(sample["image"]).transform(
         (out_w, out_h), Image.AFFINE, data=tuple(inv[:2].ravel()), resample=Image.BILINEAR,
         fillcolor=(border_value,) * 3))
     boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
@@ -335,7 +391,7 @@ def _hsv_luts(image: np.ndarray, lut_h: np.ndarray, lut_s: np.ndarray, lut_v: np
     """Map the H, S, V channels (Pillow's 0–255 HSV) of an RGB image through three uint8 LUTs."""
     hsv = np.asarray(Image.fromarray(image).convert("HSV"))
     mapped = np.stack([lut_h[hsv[..., 0]], lut_s[hsv[..., 1]], lut_v[hsv[..., 2]]], axis=-1)
-    return np.asarray(Image.fromarray(mapped, mode="HSV").convert("RGB"))
+    return np.array(Image.fromarray(mapped, mode="HSV").convert("RGB"))
 
 
 class YOLOXHSVRandomAug(RandomTransform):

@@ -62,25 +62,38 @@ def collate_detection(batch: Sequence[Packed], *, size_divisor: int = 32,
     return out, new_targets, new_metas
 
 
-def _seed_dataset_transforms(dataset: Any, seed: int) -> None:
-    from .geometric import seed_transforms
+def _reseed_transforms(transforms: Any, seed: int) -> int:
+    """Call ``reseed`` on every transform that has one (nested ``Compose`` included), each with its
+    own seed ``seed, seed + 1, …``; returns the next unused seed."""
+    for transform in getattr(transforms, "transforms", [transforms]):
+        if hasattr(transform, "reseed"):
+            transform.reseed(seed)
+            seed += 1
+        elif hasattr(transform, "transforms"):
+            seed = _reseed_transforms(transform, seed)
+    return seed
 
-    transforms = getattr(dataset, "transforms", None)
-    if transforms is not None:
-        seed_transforms(transforms, seed)
+
+def _rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    except (RuntimeError, ValueError):
+        return 0
 
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: derive everything random in the worker from torch's per-worker
-    seed (itself drawn from the loader's generator each epoch): numpy's global generator, ``random``
-    and the ``reseed`` of the dataset's transforms. Augmentations thus differ across workers and
-    epochs, and repeat across runs with the same loader seed."""
-    seed = torch.initial_seed() % 2**32
+    seed (drawn from the loader's generator each epoch) and the distributed rank: numpy's global
+    generator, ``random`` and the ``reseed`` of the dataset's transforms. Augmentations thus differ
+    across workers, ranks and epochs, and repeat across runs with the same loader seed."""
+    seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**32
     np.random.seed(seed)
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
     if info is not None:
-        _seed_dataset_transforms(info.dataset, seed)
+        _reseed_transforms(getattr(info.dataset, "transforms", None), seed)
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int,
@@ -91,9 +104,9 @@ def build_dataloader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_wo
     Args:
         sampler: e.g. a ``DistributedSampler`` built by the caller (who calls its ``set_epoch``);
             ``shuffle`` is then left to the sampler.
-        seed: seeds the loader's generator (shuffle order and worker seeds); give each
-            distributed rank its own (e.g. ``seed + rank``). With ``num_workers=0`` the dataset's
-            transforms are reseeded with it here.
+        seed: seeds the loader's generator (shuffle order and worker seeds; workers also mix in
+            the distributed rank). With ``num_workers=0`` the transforms keep their own generators
+            (seeded by whoever built them) and continue their streams.
         persistent_workers: keep workers across epochs. Off by default: workers hold a copy of the
             dataset, so ``dataset.set_transforms`` (a recipe's stage switch) would not reach them.
     """
@@ -101,8 +114,6 @@ def build_dataloader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_wo
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size}")
     generator = torch.Generator()
     generator.manual_seed(seed)
-    if num_workers == 0:
-        _seed_dataset_transforms(dataset, seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -16,7 +16,7 @@ restored entries are re-read raw from the attached dataset, not the augmented pi
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -173,11 +173,15 @@ class Mosaic(_MixingTransform):
     The centre is (U(center_ratio_range)·w, U(center_ratio_range)·h); each of the 4 images is
     resized keep-ratio to fit a tile and placed top-left / top-right / bottom-left / bottom-right of
     the centre, cut at the canvas border. Output: image 2h×2w×3, boxes clipped, masks 2h×2w.
+    A sample that is not mosaicked is returned unchanged, or through ``fallback`` when given
+    (YOLOv6 letterboxes it to the tile size).
     """
 
     def __init__(self, img_scale: int | Sequence[int] = 640, *, center_ratio_range: Sequence[float] = (0.5, 1.5),
-                 pad_val: int = 114, prob: float = 1.0, seed: int | None = None) -> None:
+                 pad_val: int = 114, prob: float = 1.0, fallback: Callable[[Sample], Sample] | None = None,
+                 seed: int | None = None) -> None:
         super().__init__(prob, seed=seed)
+        self.fallback = fallback
         self.img_scale = pair(img_scale)
         self.center_ratio_range = (float(center_ratio_range[0]), float(center_ratio_range[1]))
         self.pad_val = pad_val
@@ -188,7 +192,7 @@ class Mosaic(_MixingTransform):
     def __call__(self, sample: Sample) -> Sample:
         partners = self._partners(sample)
         if partners is None or self.rng.random() > self.prob:
-            return sample
+            return sample if self.fallback is None else self.fallback(sample)
         return self.combine([sample, *partners])
 
     def combine(self, samples: Sequence[Sample]) -> Sample:
@@ -231,9 +235,10 @@ class CachedMosaic(_CacheState, Mosaic):
 
     def __init__(self, img_scale: int | Sequence[int] = 640, *, max_cached_images: int = 40,
                  random_pop: bool = True, center_ratio_range: Sequence[float] = (0.5, 1.5),
-                 pad_val: int = 114, prob: float = 1.0, seed: int | None = None) -> None:
+                 pad_val: int = 114, prob: float = 1.0, fallback: Callable[[Sample], Sample] | None = None,
+                 seed: int | None = None) -> None:
         super().__init__(img_scale, center_ratio_range=center_ratio_range, pad_val=pad_val, prob=prob,
-                         seed=seed)
+                         fallback=fallback, seed=seed)
         self.cache = SampleCache(max_cached_images, random_pop)
 
     def _partners(self, sample: Sample) -> list[Sample] | None:
@@ -285,12 +290,15 @@ class MixUp(_MixingTransform):
         jit = self.rng.uniform(*self.ratio_range)
         flip = self.rng.random() < self.flip_ratio
         w, h = self.img_scale
-        fitted = letterbox_fit(partner, w, h, pad_val=self.pad_val)
+        ih, iw = partner["image"].shape[:2]
+        f = min(w / iw, h / ih) * jit  # keep-ratio fit to img_scale, then the jitter, in one resize
+        fitted = resize_sample(partner, max(1, int(round(iw * f))), max(1, int(round(ih * f))))
         jw, jh = max(1, int(round(w * jit))), max(1, int(round(h * jit)))
-        fitted = resize_sample(fitted, jw, jh)
-        if flip:
+        x = 0
+        if flip:  # mirror the whole jittered canvas: the image ends up on its right side
             fitted = flip_sample(fitted, "horizontal")
-        big = _place(fitted, max(jw, tw), max(jh, th), 0, 0, self.pad_val)
+            x = max(jw - fitted["image"].shape[1], 0)
+        big = _place(fitted, max(jw, tw), max(jh, th), x, 0, self.pad_val)
         x0 = int(self.rng.integers(0, big["image"].shape[1] - tw + 1))
         y0 = int(self.rng.integers(0, big["image"].shape[0] - th + 1))
         cropped = self._crop_partner(big, x0, y0, tw, th)

@@ -37,7 +37,7 @@ from typing import Any
 from ..config.train import EMAConfig, MixUpConfig, MosaicConfig, OptimizerConfig, RecipeConfig, ScheduleConfig
 from ..errors import ConfigError
 from .geometric import (
-    FilterAnnotations, HSVRandomAug, MultiScaleResize, RandomAffine, RandomCrop, RandomResize,
+    FilterAnnotations, HSVRandomAug, MultiScaleResize, RandomAffine, RandomResizeCrop,
     YOLOXHSVRandomAug, seed_transforms,
 )
 from .mixing import CachedMixUp, CachedMosaic, CopyPaste, CutMix, MixUp, Mosaic
@@ -244,7 +244,9 @@ def build_pipeline(a: AugmentSpec, *, image_size: int, strong: bool, multiscale:
     mosaic = strong and a.mosaic.enabled and a.mosaic.prob > 0
     steps: list[Callable] = []
     if mosaic:
-        steps.append(_mosaic(a, s))
+        # YOLOv6 letterboxes the images it does not mosaic; RTMDet's LSJ takes any size
+        fallback = LetterboxResize(s, pad_value=a.pad_val) if a.layout == "affine" else None
+        steps.append(_mosaic(a, s, fallback))
     steps += _geometry(a, s, mosaic=mosaic, multiscale=multiscale, with_masks=with_masks,
                        batch_size=batch_size)
     if a.hsv == "yolox":
@@ -260,17 +262,18 @@ def build_pipeline(a: AugmentSpec, *, image_size: int, strong: bool, multiscale:
     if strong and a.cutmix_prob > 0:
         steps.append(CutMix(a.cutmix_prob, pad_val=a.pad_val))
     if strong and a.copy_paste_prob > 0:
-        steps.append(CopyPaste(a.copy_paste_prob, pad_val=a.pad_val, mask_occluded_thr=max(1, round(300 * (s / 640) ** 2))))
+        occluded = max(1, round(300 * (s / 640) ** 2))  # MMDetection's 300 px at 640, scaled by area
+        steps.append(CopyPaste(a.copy_paste_prob, pad_val=a.pad_val, mask_occluded_thr=occluded))
     steps.append(FilterAnnotations((1, 1)))
     return steps
 
 
-def _mosaic(a: AugmentSpec, s: int) -> Mosaic:
+def _mosaic(a: AugmentSpec, s: int, fallback: Callable | None) -> Mosaic:
     m = a.mosaic
     if m.cache:
         return CachedMosaic(s, max_cached_images=m.max_cached_images, random_pop=m.random_pop, prob=m.prob,
-                            pad_val=a.pad_val)
-    return Mosaic(s, prob=m.prob, pad_val=a.pad_val)
+                            pad_val=a.pad_val, fallback=fallback)
+    return Mosaic(s, prob=m.prob, pad_val=a.pad_val, fallback=fallback)
 
 
 def _mixup(a: AugmentSpec, s: int) -> MixUp:
@@ -285,8 +288,7 @@ def _geometry(a: AugmentSpec, s: int, *, mosaic: bool, multiscale: bool, with_ma
               batch_size: int) -> list[Callable]:
     canvas = 2 * s if mosaic else s
     if a.layout == "lsj":
-        return [RandomResize(canvas, a.ratio_range, keep_ratio=True),
-                RandomCrop(s, recompute_bbox=True, allow_negative_crop=with_masks)]
+        return [RandomResizeCrop(canvas, a.ratio_range, s, recompute_bbox=True, allow_negative_crop=with_masks)]
     if a.layout == "affine":
         pre = [] if mosaic else [LetterboxResize(s, pad_value=a.pad_val)]
         return pre + [RandomAffine(s, translate=a.affine_translate, scale=a.affine_scale,

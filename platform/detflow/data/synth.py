@@ -191,42 +191,53 @@ def _paint(canvas: np.ndarray, rng: np.random.Generator, shape: ShapeClass, mask
     region[mask] = (color[None, None, :] + ramp[..., None])[mask]
 
 
+def _place(rng: np.random.Generator, cls: int, size: float, label_map: np.ndarray, instances: list[dict],
+           attempts: int = 6) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """Try ``attempts`` random poses of one object; the first one mostly inside the image that keeps
+    every earlier instance visible and hole-free is written into ``label_map`` and ``instances``."""
+    h, w = label_map.shape
+    for _ in range(attempts):
+        outline = _object_outline(rng, SHAPES[cls], size, h, w)
+        raster = _rasterize(outline, h, w)
+        if raster is None:
+            continue
+        mask, box = raster
+        full = int(mask.sum())
+        if full < max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * _polygon_area(outline)):
+            continue  # mostly outside the image
+        if not _occlusion_ok(label_map, instances, mask, box):
+            continue
+        x0, y0, x1, y1 = box
+        under = label_map[y0:y1, x0:x1][mask]
+        for inst_id, covered in zip(*np.unique(under[under > 0], return_counts=True)):
+            instances[inst_id - 1]["visible"] -= int(covered)
+        label_map[y0:y1, x0:x1][mask] = len(instances) + 1
+        instances.append({"cls": cls, "box": box, "full": full, "visible": full})
+        return mask, box
+    return None
+
+
 def render_image(rng: np.random.Generator, size: int, num_classes: int,
                  max_objects: int = 8) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Render one image.
+    """Render one ``size×size`` image with 2..``max_objects`` objects (fewer when placements fail).
+
+    Sizes are log-uniform in [8, 0.75·size] px; larger objects tend to be drawn first.
 
     Returns:
         image: ``H×W×3`` uint8 RGB (before JPEG compression).
         label_map: ``H×W`` uint8; pixel value ``k > 0`` is visible instance ``k``.
         classes: class index of instance ``k`` at position ``k - 1``.
     """
-    h = w = size
-    canvas = np.asarray(_background(rng, h, w), dtype=np.float32).copy()
-    label_map = np.zeros((h, w), np.uint8)
+    canvas = np.asarray(_background(rng, size, size), dtype=np.float32).copy()
+    label_map = np.zeros((size, size), np.uint8)
     instances: list[dict] = []
     n = int(rng.integers(2, max_objects + 1))
     sizes = np.exp(rng.uniform(math.log(8), math.log(0.75 * size), size=n))
     for obj_size in sizes[np.argsort(-sizes * rng.uniform(0.5, 1.5, size=n))]:
         cls = int(rng.integers(num_classes))
-        for _ in range(6):
-            outline = _object_outline(rng, SHAPES[cls], float(obj_size), h, w)
-            raster = _rasterize(outline, h, w)
-            if raster is None:
-                continue
-            mask, box = raster
-            full = int(mask.sum())
-            if full < max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * _polygon_area(outline)):
-                continue  # mostly outside the image
-            if not _occlusion_ok(label_map, instances, mask, box):
-                continue
-            x0, y0, x1, y1 = box
-            for inst_id in np.unique(label_map[y0:y1, x0:x1][mask]):
-                if inst_id:
-                    instances[inst_id - 1]["visible"] -= int((label_map[y0:y1, x0:x1][mask] == inst_id).sum())
-            label_map[y0:y1, x0:x1][mask] = len(instances) + 1
-            instances.append({"cls": cls, "box": box, "full": full, "visible": full})
-            _paint(canvas, rng, SHAPES[cls], mask, box)
-            break
+        placed = _place(rng, cls, float(obj_size), label_map, instances)
+        if placed is not None:
+            _paint(canvas, rng, SHAPES[cls], *placed)
     canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(2, 8))
     return canvas.clip(0, 255).round().astype(np.uint8), label_map, [inst["cls"] for inst in instances]
 
@@ -318,7 +329,7 @@ def _annotations(label_map: np.ndarray, classes: list[int], image_id: int, next_
         polygons = [[round(v + (x0, y0)[i % 2], 2) for i, v in enumerate(poly)] for poly in polygons]
         anns.append({
             "id": next_id + len(anns), "image_id": image_id, "category_id": classes[inst_id - 1] + 1,
-            "bbox": [x0 + int(xs.min()), y0 + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1],
+            "bbox": [x0 + int(xs.min()), y0 + int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
             "area": int(len(xs)), "iscrowd": 0, "segmentation": polygons,
         })
     return anns

@@ -63,21 +63,23 @@ class Compose:
         return f"Compose({self.transforms!r})"
 
 
-def resize_sample(sample: Sample, new_h: int, new_w: int) -> Sample:
+def resize_sample(sample: Sample, new_h: int, new_w: int, *, factor: float | None = None) -> Sample:
     """Resize image (bilinear), masks (nearest, pixel centres) and boxes to ``new_h×new_w``.
 
-    ``scale`` is multiplied by the horizontal factor; ``scale_xy`` keeps both factors (sx, sy).
+    Boxes are scaled by ``factor`` on both axes when given (a keep-ratio resize: the letterbox rule
+    maps boxes back by exactly ``/ factor``, whatever the rounding of the image size), else by the
+    per-axis ratios. ``scale`` is multiplied by the horizontal factor; ``scale_xy`` keeps both.
     """
     image = sample["image"]
     h, w = image.shape[:2]
-    sx, sy = new_w / w, new_h / h
+    sx, sy = (factor, factor) if factor is not None else (new_w / w, new_h / h)
     out = dict(sample)
     if (new_h, new_w) != (h, w):
-        out["image"] = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        out["image"] = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
         masks = sample.get("masks")
         if masks is not None:
-            rows = np.minimum(((np.arange(new_h) + 0.5) / sy).astype(np.int64), h - 1)
-            cols = np.minimum(((np.arange(new_w) + 0.5) / sx).astype(np.int64), w - 1)
+            rows = np.minimum(((np.arange(new_h) + 0.5) * (h / new_h)).astype(np.int64), h - 1)
+            cols = np.minimum(((np.arange(new_w) + 0.5) * (w / new_w)).astype(np.int64), w - 1)
             out["masks"] = np.ascontiguousarray(masks[:, rows][:, :, cols])
     out["boxes"] = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) * np.float32([sx, sy, sx, sy])
     prev_x, prev_y = sample.get("scale_xy", (sample.get("scale", 1.0),) * 2)
@@ -114,16 +116,14 @@ class Resize:
         self.size = _hw(size)
         self.keep_ratio = keep_ratio
 
-    def _target(self, h: int, w: int) -> tuple[int, int]:
-        big_h, big_w = self.size
-        if not self.keep_ratio:
-            return big_h, big_w
-        s = min(big_h / h, big_w / w)
-        return max(1, int(round(h * s))), max(1, int(round(w * s)))
-
     def __call__(self, sample: Sample) -> Sample:
         h, w = sample["image"].shape[:2]
-        return resize_sample(sample, *self._target(h, w))
+        big_h, big_w = self.size
+        if not self.keep_ratio:
+            return resize_sample(sample, big_h, big_w)
+        s = min(big_h / h, big_w / w)
+        new_h, new_w = min(big_h, max(1, int(round(h * s)))), min(big_w, max(1, int(round(w * s))))
+        return resize_sample(sample, new_h, new_w, factor=s)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, keep_ratio={self.keep_ratio})"
@@ -147,20 +147,21 @@ class LetterboxResize(Resize):
 class RandomFlip:
     """Flip image, boxes and masks with probability ``prob`` (``direction``: horizontal | vertical).
 
-    Draws from its own generator ``rng`` (``seed=``; ``reseed`` is called per DataLoader worker).
+    Draws from its own generator ``rng``: ``seed`` (``None`` means 0, so runs repeat by default);
+    ``reseed(seed)`` replaces it — ``detflow.data.loader`` calls it in every DataLoader worker.
     """
 
     def __init__(self, prob: float = 0.5, direction: str = "horizontal", *, seed: int | None = None):
-        self.rng = np.random.default_rng(seed)
         if direction not in ("horizontal", "vertical"):
             raise ValueError(f"RandomFlip direction: expected 'horizontal' or 'vertical', got {direction!r}")
         if not 0 <= prob <= 1:
             raise ValueError(f"RandomFlip prob: expected a number in [0, 1], got {prob}")
         self.prob = prob
         self.direction = direction
+        self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(0 if seed is None else seed)
 
     def __call__(self, sample: Sample) -> Sample:
         if self.prob <= 0 or self.rng.random() >= self.prob:

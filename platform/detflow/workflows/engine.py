@@ -153,8 +153,20 @@ class _Driver:
         for key, value in fields.items():
             setattr(row, key, json.dumps(value) if key == "outputs" and not isinstance(value, str) else value)
 
+    def ancestors(self, sid: str) -> set[str]:
+        found: set[str] = set()
+        stack = list(self.wf.step(sid).needs)
+        while stack:
+            up = stack.pop()
+            if up not in found:
+                found.add(up)
+                stack.extend(self.wf.step(up).needs)
+        return found
+
     def inputs_for(self, sid: str) -> dict[str, dict]:
-        return {u: self.rows[u].outputs_dict for u in self.order if self.rows[u].status in StepStatus.DONE}
+        """Outputs of the step's (transitive) upstream steps."""
+        ups = self.ancestors(sid)
+        return {u: self.rows[u].outputs_dict for u in self.order if u in ups and self.rows[u].status in StepStatus.DONE}
 
     def run(self) -> None:
         while True:

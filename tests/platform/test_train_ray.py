@@ -1,0 +1,113 @@
+"""detflow.train on a real local Ray (2 CPU workers, gloo): smoke run and worker-kill fault test.
+
+One Ray instance is shared by the tests of this file (session fixture). Slow: ~1–2 min each.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    home = tmp_path_factory.mktemp("detflow_home")
+    os.environ.update(DETFLOW_HOME=str(home), MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
+                      RAY_AUTH_MODE="disabled")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield home
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    from detflow.data import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synth"), num_images=30, image_size=64, seed=0, val_fraction=0.2)
+
+
+def _cfg(synth, storage: Path, name: str, **train):
+    from detflow.config import TrainConfig, parse_config
+
+    return parse_config(TrainConfig, {
+        "name": name, "model": {"name": "rtmdet_tiny"},
+        "data": {"train": {"annotations": str(synth.train_json), "images": str(synth.images_dir)},
+                 "val": {"annotations": str(synth.val_json), "images": str(synth.images_dir)}, "image_size": 64},
+        "recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 6}, "mixup": {"max_cached_images": 3}},
+        "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 3, "schedule": {"warmup_iters": 1},
+                  "optimizer": {"lr": 0.002, "scale_lr_by_batch": False}, **train},
+        "scaling": {"workers": 2, "cpus_per_worker": 1},
+        "checkpoint": {"every": 1, "keep_last": 2, "max_failures": 2},
+        "storage": str(storage),
+    })
+
+
+def _epoch_steps(run_id: str, key: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    from detflow import tracking
+
+    tracking.configure()
+    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, key))
+
+
+def test_train_two_cpu_workers_smoke(ray_session, synth, tmp_path):
+    import math
+
+    from detflow.engine import checkpoint as ck
+    from detflow.train import run_training
+
+    result = run_training(_cfg(synth, tmp_path / "runs", "smoke"), progress=False)
+    assert len(result.history) == 2
+    assert all(math.isfinite(h["train/loss"]) for h in result.history)
+    assert ck.is_checkpoint(result.checkpoint) and ck.is_checkpoint(result.last_checkpoint)
+    model, cfg, meta = ck.load_checkpoint_model(result.checkpoint)
+    assert meta["model"] == "rtmdet_tiny" and meta["num_classes"] == 4 and not model.training
+    assert Path(cfg.data.train.annotations).is_absolute() and cfg.model.num_classes == 4
+    state = ck.load_checkpoint_state(result.last_checkpoint)
+    assert state["epoch"] == 1 and state["ema"] is not None and state["data"]  # cached-mosaic state
+    assert _epoch_steps(result.run_id, "train/loss") == [0, 1]
+    assert _epoch_steps(result.run_id, "val/bbox_mAP50") == [0, 1]
+    assert "val/bbox_mAP" in result.metrics
+
+
+def test_worker_killed_mid_run_resumes_without_double_counting(ray_session, synth, tmp_path, monkeypatch):
+    from detflow.train import run_training
+    from detflow.train.worker import PID_DIR_ENV
+
+    pid_dir = tmp_path / "pids"
+    monkeypatch.setenv(PID_DIR_ENV, str(pid_dir))
+    storage = tmp_path / "runs"
+    killed: list[int] = []
+
+    def killer() -> None:  # kill rank 0 once the first checkpoint is in storage
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            ckpts = list(storage.glob("fault-*/epoch_0000-*"))
+            pids = list(pid_dir.glob("rank0-*")) if pid_dir.exists() else []
+            if ckpts and pids:
+                pid = int(pids[0].name.split("-")[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = run_training(_cfg(synth, storage, "fault", epochs=4, max_steps_per_epoch=6, eval_interval=2),
+                          progress=False)
+    thread.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert len(list(pid_dir.glob("rank0-*"))) >= 2, "no restarted worker group"
+    assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2, 3]
+    assert _epoch_steps(result.run_id, "train/loss") == [0, 1, 2, 3]
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]

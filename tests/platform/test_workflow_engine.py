@@ -1,0 +1,313 @@
+"""Workflow engine on Ray with fake step kinds: parallelism, caching, retries, failure propagation,
+resume after the driver is killed, cancel, concurrent drivers on one SQLite file, migrations, lineage."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+import cloudpickle  # noqa: E402
+
+from detflow.workflows.engine import cancel_run, resume_workflow, run_workflow  # noqa: E402
+from detflow.workflows.kinds import StepKind, register_step_kind  # noqa: E402
+from detflow.workflows.lint import parse_workflow  # noqa: E402
+from detflow.workflows.schema import StepParams  # noqa: E402
+from detflow.workflows.state import StateStore, latest_version, make_engine, migrate, schema_version  # noqa: E402
+
+# The fake kinds live in this module; Ray workers cannot import it by name, so ship it by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+FAKE_SOURCE = '''
+import json, os, time
+from pathlib import Path
+from detflow.workflows.kinds import StepKind, register_step_kind
+from detflow.workflows.schema import StepParams
+
+class FakeParams(StepParams):
+    value: int = 0
+    sleep: float = 0.0
+    fail_times: int = 0          # fail the first N attempts
+    counter: str = ""            # file counting executions of this step (JSON: {step: n})
+    src: str | None = None
+
+def _bump(path, key):
+    if not path:
+        return 0
+    p = Path(path)
+    data = json.loads(p.read_text()) if p.exists() else {}
+    data[key] = data.get(key, 0) + 1
+    p.write_text(json.dumps(data))
+    return data[key]
+
+def fake_run(params, ctx):
+    n = _bump(params.counter, ctx.step_id)
+    start = time.time()
+    if ctx.attempt <= params.fail_times:
+        raise RuntimeError(f"boom on attempt {ctx.attempt}")
+    time.sleep(params.sleep)
+    out = ctx.path / "out.txt"
+    upstream = [ctx.inputs[s]["metrics"]["value"] for s in sorted(ctx.inputs) if "metrics" in ctx.inputs[s]]
+    out.write_text(str(params.value))
+    return {"checkpoint": str(out), "metrics": {"value": params.value + sum(upstream)}, "start": start,
+            "end": time.time(), "executions": n, "resumed": ctx.resume}
+
+register_step_kind(StepKind("fake", FakeParams, fake_run, frozenset({"checkpoint", "metrics"})), replace=True)
+'''
+exec(compile(FAKE_SOURCE, __file__ + ":fake", "exec"))  # defines FakeParams, fake_run, registers "fake"
+
+
+def _wf(steps: list[dict], name: str = "t") -> object:
+    return parse_workflow({"name": name, "steps": steps})
+
+
+def _counts(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DETFLOW_STATE_URL", raising=False)
+    return tmp_path
+
+
+def _run(wf, home: Path, **kw):
+    return run_workflow(wf, state_url=f"sqlite:///{home / 'state.db'}", lineage=kw.pop("lineage", False), quiet=True, **kw)
+
+
+def _chain(counter: Path, b_value: int = 2) -> list[dict]:
+    c = str(counter)
+    return [
+        {"id": "a", "uses": "fake", "with": {"value": 1, "counter": c}},
+        {"id": "b", "uses": "fake", "needs": ["a"], "with": {"value": b_value, "counter": c, "src": "a"}},
+        {"id": "c", "uses": "fake", "needs": ["b"], "with": {"value": 3, "counter": c}},
+        {"id": "d", "uses": "fake", "with": {"value": 4, "counter": c}},
+    ]
+
+
+def test_independent_steps_run_in_parallel(ray_session, home):
+    wf = _wf([{"id": "x", "uses": "fake", "with": {"sleep": 2.0}},
+              {"id": "y", "uses": "fake", "with": {"sleep": 2.0, "value": 1}},
+              {"id": "z", "uses": "fake", "needs": ["x", "y"]}])
+    result = _run(wf, home)
+    assert result.status == "succeeded"
+    x, y, z = (result.outputs(s) for s in "xyz")
+    assert x["start"] < y["end"] and y["start"] < x["end"], "x and y should overlap in time"
+    assert z["start"] >= max(x["end"], y["end"])
+    assert z["metrics"]["value"] == 0 + 1  # upstream outputs flow in: 0 (x) + 1 (y) + own 0
+
+
+def test_rerun_hits_cache_and_changed_param_reruns_descendants(ray_session, home):
+    counter = home / "count.json"
+    first = _run(_wf(_chain(counter)), home)
+    assert first.status == "succeeded" and _counts(counter) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    t0 = time.time()
+    second = _run(_wf(_chain(counter)), home)
+    assert time.time() - t0 < 10
+    assert {s: v["status"] for s, v in second.steps.items()} == dict.fromkeys("abcd", "cached")
+    assert _counts(counter) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert second.outputs("c") == first.outputs("c")
+    third = _run(_wf(_chain(counter, b_value=20)), home)
+    assert {s: v["status"] for s, v in third.steps.items()} == {"a": "cached", "b": "succeeded", "c": "succeeded",
+                                                                  "d": "cached"}
+    assert _counts(counter) == {"a": 1, "b": 2, "c": 2, "d": 1}
+    assert third.outputs("c")["metrics"]["value"] == 3 + (20 + 1) + 1  # own + b (with a) + a
+
+
+def test_cache_not_used_when_artifacts_are_gone(ray_session, home):
+    counter = home / "count.json"
+    steps = [{"id": "a", "uses": "fake", "with": {"counter": str(counter)}}]
+    first = _run(_wf(steps), home)
+    Path(first.outputs("a")["checkpoint"]).unlink()
+    second = _run(_wf(steps), home)
+    assert second.steps["a"]["status"] == "succeeded" and _counts(counter) == {"a": 2}
+
+
+def test_retries_then_success(ray_session, home):
+    counter = home / "count.json"
+    wf = _wf([{"id": "flaky", "uses": "fake", "retries": 2, "retry_delay_s": 0.2,
+               "with": {"fail_times": 2, "counter": str(counter)}}])
+    result = _run(wf, home)
+    assert result.status == "succeeded"
+    assert result.steps["flaky"]["attempts"] == 3 and _counts(counter) == {"flaky": 3}
+
+
+def test_failure_marks_descendants_not_run(ray_session, home):
+    counter = home / "count.json"
+    wf = _wf([
+        {"id": "bad", "uses": "fake", "retries": 1, "retry_delay_s": 0.1, "with": {"fail_times": 99, "counter": str(counter)}},
+        {"id": "child", "uses": "fake", "needs": ["bad"]},
+        {"id": "grandchild", "uses": "fake", "needs": ["child"]},
+        {"id": "other", "uses": "fake", "with": {"value": 5}},
+    ])
+    result = _run(wf, home)
+    status = {s: v["status"] for s, v in result.steps.items()}
+    assert status == {"bad": "failed", "child": "not_run", "grandchild": "not_run", "other": "succeeded"}
+    assert result.status == "failed"
+    assert "bad" in result.error and "boom on attempt 2" in result.error
+    assert result.steps["bad"]["attempts"] == 2 and _counts(counter) == {"bad": 2}
+
+
+DRIVER_SCRIPT = '''
+import os, sys
+sys.path.insert(0, {here!r})
+exec(compile({fake!r}, "fake", "exec"))
+from detflow.workflows.lint import parse_workflow
+from detflow.workflows.engine import run_workflow
+import json
+steps = json.loads({steps!r})
+wf = parse_workflow({{"name": sys.argv[1], "steps": steps}})
+res = run_workflow(wf, run_id=sys.argv[2], state_url=sys.argv[3], address=sys.argv[4], lineage=False, quiet=True)
+print("STATUS", res.status)
+'''
+
+
+def _driver(tmp: Path, steps: list[dict], name: str, run_id: str, state_url: str, address: str) -> subprocess.Popen:
+    script = tmp / f"driver_{name}.py"
+    script.write_text(DRIVER_SCRIPT.format(here=str(tmp), fake=FAKE_SOURCE, steps=json.dumps(steps)))
+    return subprocess.Popen([sys.executable, str(script), name, run_id, state_url, address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+
+
+def _wait_for(pred, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def test_driver_killed_then_resume_skips_finished_steps(ray_session, home):
+    counter = home / "count.json"
+    c = str(counter)
+    steps = [{"id": "first", "uses": "fake", "with": {"counter": c}},
+             {"id": "slow", "uses": "fake", "needs": ["first"], "with": {"sleep": 60, "counter": c}},
+             {"id": "last", "uses": "fake", "needs": ["slow"], "with": {"counter": c}}]
+    url = f"sqlite:///{home / 'state.db'}"
+    proc = _driver(home, steps, "killme", "killme-1", url, ray_session)
+    store = StateStore(url)
+    try:
+        _wait_for(lambda: (s := store.step("killme-1", "slow")) is not None and s.status == "running")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert store.step("killme-1", "first").status == "succeeded"
+    assert _counts(counter) == {"first": 1, "slow": 1}
+    # the step now runs fast: change nothing in the run's stored spec, but let the retry be quick
+    store.update_run("killme-1", spec=json.dumps({"name": "killme", "steps": [
+        steps[0], {**steps[1], "with": {**steps[1]["with"], "sleep": 0}}, steps[2]]}))
+    result = resume_workflow("killme-1", state_url=url, lineage=False, quiet=True)
+    assert result.status == "succeeded"
+    assert {s: v["status"] for s, v in result.steps.items()} == dict.fromkeys(["first", "slow", "last"], "succeeded")
+    assert _counts(counter) == {"first": 1, "slow": 2, "last": 1}
+    assert result.outputs("slow")["resumed"] is True  # the step dir of the killed attempt was found
+
+
+def test_two_workflows_at_once_share_one_sqlite_file(ray_session, home):
+    url = f"sqlite:///{home / 'state.db'}"
+    steps = [{"id": f"s{i}", "uses": "fake", "with": {"value": i}} for i in range(8)]
+    steps += [{"id": "join", "uses": "fake", "needs": [f"s{i}" for i in range(8)]}]
+    procs = [_driver(home, [{**s, "with": {**s.get("with", {}), "value": s.get("with", {}).get("value", 0) + 100 * k}}
+                            for s in steps], f"wf{k}", f"wf{k}-1", url, ray_session) for k in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for (out, err), p in zip(outs, procs):
+        assert p.returncode == 0, err[-2000:]
+        assert "STATUS succeeded" in out
+        assert "database is locked" not in err
+    store = StateStore(url)
+    for k in range(2):
+        assert {s.status for s in store.steps(f"wf{k}-1")} == {"succeeded"}
+
+
+def test_cancel_stops_running_step(ray_session, home):
+    url = f"sqlite:///{home / 'state.db'}"
+    wf = _wf([{"id": "long", "uses": "fake", "with": {"sleep": 120}},
+              {"id": "after", "uses": "fake", "needs": ["long"]}], name="cancelme")
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(r=run_workflow(wf, run_id="cancel-1", state_url=url,
+                                                                       lineage=False, quiet=True)))
+    thread.start()
+    store = StateStore(url)
+    _wait_for(lambda: (s := store.step("cancel-1", "long")) is not None and s.status == "running")
+    t0 = time.time()
+    assert cancel_run("cancel-1", state_url=url) == "cancelled"
+    thread.join(timeout=30)
+    assert time.time() - t0 < 30 and not thread.is_alive()
+    assert box["r"].status == "cancelled"
+    assert {s: v["status"] for s, v in box["r"].steps.items()} == {"long": "cancelled", "after": "cancelled"}
+
+
+def test_migrations_create_and_upgrade(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    assert schema_version(engine) == 0
+    assert migrate(engine, target=1) == 1
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO workflow_runs (id, workflow, status, spec, created_at) "
+                             "VALUES ('r1', 'w', 'succeeded', '{}', 1.0)")
+        cols = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(workflow_runs)")}
+    assert "cancel_requested" not in cols
+    assert migrate(engine) == latest_version() >= 2
+    with engine.begin() as conn:
+        cols = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(workflow_runs)")}
+        row = conn.exec_driver_sql("SELECT id, cancel_requested FROM workflow_runs").fetchone()
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").fetchone()[0]
+    assert {"cancel_requested", "heartbeat_at", "job_id"} <= cols
+    assert tuple(row) == ("r1", 0) and mode == "wal"
+    assert migrate(engine) == latest_version()  # idempotent
+    store = StateStore(f"sqlite:///{tmp_path / 'm.db'}")
+    assert store.get_run("r1").status == "succeeded"
+
+
+def test_lineage_parent_child_runs_and_registry(ray_session, home, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+    def model_step(params, ctx):
+        d = ctx.path / "ckpt"
+        d.mkdir(exist_ok=True)
+        (d / "model.pt").write_bytes(b"weights")
+        (d / "meta.json").write_text("{}")
+        return {"checkpoint": str(d), "metrics": {"val/AP50": 0.25 * (params.value + 1)}}
+
+    register_step_kind(StepKind("fake_model", FakeParams, model_step, frozenset({"checkpoint"}), registers_model=True),
+                       replace=True)
+    wf = _wf([{"id": "teacher", "uses": "fake_model", "with": {"value": 1}},
+              {"id": "student", "uses": "fake_model", "needs": ["teacher"], "with": {"value": 2}}], name="lin")
+    result = _run(wf, home, lineage=True)
+    assert result.status == "succeeded"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("lin").experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    parent = by_name[result.run_id]
+    for sid in ("teacher", "student"):
+        child = by_name[sid]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["detflow.step_kind"] == "fake_model"
+        assert child.data.tags["detflow.workflow_run_id"] == result.run_id
+    assert by_name["student"].data.metrics["val/AP50"] == pytest.approx(0.75)
+    version = client.get_model_version_by_alias("lin", "candidate")
+    assert version.tags["detflow.source_step"] == "student" and str(version.version) == "2"
+    assert version.tags["detflow.upstream"] == "teacher"
