@@ -20,7 +20,7 @@ from typing import Iterable
 import yaml
 
 from .errors import UserInputError
-from .workflows.engine import RunResult, cancel_run, new_run_id, resume_workflow, run_dir, run_workflow
+from .workflows.engine import RunResult, cancel_run, driver_lost, new_run_id, resume_workflow, run_dir, run_workflow
 from .workflows.lint import load_workflow
 from .workflows.schema import Workflow
 from .workflows.state import RunStatus, StateStore
@@ -103,7 +103,11 @@ def status(run_id: str | None = None, *, state_url: str | None = None) -> RunRes
     run_obj = store.get_run(run_id) if run_id else store.latest_run()
     if run_obj is None:
         raise UserInputError(f"no workflow run {run_id!r}" if run_id else "no workflow runs yet; start one with `detflow run WF.yaml`")
-    return RunResult.from_store(store, run_obj.id)
+    result = RunResult.from_store(store, run_obj.id)
+    if driver_lost(run_obj):
+        result.error = (f"the driver (pid {run_obj.driver_pid} on {run_obj.driver_host}) is gone; continue the run "
+                        f"with `detflow resume {run_obj.id}`")
+    return result
 
 
 def list_runs(limit: int = 20, *, state_url: str | None = None) -> list[dict]:

@@ -27,6 +27,20 @@ def _int8_weight_convs(path) -> tuple[int, int]:
     return sum(producers.get(n.input[1]) == "DequantizeLinear" for n in convs), len(convs)
 
 
+def _ort_fused_ops(path, tmp_path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops: dict[str, int] = {}
+    for node in onnx.load(opts.optimized_model_filepath).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return ops
+
+
 def _assert_close_to_fp32(model, onnx_path, atol_score=0.05, atol_box=2.0):
     x = deploy.random_batches(1, 2, seed=7)[0][0]
     boxes, scores = ort_session(onnx_path).run(None, {"images": x.numpy()})
@@ -45,7 +59,8 @@ def test_ptq_gives_qdq_onnx_close_to_fp32(tmp_path):
     int8_convs, convs = _int8_weight_convs(result.onnx_path)
     assert convs == 8 and int8_convs == 6  # the two cls convs stay float
     assert m["float_modules"] == ["cls.0", "cls.1"]
-    assert m["ort_vs_torch_max_abs_diff"] < 1e-2
+    assert _ort_fused_ops(result.onnx_path, tmp_path).get("QLinearConv") == 6  # DQ→Conv→Q fused to int8 convs
+    assert m["ort_vs_torch_max_abs_diff"] < 0.5  # px; int8 requantisation rounds differently in ORT
     _assert_close_to_fp32(model, result.onnx_path)
     meta = json.loads((Path(result.checkpoint) / "meta.json").read_text())
     assert meta["quantization"]["method"] == "ptq"
@@ -55,9 +70,9 @@ def test_ptq_gives_qdq_onnx_close_to_fp32(tmp_path):
 
 def test_qat_one_epoch(tmp_path):
     model = deploy.tiny_model()
-    result = run_qat(model, tmp_path, data=deploy.random_batches(), epochs=1, lr=1e-4)
+    result = run_qat(model, tmp_path, data=deploy.random_batches(), epochs=1, lr=1e-4, quantizer="x86_inductor")
     m = result.metrics
-    assert m["quant_path"] == "pt2e" and len(m["loss_history"]) == 1 and np.isfinite(m["final_loss"])
+    assert m["quant_path"] == "pt2e" and m["quantizer"] == "x86_inductor" and len(m["loss_history"]) == 1 and np.isfinite(m["final_loss"])
     int8_convs, convs = _int8_weight_convs(result.onnx_path)
     assert int8_convs == convs == 8
     sess = ort_session(result.onnx_path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import detflow
@@ -79,7 +80,9 @@ def test_run_logs_config_context_metrics_and_artifacts(store, tmp_path):
     assert data.tags["dataset.images"] == "2"
     assert data.tags["dataset.fingerprint"] == tracking.dataset_fingerprint(ann, images) == tags["dataset.fingerprint"]
     assert data.tags["torch.version"] and data.tags["hardware.cpu_count"].isdigit()
-    assert "hardware.gpu" in data.tags
+    assert "hardware.gpu" in data.tags and not any("hostname" in k for k in data.tags)
+    if "detflow.git_commit" in tags:  # absent only outside a git checkout
+        assert len(data.tags["detflow.git_commit"]) == 40 and data.tags["detflow.git_dirty"] in ("true", "false")
     # metrics per step and best-so-far
     history = client.get_metric_history(run_id, "AP")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.1), (2, 0.3), (3, 0.2)]
@@ -139,7 +142,28 @@ def test_dataset_fingerprint_changes_with_content(tmp_path):
 
 
 def test_user_sqlite_uri_keeps_artifacts_next_to_it(store, tmp_path, monkeypatch):
+    tracking.configure()
+    tracking.ensure_experiment("tracking-test")  # make sure the module's store exists
+    shutil.copy(store / "mlflow.db", tmp_path / "user.db")  # an initialised DB: no slow migrations
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'user.db'}")
     with tracking.start_run("u", experiment="user-store") as run:
         tracking.log_metrics({"AP": 1.0}, step=0)
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+def test_best_mode_defaults():
+    from detflow.tracking.runs import _default_mode
+
+    assert [_default_mode(k) for k in ("val/AP", "val/bbox_mAP_s", "APs", "train/loss_cls", "latency_ms", "epoch_time")] == \
+        ["max", "max", "max", "min", "min", "min"]
+
+
+def test_log_best_keeps_running_best_with_explicit_modes(store):
+    with tracking.start_run("best", experiment="tracking-test") as run:
+        assert tracking.log_best({"err": 0.5, "AP": 0.2}, {"err": "min"}) == {"err": 0.5, "AP": 0.2}
+        assert tracking.log_best({"err": 0.7, "AP": 0.4}, {"err": "min"}) == {"AP": 0.4}
+        assert tracking.log_best({"err": float("nan")}, {"err": "min"}) == {}
+        with pytest.raises(ValueError, match="'max' or 'min'"):
+            tracking.log_best({"x": 1.0}, lambda k: "up")
+    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert metrics["best/err"] == 0.5 and metrics["best/AP"] == 0.4

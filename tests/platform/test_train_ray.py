@@ -4,8 +4,11 @@ One Ray instance is shared by the tests of this file (session fixture). Slow: ~1
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,9 +26,12 @@ def ray_session(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield home
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -75,12 +81,14 @@ def test_train_two_cpu_workers_smoke(ray_session, synth, tmp_path):
     assert Path(cfg.data.train.annotations).is_absolute() and cfg.model.num_classes == 4
     state = ck.load_checkpoint_state(result.last_checkpoint)
     assert state["epoch"] == 1 and state["ema"] is not None and state["data"]  # cached-mosaic state
+    assert ck.read_meta(result.last_checkpoint)["resumed_from"] == 0
     assert _epoch_steps(result.run_id, "train/loss") == [0, 1]
     assert _epoch_steps(result.run_id, "val/bbox_mAP50") == [0, 1]
     assert "val/bbox_mAP" in result.metrics
 
 
 def test_worker_killed_mid_run_resumes_without_double_counting(ray_session, synth, tmp_path, monkeypatch):
+    from detflow.engine import checkpoint as ck
     from detflow.train import run_training
     from detflow.train.worker import PID_DIR_ENV
 
@@ -108,6 +116,66 @@ def test_worker_killed_mid_run_resumes_without_double_counting(ray_session, synt
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
     assert len(list(pid_dir.glob("rank0-*"))) >= 2, "no restarted worker group"
+    assert ck.read_meta(result.last_checkpoint)["resumed_from"] >= 1  # restarted from a checkpoint
     assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2, 3]
     assert _epoch_steps(result.run_id, "train/loss") == [0, 1, 2, 3]
     assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+
+
+_DRIVER = """
+import json, sys
+from detflow.config import TrainConfig
+from detflow.train import run_training
+run_training(TrainConfig.model_validate(json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def test_driver_killed_then_resume_continues_from_last_checkpoint(ray_session, synth, tmp_path):
+    import ray
+
+    from detflow.engine import checkpoint as ck
+    from detflow.train import run_training
+
+    storage = tmp_path / "runs"
+    cfg = _cfg(synth, storage, "driver", epochs=4, max_steps_per_epoch=6, eval_interval=4)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(cfg.model_dump(mode="json"))], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not list(storage.glob("driver-*/epoch_0000-*")) and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    marker = json.loads(next(storage.glob("driver-*/detflow_run.json")).read_text())
+    result = run_training(cfg, resume=True, progress=False)
+    assert result.run_id == marker["run_id"]
+    assert ck.read_meta(result.last_checkpoint)["resumed_from"] >= 1  # not restarted from scratch
+    assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2, 3]
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+
+
+def test_resume_without_a_previous_run_is_a_user_error(ray_session, synth, tmp_path):
+    from detflow.errors import UserInputError
+    from detflow.train import run_training
+
+    with pytest.raises(UserInputError, match="no run of 'nothing' to resume"):
+        run_training(_cfg(synth, tmp_path / "runs", "nothing"), resume=True, progress=False)
+
+
+def test_bad_dataset_is_refused_before_ray_starts(ray_session, synth, tmp_path):
+    from detflow.errors import DataError
+    from detflow.train import run_training
+
+    bad = json.loads(Path(synth.train_json).read_text())
+    bad["annotations"][0]["bbox"] = [0, 0, -5, 3]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    cfg = _cfg(synth, tmp_path / "runs", "bad")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+        "train": cfg.data.train.model_copy(update={"annotations": str(tmp_path / "bad.json")})})})
+    with pytest.raises(DataError):
+        run_training(cfg, progress=False)

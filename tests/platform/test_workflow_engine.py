@@ -2,6 +2,7 @@
 resume after the driver is killed, cancel, concurrent drivers on one SQLite file, migrations, lineage."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -224,10 +225,11 @@ def test_driver_killed_then_resume_skips_finished_steps(ray_session, home):
     assert result.outputs("slow")["resumed"] is True  # the step dir of the killed attempt was found
 
 
+@pytest.mark.slow
 def test_two_workflows_at_once_share_one_sqlite_file(ray_session, home):
     url = f"sqlite:///{home / 'state.db'}"
-    steps = [{"id": f"s{i}", "uses": "fake", "with": {"value": i}} for i in range(8)]
-    steps += [{"id": "join", "uses": "fake", "needs": [f"s{i}" for i in range(8)]}]
+    steps = [{"id": f"s{i}", "uses": "fake", "with": {"value": i}} for i in range(5)]
+    steps += [{"id": "join", "uses": "fake", "needs": [f"s{i}" for i in range(5)]}]
     procs = [_driver(home, [{**s, "with": {**s.get("with", {}), "value": s.get("with", {}).get("value", 0) + 100 * k}}
                             for s in steps], f"wf{k}", f"wf{k}-1", url, ray_session) for k in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
@@ -311,3 +313,121 @@ def test_lineage_parent_child_runs_and_registry(ray_session, home, monkeypatch):
     version = client.get_model_version_by_alias("lin", "candidate")
     assert version.tags["detflow.source_step"] == "student" and str(version.version) == "2"
     assert version.tags["detflow.upstream"] == "teacher"
+
+
+TINY_REAL = """
+name: tiny
+defaults:
+  model: rtmdet_tiny
+  data: synth
+  image_size: 64
+  scaling: {workers: 1, cpus_per_worker: 1}
+steps:
+  - id: synth
+    uses: synth
+    with: {num_images: 8, image_size: 64, num_classes: 2, val_fraction: 0.25}
+  - id: train
+    uses: train
+    needs: [synth]
+    with:
+      recipe: {name: plain}
+      train: {epochs: 1, batch_size: 2, max_steps_per_epoch: 2, schedule: {warmup_iters: 1},
+              optimizer: {scale_lr_by_batch: false}}
+  - id: export
+    uses: export
+    needs: [train]
+    with: {checkpoint: train}
+  - id: bench
+    uses: benchmark
+    needs: [train, export]
+    with: {artifacts: [train, export], backends: [torch, onnxruntime], batch_sizes: [1], warmup: 1, iters: 2}
+"""
+
+
+@pytest.mark.slow
+def test_real_tiny_workflow_lands_in_mlflow_and_registry(ray_session, home, monkeypatch):
+    """synth → train (1 epoch, 2 steps) → export → benchmark with the real step kinds."""
+    from detflow import sdk
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    wf_path = home / "tiny.yaml"
+    wf_path.write_text(TINY_REAL)
+    url = f"sqlite:///{home / 'state.db'}"
+    result = sdk.run(wf_path, state_url=url, quiet=True)
+    assert result.status == "succeeded", result.error
+    rows = {(r["artifact"], r["backend"]): r for r in result.outputs("bench")["rows"]}
+    assert rows[("train", "torch")]["status"] == "ok" and rows[("train", "torch")]["p50_ms"] > 0
+    assert rows[("export", "onnxruntime")]["status"] == "ok"
+    assert Path(result.outputs("bench")["table_md"]).read_text().startswith("| artifact")
+    assert result.outputs("export")["metrics"]["max_abs_diff"] < 1e-2
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    names = {r.info.run_name for r in runs}
+    assert {result.run_id, "synth", "train", "export", "bench"} <= names
+    bench = next(r for r in runs if r.info.run_name == "bench")
+    assert {a.path for a in client.list_artifacts(bench.info.run_id, "benchmark")} >= {
+        "benchmark/benchmark.csv", "benchmark/benchmark.md", "benchmark/map_vs_latency.png"}
+    assert any(k.endswith("p50_ms") for k in bench.data.metrics)
+    versions = client.search_model_versions("name='tiny'")
+    assert sorted(v.tags["detflow.source_step"] for v in versions) == ["export", "train"]
+    assert client.get_model_version_by_alias("tiny", "candidate").tags["detflow.source_step"] == "export"
+
+    t0 = time.time()
+    again = sdk.run(wf_path, state_url=url, quiet=True, lineage=False)
+    assert {v["status"] for v in again.steps.values()} == {"cached"} and time.time() - t0 < 15
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_using(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "cmdline").read_bytes().decode(errors="ignore"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+def test_submit_through_a_local_ray_head_job_server(home, monkeypatch):
+    """`detflow submit` returns the run id at once; the driver runs as a Ray Job on the head."""
+    import tempfile
+
+    from detflow import sdk
+
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dash = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", f"--port={_free_port()}", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        wf = home / "submit.yaml"
+        wf.write_text("name: submitted\nsteps:\n  - {id: synth, uses: synth, with: {num_images: 4, image_size: 64}}\n")
+        url = f"sqlite:///{home / 'state.db'}"
+        t0 = time.time()
+        run_id = sdk.submit(wf, address=f"http://127.0.0.1:{dash}", state_url=url, lineage=False)
+        assert time.time() - t0 < 30
+        _wait_for(lambda: sdk.status(run_id, state_url=url).status in ("succeeded", "failed"), timeout=240)
+        result = sdk.status(run_id, state_url=url)
+        assert result.status == "succeeded", result.error
+        assert Path(result.outputs("synth")["dataset"]["train_json"]).is_file()
+    finally:
+        for pid in _pids_using(temp_dir):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

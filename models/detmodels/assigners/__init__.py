@@ -6,3 +6,6 @@ from .atss import ATSSAssigner  # noqa: E402
 from .task_aligned import BatchAssignment, TaskAlignedAssigner  # noqa: E402
 
 __all__ += ["TaskAlignedAssigner", "ATSSAssigner", "BatchAssignment"]
+from .max_iou import MaxIoUAssigner, MaxIoUAssignment  # noqa: E402
+
+__all__ += ["MaxIoUAssigner", "MaxIoUAssignment"]

@@ -1,7 +1,8 @@
 """YOLOv6 v3.0 (Li et al., arXiv 2301.05586): EfficientRep / CSPBep backbones, RepBi-PAN neck with
 BiC, Efficient Decoupled Head, TAL/ATSS + VFL/IoU/DFL loss, anchor-aided training and self-distillation.
 
-Registered variants ``yolov6_n``, ``yolov6_s``, ``yolov6_m``, ``yolov6_l`` (640 px, §2 and Table 1).
+Registered variants ``yolov6_n``, ``yolov6_s``, ``yolov6_m``, ``yolov6_l`` (640 px) and the P6 models
+``yolov6_n6`` … ``yolov6_l6`` (1280 px, strides 8–64), §2 and Table 1.
 
 >>> import detmodels
 >>> model = detmodels.create_model("yolov6_n", num_classes=3, head={"anchor_aided": True})
@@ -31,15 +32,16 @@ from .yolov6_loss import YOLOv6Criterion, decode_dense
 __all__ = ["YOLOv6", "YOLOv6Config", "VARIANTS", "EfficientRep", "RepBiPAN", "cosine_distill_weight"]
 
 _BN = {"bn_eps": 1e-3, "bn_momentum": 0.03}
-BACKBONE_CHANNELS = (64, 128, 256, 512, 1024)
-NECK_CHANNELS = (256, 128, 128, 256, 256, 512)
-BACKBONE_REPEATS = (1, 6, 12, 18, 6)
-NECK_REPEATS = (12, 12, 12, 12)
+# Base channels / repeats before width / depth scaling (Y6 configs). Neck: (top-down reduce, outputs P3…).
+BASE_P5 = {"backbone": (64, 128, 256, 512, 1024), "backbone_repeats": (1, 6, 12, 18, 6),
+           "neck_reduce": (256, 128), "neck_out": (128, 256, 512), "neck_repeats": 12}
+BASE_P6 = {"backbone": (64, 128, 256, 512, 768, 1024), "backbone_repeats": (1, 6, 12, 18, 6, 6),
+           "neck_reduce": (512, 256, 128), "neck_out": (128, 256, 512, 1024), "neck_repeats": 12}
 
 
 @dataclasses.dataclass(frozen=True)
 class YOLOv6Config:
-    """One row of the scaling table (Y6 ``configs/yolov6{n,s,m,l}.py``).
+    """One row of the scaling table (Y6 ``configs/yolov6{n,s,m,l}{,6}.py``).
 
     Attributes:
         depth, width: multipliers of the base repeats / channels.
@@ -49,6 +51,7 @@ class YOLOv6Config:
         reg_max: DFL bins − 1 (0 = plain distances).
         iou_loss: ``siou`` (N) or ``giou``.
         distill_class_weight: class-KD weight of self-distillation.
+        p6: four output levels (strides 8–64, 1280 px) instead of three.
     """
 
     depth: float
@@ -59,14 +62,21 @@ class YOLOv6Config:
     reg_max: int
     iou_loss: str
     distill_class_weight: float
+    p6: bool = False
 
-    def channels(self) -> tuple[list[int], list[int]]:
-        scale = lambda c: math.ceil(c * self.width / 8) * 8  # noqa: E731
-        return [scale(c) for c in BACKBONE_CHANNELS], [scale(c) for c in NECK_CHANNELS]
+    @property
+    def base(self) -> dict:
+        return BASE_P6 if self.p6 else BASE_P5
 
-    def repeats(self) -> tuple[list[int], list[int]]:
-        rep = lambda n: max(round(n * self.depth), 1) if n > 1 else n  # noqa: E731
-        return [rep(n) for n in BACKBONE_REPEATS], [rep(n) for n in NECK_REPEATS]
+    def ch(self, c: int) -> int:
+        return math.ceil(c * self.width / 8) * 8
+
+    def rep(self, n: int) -> int:
+        return max(round(n * self.depth), 1) if n > 1 else n
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return (8, 16, 32, 64) if self.p6 else (8, 16, 32)
 
 
 VARIANTS: dict[str, YOLOv6Config] = {
@@ -74,6 +84,10 @@ VARIANTS: dict[str, YOLOv6Config] = {
     "s": YOLOv6Config(0.33, 0.50, None, "repvgg", "simcspsppf", 0, "giou", 1.0),
     "m": YOLOv6Config(0.60, 0.75, 2 / 3, "repvgg", "simsppf", 16, "giou", 0.8),
     "l": YOLOv6Config(1.0, 1.0, 1 / 2, "conv_silu", "sppf", 16, "giou", 2.0),
+    "n6": YOLOv6Config(0.33, 0.25, None, "repvgg", "simcspsppf", 0, "siou", 1.0, p6=True),
+    "s6": YOLOv6Config(0.33, 0.50, None, "repvgg", "simcspsppf", 0, "giou", 1.0, p6=True),
+    "m6": YOLOv6Config(0.60, 0.75, 2 / 3, "repvgg", "simsppf", 16, "giou", 0.8, p6=True),
+    "l6": YOLOv6Config(1.0, 1.0, 1 / 2, "conv_silu", "sppf", 16, "giou", 2.0, p6=True),
 }
 
 
@@ -96,63 +110,73 @@ def _spp(kind: str, block: str, channels: int) -> nn.Module:
 
 
 class EfficientRep(nn.Module):
-    """EfficientRep (N/S) / CSPBep (M/L, ``csp_e`` set) backbone (YOLOv6 v3 §2.1).
+    """EfficientRep (N/S) / CSPBep (M/L, ``csp_e`` set) backbone (YOLOv6 v3 §2.1), P5 or P6.
 
-    stem 3×3/2, then 4 stages of (3×3/2 unit → stage block); stage 5 ends with the SPP module.
-    Output: ``(C2, C3, C4, C5)`` at strides 4, 8, 16, 32 (C2 feeds the neck's BiC).
+    stem 3×3/2, then stages of (3×3/2 unit → stage block); the last stage ends with the SPP module.
+    Output: ``(C2, C3, …)`` at strides 4, 8, …, 32 (P5) or 64 (P6); C2 feeds the neck's last BiC.
     """
 
     def __init__(self, channels: Sequence[int], repeats: Sequence[int], *, block: str, csp_e: float | None, spp: str):
         super().__init__()
         self.out_channels = tuple(channels[1:])
         self.stem = make_rep_unit(block, 3, channels[0], 2)
-        for i in range(1, 5):
+        last = len(channels) - 1
+        for i in range(1, last + 1):
             layers = [make_rep_unit(block, channels[i - 1], channels[i], 2),
                       _stage_block(block, csp_e, channels[i], channels[i], repeats[i])]
-            if i == 4:
+            if i == last:
                 layers.append(_spp(spp, block, channels[i]))
             self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
+        self.num_stages = last
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        c2 = self.stage2(self.stem(x))
-        c3 = self.stage3(c2)
-        c4 = self.stage4(c3)
-        return c2, c3, c4, self.stage5(c4)
+        x = self.stem(x)
+        outs = []
+        for i in range(2, self.num_stages + 2):
+            x = getattr(self, f"stage{i}")(x)
+            outs.append(x)
+        return tuple(outs)
 
 
 class RepBiPAN(nn.Module):
-    """RepBi-PAN neck (YOLOv6 v3 §2.1): top-down with BiC, bottom-up PAN; outputs P3, P4, P5.
+    """RepBi-PAN neck (YOLOv6 v3 §2.1) for ``L`` = 3 (P3–P5) or 4 (P3–P6) output levels.
 
-    Args: ``backbone`` channels (C2..C5); ``neck`` channels ``[red0, P3, down2, P4, down1, P5]``;
-    ``repeats`` of the stage blocks (p4, p3, n3, n4).
+    Top-down, k = 0…L−2: ``top_k = reduce_k(x_k)`` (1×1), ``x_{k+1} = top_down_k(BiC_k(top_k, C_a, C_b))``
+    with ``C_a``/``C_b`` the next two backbone levels; ``x_{L−1}`` is P3. Bottom-up, j = 0…L−2:
+    ``out_{j+1} = bottom_up_j(cat(down_j(out_j), top_{L−2−j}))`` (3×3/2 down conv).
+
+    Args: ``backbone`` channels (C2…); ``reduce`` channels of the top-down 1×1 convs; ``outs``
+    channels of P3…; ``repeats`` of the stage blocks.
     """
 
-    def __init__(self, backbone: Sequence[int], neck: Sequence[int], repeats: Sequence[int], *,
+    def __init__(self, backbone: Sequence[int], reduce: Sequence[int], outs: Sequence[int], repeats: int, *,
                  block: str, csp_e: float | None):
         super().__init__()
-        c2, c3, c4, c5 = backbone
-        red0, p3, down2, p4, down1, p5 = neck
         relu = {"act": "relu", **_BN}
-        self.reduce0 = ConvNormAct(c5, red0, 1, **relu)
-        self.bic0 = BiC((c4, c3), red0)
-        self.p4_block = _stage_block(block, csp_e, red0, red0, repeats[0])
-        self.reduce1 = ConvNormAct(red0, p3, 1, **relu)
-        self.bic1 = BiC((c3, c2), p3)
-        self.p3_block = _stage_block(block, csp_e, p3, p3, repeats[1])
-        self.down_p3 = ConvNormAct(p3, down2, 3, 2, **relu)
-        self.n3_block = _stage_block(block, csp_e, p3 + down2, p4, repeats[2])
-        self.down_p4 = ConvNormAct(p4, down1, 3, 2, **relu)
-        self.n4_block = _stage_block(block, csp_e, red0 + down1, p5, repeats[3])
-        self.out_channels = (p3, p4, p5)
+        rev = list(backbone)[::-1]  # C_last … C2
+        self.num_levels = len(outs)
+        c_in = rev[0]
+        for k, c in enumerate(reduce):
+            self.add_module(f"reduce{k}", ConvNormAct(c_in, c, 1, **relu))
+            self.add_module(f"bic{k}", BiC((rev[k + 1], rev[k + 2]), c))
+            self.add_module(f"top_down{k}", _stage_block(block, csp_e, c, c, repeats))
+            c_in = c
+        for j in range(len(outs) - 1):
+            self.add_module(f"down{j}", ConvNormAct(outs[j], outs[j], 3, 2, **relu))
+            self.add_module(f"bottom_up{j}", _stage_block(block, csp_e, outs[j] + reduce[-1 - j], outs[j + 1], repeats))
+        self.out_channels = tuple(outs)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        c2, c3, c4, c5 = feats
-        top0 = self.reduce0(c5)
-        top1 = self.reduce1(self.p4_block(self.bic0(top0, c4, c3)))
-        out3 = self.p3_block(self.bic1(top1, c3, c2))
-        out4 = self.n3_block(torch.cat((self.down_p3(out3), top1), 1))
-        out5 = self.n4_block(torch.cat((self.down_p4(out4), top0), 1))
-        return [out3, out4, out5]
+        rev = list(feats)[::-1]
+        x, tops = rev[0], []
+        for k in range(self.num_levels - 1):
+            tops.append(getattr(self, f"reduce{k}")(x))
+            x = getattr(self, f"top_down{k}")(getattr(self, f"bic{k}")(tops[-1], rev[k + 1], rev[k + 2]))
+        outs = [x]
+        for j in range(self.num_levels - 1):
+            down = getattr(self, f"down{j}")(outs[-1])
+            outs.append(getattr(self, f"bottom_up{j}")(torch.cat((down, tops[-1 - j]), 1)))
+        return outs
 
 
 class YOLOv6(Detector):
@@ -170,16 +194,20 @@ class YOLOv6(Detector):
                  anchor_aided: bool = False, dld: bool = False, distill_feat: bool = False,
                  temperature: float = 20.0, distill_class_weight: float | None = None,
                  criterion_kwargs: dict[str, Any] | None = None):
-        super().__init__(num_classes, (8, 16, 32))
+        super().__init__(num_classes, cfg.strides)
         self.cfg = cfg
         self.reg_max = cfg.reg_max if reg_max is None else int(reg_max)
         self.temperature = float(temperature)
         self.distill_class_weight = cfg.distill_class_weight if distill_class_weight is None else distill_class_weight
         self.distill_feat = distill_feat
-        bb_ch, neck_ch = cfg.channels()
-        bb_rep, neck_rep = cfg.repeats()
-        self.backbone = EfficientRep(bb_ch, bb_rep, block=cfg.block, csp_e=cfg.csp_e, spp=cfg.spp)
-        self.neck = RepBiPAN(bb_ch[1:], neck_ch, neck_rep, block=cfg.block, csp_e=cfg.csp_e)
+        if cfg.p6 and (anchor_aided or dld):
+            raise ValueError("yolov6: anchor_aided / dld are defined for the 3-level (P5) models only")
+        base = cfg.base
+        bb_ch = [cfg.ch(c) for c in base["backbone"]]
+        self.backbone = EfficientRep(bb_ch, [cfg.rep(n) for n in base["backbone_repeats"]],
+                                     block=cfg.block, csp_e=cfg.csp_e, spp=cfg.spp)
+        self.neck = RepBiPAN(bb_ch[1:], [cfg.ch(c) for c in base["neck_reduce"]], [cfg.ch(c) for c in base["neck_out"]],
+                             cfg.rep(base["neck_repeats"]), block=cfg.block, csp_e=cfg.csp_e)
         self.head = EfficientDecoupledHead(self.neck.out_channels, num_classes, self.reg_max,
                                            anchor_aided=anchor_aided, dld=dld)
         self.criterion = YOLOv6Criterion(num_classes, self.strides, self.reg_max, iou_type=cfg.iou_loss,
@@ -234,26 +262,30 @@ def _check_section(name: str, section: dict[str, Any] | None) -> dict[str, Any]:
 
 def build_yolov6(size: str, num_classes: int = 80, *, head: dict[str, Any] | None = None,
                  neck: dict[str, Any] | None = None, backbone: dict[str, Any] | None = None,
-                 assigner: dict[str, Any] | None = None, atss_warmup_epochs: int = 0) -> YOLOv6:
+                 assigner: dict[str, Any] | None = None, atss_warmup_epochs: int | None = None) -> YOLOv6:
     """Build ``yolov6_<size>``. Sections: ``head`` (anchor_aided, dld, reg_max, iou_loss, temperature,
     distill_class_weight, distill_feat), ``backbone`` (block, csp_e), ``neck`` (csp_e), ``assigner``
-    (tal_topk, tal_alpha, tal_beta, atss_topk, aat_topk). Unknown keys raise ``ValueError``."""
+    (tal_topk, tal_alpha, tal_beta, atss_topk, aat_topk). ``atss_warmup_epochs`` defaults to 0 (P5) / 4 (P6).
+    Unknown keys raise ``ValueError``."""
     head, neck, backbone, assigner = (_check_section(n, s) for n, s in
                                       (("head", head), ("neck", neck), ("backbone", backbone), ("assigner", assigner)))
     cfg = VARIANTS[size]
     csp_e = backbone.get("csp_e", neck.get("csp_e", cfg.csp_e))
     cfg = dataclasses.replace(cfg, block=backbone.get("block", cfg.block), csp_e=csp_e,
                               iou_loss=head.pop("iou_loss", cfg.iou_loss))
+    if atss_warmup_epochs is None:
+        atss_warmup_epochs = 4 if cfg.p6 else 0  # Y6 configs: ATSS warm-up only for the P6 models
     crit = {"atss_warmup_epochs": int(atss_warmup_epochs), **assigner}
     return YOLOv6(cfg, num_classes, criterion_kwargs=crit, **head)
 
 
 def _register(size: str) -> None:
-    @register_model(f"yolov6_{size}", family="yolov6", input_size=640)
+    @register_model(f"yolov6_{size}", family="yolov6", input_size=1280 if VARIANTS[size].p6 else 640)
     def builder(num_classes: int = 80, **kwargs: Any) -> YOLOv6:
         return build_yolov6(size, num_classes, **kwargs)
 
-    builder.__doc__ = f"YOLOv6-{size.upper()} v3.0 (640 px). Keywords as :func:`build_yolov6`."
+    builder.__doc__ = (f"YOLOv6-{size.upper()} v3.0 ({1280 if VARIANTS[size].p6 else 640} px). "
+                       "Keywords as :func:`build_yolov6`.")
 
 
 for _size in VARIANTS:

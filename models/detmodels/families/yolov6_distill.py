@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

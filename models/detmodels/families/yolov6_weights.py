@@ -35,15 +35,22 @@ _CHILD_NAMES: list[tuple[type, dict[str, str]]] = [
            "downsample": "downsample", "fuse": "cv3"}),
     (EfficientDecoupledHead, {"reg_preds_dfl": "reg_preds_dist"}),
 ]
-_TOP_NAMES = {
-    "head": "detect", "stage2": "ERBlock_2", "stage3": "ERBlock_3", "stage4": "ERBlock_4", "stage5": "ERBlock_5",
-    "reduce0": "reduce_layer0", "reduce1": "reduce_layer1", "bic0": "Bifusion0", "bic1": "Bifusion1",
-    "p4_block": "Rep_p4", "p3_block": "Rep_p3", "n3_block": "Rep_n3", "n4_block": "Rep_n4",
-    "down_p3": "downsample2", "down_p4": "downsample1",
+_TOP_NAMES = {"head": "detect", **{f"stage{i}": f"ERBlock_{i}" for i in range(2, 7)}}
+# RepBi-PAN blocks by number of output levels (the reference names them by pyramid level).
+_NECK_NAMES = {
+    3: {"top_down0": "Rep_p4", "top_down1": "Rep_p3", "down0": "downsample2", "bottom_up0": "Rep_n3",
+        "down1": "downsample1", "bottom_up1": "Rep_n4"},
+    4: {"top_down0": "Rep_p5", "top_down1": "Rep_p4", "top_down2": "Rep_p3", "down0": "downsample2",
+        "bottom_up0": "Rep_n4", "down1": "downsample1", "bottom_up1": "Rep_n5", "down2": "downsample0",
+        "bottom_up2": "Rep_n6"},
 }
 
 
 def _child_ref_name(parent: nn.Module, name: str) -> str:
+    if hasattr(parent, "num_levels") and hasattr(parent, "bic0"):  # RepBiPAN
+        if name.startswith(("reduce", "bic")):
+            return name.replace("reduce", "reduce_layer").replace("bic", "Bifusion")
+        return _NECK_NAMES[parent.num_levels][name]
     for cls, table in _CHILD_NAMES:
         if isinstance(parent, cls):
             return table.get(name, name)

@@ -78,7 +78,8 @@ class RepVGGBlock(nn.Module):
             return
         kernel, bias = self.equivalent_kernel_bias()
         ref = self.conv3x3.conv
-        fused = nn.Conv2d(ref.in_channels, ref.out_channels, 3, ref.stride, 1, bias=True).to(kernel.device, kernel.dtype)
+        fused = nn.Conv2d(ref.in_channels, ref.out_channels, 3, ref.stride, 1, bias=True)
+        fused = fused.to(kernel.device, kernel.dtype)
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         del self.conv3x3, self.conv1x1, self.identity
@@ -127,7 +128,8 @@ class RepBlock(nn.Module):
     BottleRep units built from ``basic`` units, as inside BepC3). Shapes: ``N×in×H×W`` → ``N×out×H×W``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, n: int = 1, *, unit: str = "repvgg", basic: str = "repvgg"):
+    def __init__(self, in_channels: int, out_channels: int, n: int = 1, *, unit: str = "repvgg",
+                 basic: str = "repvgg"):
         super().__init__()
         if unit == "bottlerep":
             n = max(n // 2, 1)

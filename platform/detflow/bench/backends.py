@@ -219,7 +219,8 @@ def _onnx_for(art: Artifact, input_size: tuple[int, int], work_dir: Path) -> str
     if not (out / "model.onnx").is_file():
         result = export_onnx(art.model if art.model is not None else art.path, out, input_size=input_size)
         log.info("exported %s for onnxruntime/tensorrt (max |ORT - torch| %.2g)", art.name, result.max_abs_diff)
-    art.info.update({k: v for k, v in read_sidecar(out / "model.onnx").items() if k not in art.info or art.info[k] is None})
+    sidecar = read_sidecar(out / "model.onnx")
+    art.info.update({k: v for k, v in sidecar.items() if art.info.get(k) is None})
     return str(out / "model.onnx")
 
 
@@ -272,7 +273,8 @@ def _build_trt_engine(onnx_path: str, precision: str, input_size: tuple[int, int
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)  # implicit in TRT 10
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):

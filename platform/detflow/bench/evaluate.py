@@ -55,7 +55,8 @@ def _val_loader(split: Any, art: Artifact, input_size: tuple[int, int], batch_si
 
     if input_size[0] != input_size[1]:
         raise DataError(f"evaluate: input_size: expected a square size for the letterbox pipeline, got {input_size}")
-    dataset = CocoDataset(split.annotations, split.images, transforms=build_val_transforms(input_size[0], art.input_spec))
+    transforms = build_val_transforms(input_size[0], art.input_spec)
+    dataset = CocoDataset(split.annotations, split.images, transforms=transforms)
     return dataset, build_dataloader(dataset, batch_size, shuffle=False, num_workers=0)
 
 
@@ -90,7 +91,8 @@ def evaluate_runner(
         results += detections_to_coco(dets, [int(m["image_id"]) for m in metas], category_ids)
         seen += len(metas)
     metrics = evaluate_coco(dataset.coco, results)
-    metrics.update(images=seen, eval_time_s=time.perf_counter() - t0, backend=runner.backend, precision=runner.precision)
+    metrics.update(images=seen, eval_time_s=time.perf_counter() - t0, backend=runner.backend,
+                   precision=runner.precision)
     return metrics
 
 

@@ -52,7 +52,8 @@ class BenchArtifact:
 
 @dataclasses.dataclass
 class BenchRow:
-    """One cell. Latencies in ms per batch; ``throughput`` in images/s; ``status``: ok | not installed | n/a | failed."""
+    """One cell. Latencies in ms per batch; ``throughput`` in images/s;
+    ``status``: ok | not installed | n/a | failed."""
 
     artifact: str
     backend: str
@@ -126,7 +127,8 @@ class BenchTable:
         out.mkdir(parents=True, exist_ok=True)
         self.to_csv(out / "benchmark.csv")
         (out / "benchmark.md").write_text(self.to_markdown())
-        (out / "benchmark.json").write_text(json.dumps({"rows": self.to_records(), "protocol": self.protocol}, indent=2))
+        payload = {"rows": self.to_records(), "protocol": self.protocol}
+        (out / "benchmark.json").write_text(json.dumps(payload, indent=2))
         return {k: str(out / f"benchmark.{k}") for k in ("csv", "md", "json")}
 
     def metrics(self) -> dict[str, float]:
@@ -143,7 +145,8 @@ class BenchTable:
         return out
 
     def find(self, artifact: str, backend: str, batch_size: int) -> BenchRow | None:
-        return next((r for r in self.rows if (r.artifact, r.backend, r.batch_size) == (artifact, backend, batch_size)), None)
+        key = (artifact, backend, batch_size)
+        return next((r for r in self.rows if (r.artifact, r.backend, r.batch_size) == key), None)
 
 
 def time_runner(runner: Runner, images: torch.Tensor, *, warmup: int, iters: int) -> np.ndarray:
@@ -209,7 +212,8 @@ def _cell_rows(art: Artifact, backend: str, runner: Runner, batch_sizes: Sequenc
     return rows
 
 
-def _empty_rows(art: Artifact, backend: str, batch_sizes: Sequence[int], size: str, status: str, note: str) -> list[BenchRow]:
+def _empty_rows(art: Artifact, backend: str, batch_sizes: Sequence[int], size: str, status: str,
+                note: str) -> list[BenchRow]:
     precision = "fp16" if backend == "tensorrt" and art.precision == "fp32" else art.precision
     return [BenchRow(art.name, backend, precision, bs, size, status, note=note) for bs in batch_sizes]
 
@@ -256,8 +260,9 @@ def run_benchmark(
                 continue
             if precisions and _empty_rows(art, backend, [1], label, "", "")[0].precision not in precisions:
                 continue
-            rows += _run_cell(art, backend, size, label, batch_sizes, val=val, warmup=warmup, iters=iters, threads=threads,
-                              eval_batch_size=eval_batch_size, max_eval_images=max_eval_images, work=work)
+            rows += _run_cell(art, backend, size, label, batch_sizes, val=val, warmup=warmup, iters=iters,
+                              threads=threads, eval_batch_size=eval_batch_size, max_eval_images=max_eval_images,
+                              work=work)
     timed = [r for r in rows if r.status == "ok"]
     in_graph = [r for r in timed if "NMS in graph" in r.note]
     nms = ("included (in the graph)" if timed and len(in_graph) == len(timed) else
@@ -267,7 +272,8 @@ def run_benchmark(
 
 
 def _run_cell(art: Artifact, backend: str, size: tuple[int, int], label: str, batch_sizes: Sequence[int], *, val: Any,
-              warmup: int, iters: int, threads: int, eval_batch_size: int, max_eval_images: int | None, work: Path) -> list[BenchRow]:
+              warmup: int, iters: int, threads: int, eval_batch_size: int, max_eval_images: int | None,
+              work: Path) -> list[BenchRow]:
     """Rows of one (artifact, backend): build the runner, score it on ``val``, time every batch size."""
     try:
         runner = make_runner(art, backend, input_size=size, threads=threads,
@@ -279,7 +285,8 @@ def _run_cell(art: Artifact, backend: str, size: tuple[int, int], label: str, ba
     try:
         scores: dict[str, float] = {}
         if val is not None:
-            m = evaluate_runner(runner, art, val, input_size=size, batch_size=eval_batch_size, max_images=max_eval_images)
+            m = evaluate_runner(runner, art, val, input_size=size, batch_size=eval_batch_size,
+                                max_images=max_eval_images)
             scores = {"mAP": float(m["AP"]), "mAP50": float(m["AP50"])}
         return _cell_rows(art, backend, runner, batch_sizes, size, warmup, iters, scores)
     except (UserInputError, RuntimeFailure):

@@ -16,7 +16,8 @@ data_app = typer.Typer(
 
 @data_app.command("synth")
 def synth_cmd(
-    out: Path = typer.Option(..., "--out", help="Output directory (images/, train.json, val.json).", show_default=False),
+    out: Path = typer.Option(..., "--out", help="Output directory (images/, train.json, val.json).",
+                             show_default=False),
     images: int = typer.Option(200, "--images", help="Number of images (train + val)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes."),
     image_size: int = typer.Option(320, "--image-size", help="Side of the square images in pixels."),
@@ -47,7 +48,8 @@ def synth_cmd(
 @data_app.command("check")
 def check_cmd(
     annotations: Path = typer.Argument(..., help="COCO annotation JSON.", show_default=False),
-    images: Path = typer.Option(..., "--images", help="Directory the file_name entries are relative to.", show_default=False),
+    images: Path = typer.Option(..., "--images", help="Directory the file_name entries are relative to.",
+                                show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """Validate a COCO file and its images; exit 2 when there are errors.

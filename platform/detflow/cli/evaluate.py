@@ -46,10 +46,10 @@ def print_metrics(metrics: dict, *, title: str = "COCO metrics") -> None:
 
     console = Console()
     summary = Table(title=title)
-    keys = [k for k in METRIC_KEYS if k in metrics]
-    for key in keys:
-        summary.add_column(key, justify="right")
-    summary.add_row(*(_fmt(metrics[k]) for k in keys))
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    for key in (k for k in METRIC_KEYS if k in metrics):
+        summary.add_row(key, _fmt(metrics[key]))
     console.print(summary)
     per_class = metrics.get("per_class") or {}
     if per_class:

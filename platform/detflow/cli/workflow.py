@@ -17,6 +17,12 @@ _STATE = typer.Option(None, "--state-url", help="SQLAlchemy URL of the state DB 
                       "sqlite:///$DETFLOW_HOME/workflows.db).")
 
 
+def _console() -> Console:
+    from ..workflows.report import make_console
+
+    return make_console()
+
+
 def _finish(result, as_json: bool) -> None:  # noqa: ANN001
     from ..workflows.report import print_run, run_json
 
@@ -25,8 +31,8 @@ def _finish(result, as_json: bool) -> None:  # noqa: ANN001
     else:
         print_run(result)
         if result.status == "succeeded":
-            Console().print("Runs are in MLflow: [bold]mlflow ui --backend-store-uri sqlite:///$DETFLOW_HOME/mlflow.db[/] "
-                            "(or `detflow server`), then open http://127.0.0.1:5000 and click 'Model training'.")
+            _console().print(f"MLflow: run [bold]detflow ui[/] and open the experiment '{result.workflow}' "
+                            "(click 'Model training'); the parent run is named after the run id, one child per step.")
     if result.status != "succeeded":
         raise RuntimeFailure(result.error or f"run {result.run_id} {result.status}; continue it with "
                              f"`detflow resume {result.run_id}`")
@@ -59,7 +65,7 @@ def run(
         for r in rows:
             table.add_row(r["step"], r["kind"], ", ".join(r["needs"]) or "—", r["cache"],
                           ", ".join(f"{k}={v:g}" for k, v in r["resources"].items()), json.dumps(r["with"])[:80])
-        Console().print(table)
+        _console().print(table)
         return
     result = sdk.run(workflow, overrides=set_ or [], address=address, state_url=state_url, run_id=run_id,
                      lineage=not no_lineage)
@@ -105,7 +111,7 @@ def status(
         for r in runs:
             table.add_row(r["run_id"], r["workflow"], r["status"],
                           time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), (r["error"] or "")[:60])
-        Console().print(table)
+        _console().print(table)
         return
     result = sdk.status(run_id, state_url=state_url)
     if as_json:

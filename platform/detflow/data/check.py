@@ -48,7 +48,8 @@ class CheckReport:
     def summary(self) -> str:
         """One line: ``FILE: N error(s): first; second …`` or ``FILE: ok``."""
         if not self.errors:
-            return f"{self.path}: ok ({self.counts.get('images', 0)} images, {self.counts.get('annotations', 0)} annotations)"
+            images, anns = self.counts.get("images", 0), self.counts.get("annotations", 0)
+            return f"{self.path}: ok ({images} images, {anns} annotations)"
         return f"{self.path}: {len(self.errors)} error(s): " + "; ".join(self.errors)
 
     def raise_if_errors(self) -> None:

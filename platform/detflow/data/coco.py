@@ -136,8 +136,8 @@ class CocoDataset:
     def _usable(self, ann: dict) -> bool:
         if ann.get("iscrowd", 0) or ann.get("category_id") not in self.cat_to_label:
             return False
-        _, _, w, h = ann["bbox"]
-        return w > 0 and h > 0
+        bbox = ann.get("bbox")
+        return isinstance(bbox, list) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0
 
     def load_sample(self, index: int) -> Sample:
         """The raw (un-transformed) sample of dataset index ``index``.

@@ -201,7 +201,7 @@ def seed_transforms(transforms: Any, seed: int) -> None:
     if not isinstance(items, (list, tuple)):
         items = [items]
     for i, t in enumerate(items):
-        if isinstance(t, RandomTransform):
+        if callable(getattr(t, "reseed", None)):
             t.reseed(seed + i)
 
 

@@ -121,7 +121,8 @@ def normalize_input_size(input_size: int | Sequence[int] | None, source: ModelSo
     return size  # type: ignore[return-value]
 
 
-def export_graph(module: nn.Module, example: Tensor, path: Path, *, dynamic_batch: bool, opset: int | None = None) -> str:
+def export_graph(module: nn.Module, example: Tensor, path: Path, *, dynamic_batch: bool,
+                 opset: int | None = None) -> str:
     """Write ``module(example)`` as ONNX to ``path``; dynamo exporter first, TorchScript exporter as fallback.
 
     Returns the exporter used (``"dynamo"`` or ``"torchscript"``). Output names are ``boxes``, ``scores``.
@@ -165,7 +166,8 @@ def ort_session(path: str | os.PathLike, *, threads: int = 1, providers: Sequenc
     return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]))
 
 
-def compare_onnx_to_torch(module: nn.Module, onnx_path: str | os.PathLike, inputs: Sequence[Tensor], *, threads: int = 1) -> float:
+def compare_onnx_to_torch(module: nn.Module, onnx_path: str | os.PathLike, inputs: Sequence[Tensor], *,
+                          threads: int = 1) -> float:
     """Max |ORT − torch| over every output and every input batch in ``inputs``."""
     sess = ort_session(onnx_path, threads=threads)
     name = sess.get_inputs()[0].name

@@ -22,6 +22,25 @@ def nas(config: str | None = None, *, name: str | None = None, resume: bool = Fa
     return run_nas(cfg, config_dir=config_dir)
 
 
+def _load_and_check(path, overrides):
+    """``detflow config validate`` for NAS files: the config and its base spinenet training config."""
+    from .runner import _base_config
+
+    cfg, config_dir = load_nas_config(path, list(overrides))
+    _base_config(cfg, config_dir)
+    return cfg
+
+
+def _register_kind() -> None:
+    from ..config.kinds import register_config_kind
+
+    register_config_kind("nas", NasConfig, lambda d: "proxy" in d or ("base" in d and "space" not in d
+                         and "steps" not in d and "model" not in d), priority=20, load=_load_and_check)
+
+
+_register_kind()
+
+
 class _CallableModule(__import__("types").ModuleType):
     """``detflow.nas`` is both this package and the SDK function: ``detflow.nas("nas.yaml")``."""
 

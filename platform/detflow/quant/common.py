@@ -1,7 +1,8 @@
 """Shared parts of QAT and PTQ: the torchao PT2E quantizer, data batches, int8 ONNX export, the output directory.
 
-Flow (torchao PT2E, x86 quantizer): re-parameterise → ``torch.export`` the raw forward
-(``images`` → per-level head outputs) → ``prepare_pt2e`` / ``prepare_qat_pt2e`` → calibrate or
+Flow (torchao PT2E): re-parameterise → ``torch.export`` the raw forward
+(``images`` → per-level head outputs) → ``prepare_pt2e`` / ``prepare_qat_pt2e`` with the
+XNNPACK-style :func:`conv_qdq_quantizer` (or torchao's ``X86InductorQuantizer``) → calibrate or
 fine-tune → ``convert_pt2e`` → wrap with the float ``decode`` (box decoding and any DFL
 projection stay float) → ``torch.onnx.export(dynamo=True)``, which writes QuantizeLinear /
 DequantizeLinear pairs around int8 weights and activations (the QDQ format TensorRT consumes).
@@ -36,7 +37,8 @@ from ..export.onnx import (
 )
 
 __all__ = [
-    "QuantResult", "Batch", "build_quantizer", "resolve_skip_layers", "iter_batches", "export_program",
+    "QuantResult", "Batch", "conv_qdq_quantizer", "QUANTIZER_STYLES", "build_quantizer", "resolve_skip_layers",
+    "iter_batches", "export_program",
     "QuantDeployModule", "export_int8", "count_qdq", "write_quant_dir", "fp32_reference_diff",
 ]
 
@@ -71,7 +73,8 @@ def resolve_skip_layers(model: nn.Module, skip_layers: Sequence[str]) -> list[st
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             close = ", ".join(names[:8])
-            raise UserInputError(f"quantization skip_layers: {pattern!r} matches no module (names look like: {close}, …)")
+            raise UserInputError(f"quantization skip_layers: {pattern!r} matches no module "
+                                 f"(names look like: {close}, …)")
         keep += hits
     keep += list(getattr(model, "quant_float_modules", ()))
     keep += [n for n in names if "dfl" in n.lower()]
@@ -79,9 +82,55 @@ def resolve_skip_layers(model: nn.Module, skip_layers: Sequence[str]) -> list[st
     return outermost
 
 
-def build_quantizer(float_modules: Sequence[str], *, is_qat: bool):
-    """torchao's ``X86InductorQuantizer`` (int8 per-channel weights, uint8 per-tensor activations),
-    with ``float_modules`` left unquantized."""
+def conv_qdq_quantizer(float_modules: Sequence[str] = (), *, is_qat: bool = False):
+    """An XNNPACK-style PT2E quantizer (``ConvQDQQuantizer``) for a QDQ graph: every ``conv2d`` gets a quantised input
+    (uint8, per tensor), int8 per-channel symmetric weights and a quantised *output* (before the
+    activation), bias left float. ONNX Runtime then fuses each DQ→Conv→Q into ``QLinearConv`` and
+    TensorRT runs the convs in INT8; activations (SiLU …) stay float between a DQ and the next Q.
+
+    Observers / fake-quantizers are those of torchao's x86 default config (PTQ: histogram for
+    activations, per-channel min-max for weights; QAT: fused moving-average fake-quant).
+    Convs inside ``float_modules`` are left unannotated (float). torchao is imported lazily.
+    """
+    from torchao.quantization.pt2e.quantizer.quantizer import QuantizationAnnotation, Quantizer
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        get_default_x86_inductor_quantization_config,
+    )
+
+    config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    skips = [get_module_name_filter(name) for name in float_modules]
+
+    class ConvQDQQuantizer(Quantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target != torch.ops.aten.conv2d.default:
+                    continue
+                if any(skip(node) for skip in skips):
+                    continue
+                x, w = node.args[0], node.args[1]
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={x: config.input_activation, w: config.weight},
+                    output_qspec=config.input_activation, _annotated=True)
+            return model
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            return None
+
+    return ConvQDQQuantizer()
+
+
+QUANTIZER_STYLES = ("conv_qdq", "x86_inductor")
+
+
+def build_quantizer(float_modules: Sequence[str], *, is_qat: bool, style: str = "conv_qdq"):
+    """The PT2E quantizer: ``conv_qdq`` (:func:`conv_qdq_quantizer`, the default: fast QDQ graphs for
+    ONNX Runtime / TensorRT) or ``x86_inductor`` (torchao's ``X86InductorQuantizer``, whose patterns
+    suit ``torch.compile`` on x86 better than ONNX Runtime). ``float_modules`` stay unquantized."""
+    if style == "conv_qdq":
+        return conv_qdq_quantizer(float_modules, is_qat=is_qat)
+    if style != "x86_inductor":
+        raise UserInputError(f"quantization: quantizer: expected one of {', '.join(QUANTIZER_STYLES)}, got {style!r}")
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config,
     )
@@ -102,13 +151,15 @@ def export_program(model: nn.Module, example: Tensor) -> torch.fx.GraphModule:
     return program.module()
 
 
-def _loader_batches(split: Any, source: ModelSource, image_size: int, batch_size: int, shuffle: bool) -> Iterable[Batch]:
+def _loader_batches(split: Any, source: ModelSource, image_size: int, batch_size: int,
+                    shuffle: bool) -> Iterable[Batch]:
     from ..data import CocoDataset, build_basic_train_transforms, build_dataloader, build_val_transforms
 
     build = build_basic_train_transforms if shuffle else build_val_transforms  # letterbox (+ flip for QAT)
     dataset = CocoDataset(split.annotations, split.images, transforms=build(image_size, source.model.input_spec),
                           filter_empty=shuffle)
-    return build_dataloader(dataset, batch_size, shuffle=shuffle, num_workers=0, drop_last=shuffle and len(dataset) > batch_size)
+    drop_last = shuffle and len(dataset) > batch_size
+    return build_dataloader(dataset, batch_size, shuffle=shuffle, num_workers=0, drop_last=drop_last)
 
 
 def iter_batches(data: Any, source: ModelSource, image_size: int, *, batch_size: int, shuffle: bool) -> Iterable[Batch]:
@@ -161,10 +212,12 @@ def count_qdq(onnx_path: str | Path) -> dict[str, int]:
     import onnx
 
     ops = Counter(n.op_type for n in onnx.load(str(onnx_path)).graph.node)
-    return {k: int(v) for k, v in ops.items() if "quant" in k.lower() or k.startswith("QLinear") or k in ("Conv", "ConvInteger")}
+    keep = ("Conv", "ConvInteger")
+    return {k: int(v) for k, v in ops.items() if "quant" in k.lower() or k.startswith("QLinear") or k in keep}
 
 
-def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: ModelSource, extra: dict[str, Any]) -> dict[str, Any]:
+def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: ModelSource,
+                extra: dict[str, Any]) -> dict[str, Any]:
     """Export ``module`` (images → boxes, scores) as the int8 QDQ ONNX; check it runs in ORT.
 
     Returns metrics: exporter, ``ort_vs_torch_max_abs_diff`` (int8 graph in ORT vs the converted
@@ -187,8 +240,8 @@ def save_torch_program(module: nn.Module, example: Tensor, out_dir: Path) -> str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-                                          strict=False)
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
             torch.export.save(program, str(out_dir / INT8_PT2))
         return str(out_dir / INT8_PT2)
     except Exception as exc:  # the ONNX graph is the main artefact; the torch program is a bonus

@@ -1,6 +1,6 @@
 """Post-training (calibration-only) int8 quantisation to a QDQ ONNX graph.
 
-Main path: torchao PT2E (``prepare_pt2e`` with the x86 quantizer, ``calib_batches`` batches through
+Main path: torchao PT2E (``prepare_pt2e`` with the XNNPACK-style conv quantizer, ``calib_batches`` batches through
 the observers, ``convert_pt2e``), see :mod:`.common`. Fallback when the PT2E path fails: ONNX
 Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, uint8 activations) on the fp32
 export, calibrated on the same batches. ``QuantResult.metrics["quant_path"]`` says which ran.
@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def pt2e_ptq(model: detmodels.Detector, calib: Sequence[torch.Tensor], float_modules: Sequence[str]) -> nn.Module:
+def pt2e_ptq(model: detmodels.Detector, calib: Sequence[torch.Tensor], float_modules: Sequence[str],
+             style: str = "conv_qdq") -> nn.Module:
     """Calibrated and converted int8 deploy module (images → boxes, scores) of a re-parameterised ``model``."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph = export_program(model, calib[0])
-    prepared = prepare_pt2e(graph, build_quantizer(float_modules, is_qat=False))
+    prepared = prepare_pt2e(graph, build_quantizer(float_modules, is_qat=False, style=style))
     move_exported_model_to_eval(prepared)
     for images in calib:
         prepared(images)
@@ -75,6 +76,7 @@ def run_ptq(
     batch_size: int = 8,
     skip_layers: Sequence[str] = (),
     image_size: int | None = None,
+    quantizer: str = "conv_qdq",
     fallback: bool = True,
 ) -> QuantResult:
     """PTQ of a checkpoint (or model) to ``out_dir/model.int8.onnx``.
@@ -83,23 +85,26 @@ def run_ptq(
         calib_batches: batches of the calibration set pushed through the observers.
         data: calibration set — None (the checkpoint's train split), a ``DatasetSplit``, or batches.
         skip_layers: module names / globs kept in float (plus DFL projections, see ``resolve_skip_layers``).
+        quantizer: ``conv_qdq`` (XNNPACK-style, fast in ONNX Runtime/TensorRT) or ``x86_inductor``.
         fallback: use ORT ``quantize_static`` when the PT2E path fails.
     """
     t0 = time.perf_counter()
     source = resolve_model(checkpoint)
     model = detmodels.reparameterize_model(source.model)
     size = image_size or (source.config.data.image_size if source.config is not None else None)
-    calib = [b[0] for b in take(iter_batches(data, source, size or 0, batch_size=batch_size, shuffle=False), calib_batches)]
+    batches = iter_batches(data, source, size or 0, batch_size=batch_size, shuffle=False)
+    calib = [b[0] for b in take(batches, calib_batches)]
     if not calib:
         raise RuntimeFailure("PTQ: the calibration set yielded no batches")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     floats = resolve_skip_layers(model, skip_layers)
-    info: dict[str, Any] = {"method": "ptq", "calib_batches": len(calib), "calib_images": int(sum(len(x) for x in calib)),
-                            "float_modules": floats}
+    info: dict[str, Any] = {"method": "ptq", "calib_batches": len(calib),
+                            "calib_images": int(sum(len(x) for x in calib)),
+                            "float_modules": floats, "quantizer": quantizer}
     fp32 = DeployModule(model).eval()
     try:
-        int8 = pt2e_ptq(model, calib, floats)
+        int8 = pt2e_ptq(model, calib, floats, quantizer)
         info.update(quant_path="pt2e", **export_int8(int8, calib[0], out, source, {"float_modules": floats}))
         info["torch_program"] = save_torch_program(int8, calib[0], out)
     except UserInputError:
@@ -120,7 +125,8 @@ def _fallback(fp32: nn.Module, calib: Sequence[torch.Tensor], out: Path, source,
     exporter = export_graph(fp32, calib[0], fp32_path, dynamic_batch=True)
     ort_static_ptq(fp32_path, out / INT8_ONNX, calib)
     size = tuple(calib[0].shape[-2:])
-    write_sidecar(out / INT8_ONNX, deploy_info(source, size, precision="int8", exporter=exporter, dynamic_batch=True,
-                                               outputs=["boxes", "scores"], with_nms=False, quant_path="ort_quantize_static"))
+    info = deploy_info(source, size, precision="int8", exporter=exporter, dynamic_batch=True,
+                       outputs=["boxes", "scores"], with_nms=False, quant_path="ort_quantize_static")
+    write_sidecar(out / INT8_ONNX, info)
     return {"quant_path": "ort_quantize_static", "pt2e_error": error, "exporter": exporter,
             "qdq_nodes": count_qdq(out / INT8_ONNX), "torch_program": None}

@@ -1,7 +1,7 @@
 """Quantisation-aware fine-tuning (torchao PT2E) to an int8 QDQ ONNX graph.
 
 Re-parameterise (BN folded, RepVGG branches merged) → ``torch.export`` the raw forward →
-``prepare_qat_pt2e`` with the x86 quantizer (fake-quant on weights and activations; DFL projections
+``prepare_qat_pt2e`` with the XNNPACK-style conv quantizer (fake-quant on weights and activations; DFL projections
 and ``skip_layers`` stay float) → a few short epochs of ``model.loss`` on the prepared graph's
 outputs → ``convert_pt2e`` → QDQ ONNX (see :mod:`.common`). The data pipeline is the val-style
 letterbox of the checkpoint's ``data.image_size`` on the training split: short, no mosaic.
@@ -62,6 +62,7 @@ def qat_finetune(
     lr: float,
     max_steps_per_epoch: int | None,
     float_modules: Sequence[str],
+    style: str = "conv_qdq",
 ) -> tuple[nn.Module, list[float]]:
     """Fake-quant fine-tuning of a re-parameterised ``model``; returns (int8 deploy module, mean loss per epoch)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
@@ -70,7 +71,8 @@ def qat_finetune(
     first = next(iter(batches), None)
     if first is None:
         raise RuntimeFailure("QAT: the training split yielded no batches")
-    prepared = prepare_qat_pt2e(export_program(model.eval(), first[0]), build_quantizer(float_modules, is_qat=True))
+    quantizer = build_quantizer(float_modules, is_qat=True, style=style)
+    prepared = prepare_qat_pt2e(export_program(model.eval(), first[0]), quantizer)
     optimizer = torch.optim.AdamW([p for p in prepared.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     history = []
     for epoch in range(epochs):
@@ -96,6 +98,7 @@ def run_qat(
     data: Any = None,
     batch_size: int = 8,
     image_size: int | None = None,
+    quantizer: str = "conv_qdq",
 ) -> QuantResult:
     """QAT of a checkpoint (or model) to ``out_dir/model.int8.onnx``.
 
@@ -104,6 +107,7 @@ def run_qat(
         skip_layers: module names / globs kept in float (plus DFL projections).
         data: training data — None (the checkpoint's train split), a ``DatasetSplit``, or batches
             ``(images, targets[, metas])``.
+        quantizer: ``conv_qdq`` (XNNPACK-style, fast in ONNX Runtime/TensorRT) or ``x86_inductor``.
     """
     t0 = time.perf_counter()
     source = resolve_model(checkpoint)
@@ -113,11 +117,11 @@ def run_qat(
     batches = iter_batches(data, source, size or 0, batch_size=batch_size, shuffle=True)
     floats = resolve_skip_layers(model, skip_layers)
     int8, history = qat_finetune(model, batches, epochs=epochs, lr=lr, max_steps_per_epoch=max_steps_per_epoch,
-                                 float_modules=floats)
+                                 float_modules=floats, style=quantizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     example = next(iter(batches))[0]
-    info: dict[str, Any] = {"method": "qat", "quant_path": "pt2e", "epochs": epochs, "lr": lr,
+    info: dict[str, Any] = {"method": "qat", "quant_path": "pt2e", "quantizer": quantizer, "epochs": epochs, "lr": lr,
                             "max_steps_per_epoch": max_steps_per_epoch, "float_modules": floats,
                             "loss_history": history, "final_loss": history[-1] if history else math.nan}
     info.update(export_int8(int8, example, out, source, {"float_modules": floats, "quant_path": "pt2e"}))

@@ -275,7 +275,9 @@ def log_metrics(metrics: Mapping[str, Any], step: int) -> dict[str, float]:
 
 
 def _default_mode(key: str) -> str:
-    return "min" if "loss" in key.lower() or key.lower().endswith(("time", "_s", "latency", "ms")) else "max"
+    """``min`` for losses, times and latencies; ``max`` for everything else (AP, AR, accuracy …)."""
+    k = key.lower()
+    return "min" if "loss" in k or k.endswith(("time", "time_s", "_sec", "latency", "latency_ms", "_ms")) else "max"
 
 
 def log_best(metrics: Mapping[str, Any], mode_for: Callable[[str], str] | Mapping[str, str] | None = None,

@@ -63,7 +63,12 @@ def configure() -> str:
     """
     global _DEFAULT_URI
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    import logging
+
     import mlflow
+
+    # "Creating initial MLflow database tables…" on a fresh store is noise for CLI users.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
     from ..paths import state_dir
 

@@ -98,12 +98,14 @@ def _build_loop(cfg: TrainConfig, model: torch.nn.Module, recipe: Any, steps: in
                      progress=progress)
 
 
-def _meta(cfg: TrainConfig, data: TrainData, epoch: int, metrics: dict, history: list, best: dict) -> dict:
+def _meta(cfg: TrainConfig, data: TrainData, epoch: int, metrics: dict, history: list, best: dict,
+          resumed_from: int) -> dict:
     from .. import __version__
 
     return {"model": cfg.model.name, "num_classes": data.num_classes, "category_ids": data.category_ids,
             "class_names": data.class_names, "epoch": epoch, "metrics": metrics, "history": history,
-            "best": best, "task": data.task, "switch_epoch": data.recipe.switch_epoch, "image_size": cfg.data.image_size, "detflow_version": __version__}
+            "best": best, "task": data.task, "switch_epoch": data.recipe.switch_epoch,
+            "resumed_from": resumed_from, "image_size": cfg.data.image_size, "detflow_version": __version__}
 
 
 def _write_pid(rank: int) -> None:
@@ -142,6 +144,7 @@ class _WorkerRun:
         self.logger = EpochLogger(config.get("run_id") if self.rank == 0 else None)
         self.start_epoch, self.history, self.best = 0, [], {}
         self._restore(ray.train.get_checkpoint())
+        self.resumed_from = self.start_epoch  # first epoch this attempt trains (0: fresh start)
 
     def _restore(self, checkpoint: Any) -> None:
         if checkpoint is None:
@@ -185,7 +188,8 @@ class _WorkerRun:
             self.best = {"metric": key, "value": metrics.get(key), "epoch": epoch, "metrics": metrics}
         state = {**self.loop.state_dict(), "epoch": epoch, "rng": ckpt_io.rng_state(), "data": self.data.state_dict()}
         path = ckpt_io.save_checkpoint(tmp / f"epoch_{epoch:04d}", state=state, config=self.cfg,
-                                       meta=_meta(self.cfg, self.data, epoch, metrics, self.history, self.best))
+                                       meta=_meta(self.cfg, self.data, epoch, metrics, self.history, self.best,
+                                                  self.resumed_from))
         return ray.train.Checkpoint.from_directory(str(path)), better
 
     def run_epoch(self, epoch: int) -> None:

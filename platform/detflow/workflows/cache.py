@@ -93,20 +93,14 @@ def step_keys(wf: Workflow) -> dict[str, str]:
 
 
 def artifact_paths(outputs: dict) -> list[str]:
-    """Local artifact paths listed in a step's outputs."""
+    """Local artifact paths listed in a step's outputs (top-level artifact keys; a mapping or list
+    under such a key, like ``dataset``, contributes its string values)."""
     paths: list[str] = []
-
-    def walk(key: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(k, v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(key, v)
-        elif key in ARTIFACT_KEYS and isinstance(value, str) and "://" not in value:
-            paths.append(value)
-
-    walk("", outputs)
+    for key, value in outputs.items():
+        if key not in ARTIFACT_KEYS:
+            continue
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        paths.extend(v for v in values if isinstance(v, str) and "://" not in v)
     return paths
 
 

@@ -29,7 +29,8 @@ from .context import StepContext
 from .schema import Workflow
 from .state import RunStatus, StateStore, StepStatus
 
-__all__ = ["run_workflow", "resume_workflow", "new_run_id", "RunResult", "run_dir", "ray_session", "cancel_run"]
+__all__ = ["run_workflow", "resume_workflow", "new_run_id", "RunResult", "run_dir", "ray_session", "cancel_run",
+           "driver_lost"]
 
 HEARTBEAT_S = 5.0
 POLL_S = 0.5
@@ -52,6 +53,7 @@ class RunResult:
     status: str
     error: str | None = None
     steps: dict[str, dict] = field(default_factory=dict)
+    workflow: str = ""
 
     def outputs(self, step_id: str) -> dict:
         return self.steps[step_id]["outputs"]
@@ -62,7 +64,7 @@ class RunResult:
         steps = {s.step_id: {"status": s.status, "attempts": s.attempts, "outputs": s.outputs_dict,
                              "error": s.error, "duration_s": s.duration_s, "kind": s.kind,
                              "mlflow_run_id": s.mlflow_run_id} for s in store.steps(run_id)}
-        return cls(run_id, run.status, run.error, steps)
+        return cls(run_id, run.status, run.error, steps, run.workflow)
 
 
 # ------------------------------------------------------------------------------------ Ray bits
@@ -406,6 +408,11 @@ def resume_workflow(run_id: str, *, state_url: str | None = None, address: str |
     return _drive(wf, run_id, store, address=address, lineage=lineage, quiet=quiet, num_cpus=num_cpus)
 
 
+def driver_lost(run: Any) -> bool:
+    """True when a run says ``running`` but its driver process is gone (killed, host lost)."""
+    return run.status == RunStatus.RUNNING and not _driver_alive(run)
+
+
 def _driver_alive(run: Any) -> bool:
     import socket
 
@@ -451,6 +458,7 @@ def cancel_run(run_id: str, *, state_url: str | None = None, wait_s: float = 30.
         time.sleep(0.5)
     for row in store.steps(run_id):
         if row.status not in StepStatus.FINAL:
-            store.update_step(run_id, row.step_id, status=StepStatus.CANCELLED, error="cancelled")
+            store.update_step(run_id, row.step_id, status=StepStatus.CANCELLED, error="cancelled",
+                              finished_at=time.time() if row.started_at else None)
     store.update_run(run_id, status=RunStatus.CANCELLED, error="cancelled", finished_at=time.time())
     return RunStatus.CANCELLED

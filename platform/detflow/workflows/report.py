@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["step_table", "benchmark_table", "key_metrics", "print_run", "run_json"]
+__all__ = ["step_table", "benchmark_table", "make_console", "key_metrics", "print_run", "run_json"]
 
 _STATUS_STYLE = {"succeeded": "green", "cached": "cyan", "failed": "red", "running": "yellow",
                  "pending": "dim", "not_run": "dim", "cancelled": "magenta"}
@@ -15,7 +15,8 @@ _PREFERRED = ("val/AP50", "val/bbox_mAP50", "val/AP", "val/bbox_mAP", "AP50", "A
 
 def key_metrics(metrics: dict[str, Any], limit: int = 3) -> str:
     """A few headline metrics (preferred keys first) as ``k=v`` text."""
-    numbers = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {k: v for k, v in (metrics or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("bench/")}
     keys = [k for k in _PREFERRED if k in numbers] or sorted(numbers)
     return "  ".join(f"{k}={numbers[k]:.4g}" for k in keys[:limit])
 
@@ -61,9 +62,18 @@ def benchmark_table(rows: Iterable[dict], title: str = "benchmark") -> Table:
     return table
 
 
+def make_console() -> Console:
+    """A console wide enough for the benchmark table, also when output is piped."""
+    import shutil
+    import sys
+
+    width = shutil.get_terminal_size((160, 24)).columns if sys.stdout.isatty() else 160
+    return Console(width=max(width, 120))
+
+
 def print_run(result: Any, console: Console | None = None) -> None:
     """Print a run's step table and the table of every benchmark step (``result``: a RunResult)."""
-    console = console or Console()
+    console = console or make_console()
     console.print(step_table(result.steps, title=f"workflow run {result.run_id}: {result.status}"))
     for sid, info in result.steps.items():
         rows = (info.get("outputs") or {}).get("rows")

@@ -1,0 +1,427 @@
+"""SpineNet with RetinaNet (Du et al. 2020, "SpineNet: Learning Scale-Permuted Backbone for
+Recognition and Localization", arXiv 1912.05027; RetinaNet: Lin et al. 2017, arXiv 1708.02002).
+
+The backbone is *data*: a :class:`~detmodels.families.spinenet_spec.SpineNetSpec` (block list)
+plus :class:`~detmodels.families.spinenet_spec.ScaleSettings` (§3.3 scaling). ``create_model``
+builds the published variants (``spinenet_49s`` … ``spinenet_190``) or any valid spec::
+
+    >>> import detmodels
+    >>> m = detmodels.create_model("spinenet", num_classes=3, spec="my_spec.yaml")  # doctest: +SKIP
+
+SpineNet-49S endpoint width: we follow the code's SCALING_MAP (128-d endpoints, 11.27 M params with
+91 classes). The model zoo's 11.9 M is reached with ``backbone={"endpoints_num_filters": 256}``
+(the head stays 128 wide unless ``head={"num_filters": …}`` says otherwise).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..assigners import MaxIoUAssigner
+from ..base import Detector, RawOutputs
+from ..layers import ConvNormAct, make_act
+from ..layers.spinenet_blocks import BN_EPS, BN_MOMENTUM, BlockGroup, ScalePermutedBlock, block_out_channels
+from ..ops import dense_postprocess, huber_loss, sigmoid_focal_loss
+from ..registry import register_model
+from ..structures import Detections, InputSpec, Target
+from .spinenet_spec import (
+    NUM_STEM_BLOCKS, ScaleSettings, SpineNetSpec, load_spec, merged_into, spec_from_dict, spinenet49_spec,
+    validate_spec,
+)
+
+__all__ = [
+    "SpineNet", "RetinaNetHead", "RetinaNet", "SpineNetVariant", "SPINENET_VARIANTS", "build_spinenet",
+    "resolve_spec", "generate_anchors", "encode_boxes", "decode_boxes",
+]
+
+# ImageNet mean/std on RGB, 0–255 scale (TF vision input pipeline).
+SPINENET_INPUT_SPEC = InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
+                                pad_value=0.0)
+# Base filters per level before filter_size_scale (TF FILTER_SIZE_MAP).
+FILTER_SIZE_MAP = {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
+STEM_CHANNELS = 64
+BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpineNetVariant:
+    """A published size (§4.3 of the reference notes; TPU ``spinenet*_retinanet.yaml``)."""
+
+    scale: ScaleSettings
+    head_convs: int
+    head_filters: int
+    anchor_size: float
+    input_size: int
+
+
+SPINENET_VARIANTS: dict[str, SpineNetVariant] = {
+    "49s": SpineNetVariant(ScaleSettings(0.65, 1, 0.5, 128), 4, 128, 3.0, 640),
+    "49": SpineNetVariant(ScaleSettings(1.0, 1, 0.5, 256), 4, 256, 3.0, 640),
+    "96": SpineNetVariant(ScaleSettings(1.0, 2, 0.5, 256), 4, 256, 3.0, 1024),
+    "143": SpineNetVariant(ScaleSettings(1.0, 3, 1.0, 256), 4, 256, 4.0, 1280),
+    "190": SpineNetVariant(ScaleSettings(1.3, 4, 1.0, 512), 7, 512, 4.0, 1280),
+}
+
+
+def _filters(level: int, scale: float) -> int:
+    return int(FILTER_SIZE_MAP[level] * scale)
+
+
+class SpineNet(nn.Module):
+    """Scale-permuted backbone (§3.1): stem (7×7/2 conv 64 → BN → act → 3×3/2 max-pool), two L2
+    bottleneck block groups, the :class:`ScalePermutedBlock` list of ``spec``, and 1×1 endpoint
+    convs (``endpoints_num_filters``) on the output blocks L{min}–L{max} (no FPN).
+
+    ``forward(x)`` ``N×3×H×W`` → ``[N×E×⌈H/2^l⌉×⌈W/2^l⌉ for l in min_level..max_level]``.
+    """
+
+    def __init__(self, spec: SpineNetSpec, scale: ScaleSettings, *, act: str = "swish",
+                 stochastic_depth_rate: float = 0.2):
+        super().__init__()
+        validate_spec(spec)
+        self.spec, self.scale = spec, scale
+        self.levels = list(range(spec.min_level, spec.max_level + 1))
+        self.stem = ConvNormAct(3, STEM_CHANNELS, 7, 2, act=act, bn_eps=BN_EPS, bn_momentum=BN_MOMENTUM)
+        self.stem_pool = nn.MaxPool2d(3, 2, 1)
+        f2 = _filters(2, scale.filter_size_scale)
+        self.stem_blocks = nn.ModuleList()
+        widths, cin = [], STEM_CHANNELS
+        for _ in range(NUM_STEM_BLOCKS):
+            self.stem_blocks.append(BlockGroup(cin, f2, "bottleneck", scale.block_repeats, act=act))
+            cin = block_out_channels("bottleneck", f2)
+            widths.append(cin)
+        self.blocks = nn.ModuleList()
+        n = len(spec.blocks)
+        for i, b in enumerate(spec.blocks):
+            parents = [(widths[p], spec.block(p).block_type, spec.block(p).level) for p in b.inputs]
+            blk = ScalePermutedBlock(parents, b.level, b.block_type, _filters(b.level, scale.filter_size_scale),
+                                     scale.block_repeats, scale.resample_alpha, act=act,
+                                     drop_rate=stochastic_depth_rate * (i + 1) / n)
+            self.blocks.append(blk)
+            widths.append(blk.out_channels)
+        self._merged = merged_into(spec)
+        self._outputs = {spec.block(k).level: k for k in self._merged}
+        self.endpoints = nn.ModuleList(
+            ConvNormAct(widths[self._outputs[lv]], scale.endpoints_num_filters, 1, act=act, bn_eps=BN_EPS,
+                        bn_momentum=BN_MOMENTUM) for lv in self.levels)
+        self.out_channels = [scale.endpoints_num_filters] * len(self.levels)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        h, w = x.shape[-2:]
+        feats = []
+        x = self.stem_pool(self.stem(x))
+        for group in self.stem_blocks:
+            x = group(x)
+            feats.append(x)
+        for i, blk in enumerate(self.blocks):
+            k = i + NUM_STEM_BLOCKS
+            b = self.spec.blocks[i]
+            size = (-(-h // 2**b.level), -(-w // 2**b.level))
+            merged = [feats[j] for j in self._merged.get(k, ())]
+            feats.append(blk([feats[p] for p in b.inputs], merged, size))
+        return [conv(feats[self._outputs[lv]]) for conv, lv in zip(self.endpoints, self.levels)]
+
+
+class RetinaNetHead(nn.Module):
+    """RetinaNet head (Lin et al. 2017 §4, TF ``RetinaNetHead``): class and box towers of
+    ``num_convs`` 3×3 convs (with bias) shared across levels, BN separate per level, then act;
+    3×3 predictors shared across levels.
+
+    ``forward(feats)``: ``[N×in×H_l×W_l]`` → ``(cls, box)``: ``cls[l]`` ``N×(A·C)×H_l×W_l`` logits
+    (channel ``a·C + c``), ``box[l]`` ``N×(A·4)×H_l×W_l`` (channel ``a·4 + (dy, dx, dh, dw)``).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, num_filters: int, num_convs: int, num_levels: int,
+                 num_anchors: int = 9, *, act: str = "swish", prior_prob: float = 0.01):
+        super().__init__()
+        self.num_classes, self.num_anchors = num_classes, num_anchors
+        chans = [in_channels] + [num_filters] * num_convs
+        self.cls_convs = nn.ModuleList(nn.Conv2d(chans[i], num_filters, 3, 1, 1) for i in range(num_convs))
+        self.box_convs = nn.ModuleList(nn.Conv2d(chans[i], num_filters, 3, 1, 1) for i in range(num_convs))
+        self.cls_norms = nn.ModuleList(self._norms(num_filters, num_convs) for _ in range(num_levels))
+        self.box_norms = nn.ModuleList(self._norms(num_filters, num_convs) for _ in range(num_levels))
+        self.cls_pred = nn.Conv2d(num_filters, num_classes * num_anchors, 3, 1, 1)
+        self.box_pred = nn.Conv2d(num_filters, 4 * num_anchors, 3, 1, 1)
+        self.act = make_act(act)
+        self._init_weights(prior_prob)
+
+    @staticmethod
+    def _norms(channels: int, n: int) -> nn.ModuleList:
+        return nn.ModuleList(nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM) for _ in range(n))
+
+    @torch.no_grad()
+    def _init_weights(self, prior_prob: float) -> None:
+        for conv in [*self.cls_convs, *self.box_convs]:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        for conv in (self.cls_pred, self.box_pred):
+            nn.init.normal_(conv.weight, std=1e-5)
+            nn.init.zeros_(conv.bias)
+        nn.init.constant_(self.cls_pred.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def _tower(self, x: Tensor, convs: nn.ModuleList, norms: nn.ModuleList) -> Tensor:
+        for conv, norm in zip(convs, norms):
+            x = self.act(norm(conv(x)))
+        return x
+
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        cls, box = [], []
+        for lv, x in enumerate(feats):
+            cls.append(self.cls_pred(self._tower(x, self.cls_convs, self.cls_norms[lv])))
+            box.append(self.box_pred(self._tower(x, self.box_convs, self.box_norms[lv])))
+        return cls, box
+
+
+def generate_anchors(feat_sizes: Sequence[tuple[int, int]], strides: Sequence[int], anchor_size: float,
+                     num_scales: int = 3, aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5),
+                     device: torch.device | str = "cpu") -> Tensor:
+    """RetinaNet anchors, ``A×4`` xyxy input pixels, ordered level → row → column → (scale, ratio).
+
+    Per location: ``anchor_size·stride·2^(s/num_scales)`` base size, width ``base·√r`` and height
+    ``base/√r`` (``r`` = w/h), centred at ``((j + ½)·stride, (i + ½)·stride)`` (TF anchor generator).
+    """
+    out = []
+    for (h, w), s in zip(feat_sizes, strides):
+        wh = [(anchor_size * s * 2 ** (k / num_scales) * math.sqrt(r), anchor_size * s * 2 ** (k / num_scales)
+               / math.sqrt(r)) for k in range(num_scales) for r in aspect_ratios]
+        wh_t = torch.tensor(wh, dtype=torch.float32, device=device)  # K×2
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        ctr = torch.stack((cx, cy), -1).reshape(-1, 1, 2)
+        out.append(torch.cat((ctr - wh_t / 2, ctr + wh_t / 2), -1).reshape(-1, 4))
+    return torch.cat(out, 0)
+
+
+def encode_boxes(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """Faster R-CNN box coding without scale factors, TF order ``(dy, dx, dh, dw)`` (``…×4``)."""
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    ax, ay = anchors[..., 0] + aw / 2, anchors[..., 1] + ah / 2
+    w, h = (boxes[..., 2] - boxes[..., 0]).clamp(min=1e-6), (boxes[..., 3] - boxes[..., 1]).clamp(min=1e-6)
+    x, y = boxes[..., 0] + w / 2, boxes[..., 1] + h / 2
+    return torch.stack(((y - ay) / ah, (x - ax) / aw, torch.log(h / ah), torch.log(w / aw)), -1)
+
+
+def decode_boxes(deltas: Tensor, anchors: Tensor) -> Tensor:
+    """Inverse of :func:`encode_boxes` (dh, dw clipped at log(1000/16)); returns xyxy ``…×4``."""
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    ax, ay = anchors[..., 0] + aw / 2, anchors[..., 1] + ah / 2
+    dy, dx, dh, dw = deltas.unbind(-1)
+    y, x = dy * ah + ay, dx * aw + ax
+    h, w = dh.clamp(max=BBOX_XFORM_CLIP).exp() * ah, dw.clamp(max=BBOX_XFORM_CLIP).exp() * aw
+    return torch.stack((x - w / 2, y - h / 2, x + w / 2, y + h / 2), -1)
+
+
+def _flatten(maps: Sequence[Tensor], per_anchor: int) -> Tensor:
+    """Per-level ``N×(A·K)×H×W`` → ``N×(ΣH·W·A)×K`` (row, column, anchor order)."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, per_anchor) for m in maps], 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetinaNetLossConfig:
+    """RetinaNet losses of the reference (TF ``Losses``): focal α 0.25, γ 1.5; Huber δ 0.1 × 50."""
+
+    focal_alpha: float = 0.25
+    focal_gamma: float = 1.5
+    huber_delta: float = 0.1
+    box_loss_weight: float = 50.0
+
+
+class RetinaNet(Detector):
+    """SpineNet + RetinaNet detector (arXiv 1912.05027 §4.1; RetinaNet §4).
+
+    ``forward(images)`` → ``{"cls": [N×(9·C)×H_l×W_l], "box": [N×(9·4)×H_l×W_l]}`` for L3–L7.
+    Loss: :class:`MaxIoUAssigner` (IoU 0.5, every GT force-matched), sigmoid focal loss summed and
+    divided by (#positives + 1), Huber box loss on the encoded deltas divided by 4·(#positives + 1),
+    weighted 50. ``num_classes`` counts foreground classes only (the TF configs' 91 includes a
+    background channel 0; build with 91 to reproduce the published parameter counts).
+    """
+
+    family = "spinenet"
+    task = "bbox"
+    input_spec = SPINENET_INPUT_SPEC
+
+    def __init__(self, spec: SpineNetSpec, scale: ScaleSettings, num_classes: int = 80, *, head_convs: int = 4,
+                 head_filters: int | None = None, anchor_size: float = 3.0, num_scales: int = 3,
+                 aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5), act: str = "swish",
+                 stochastic_depth_rate: float = 0.2, assigner: MaxIoUAssigner | None = None,
+                 loss: RetinaNetLossConfig | None = None, pre_nms_topk: int = 5000):
+        levels = range(spec.min_level, spec.max_level + 1)
+        super().__init__(num_classes, [2**lv for lv in levels])
+        self.backbone = SpineNet(spec, scale, act=act, stochastic_depth_rate=stochastic_depth_rate)
+        self.anchor_size, self.num_scales, self.aspect_ratios = anchor_size, num_scales, tuple(aspect_ratios)
+        self.num_anchors = num_scales * len(self.aspect_ratios)
+        self.head = RetinaNetHead(num_classes, scale.endpoints_num_filters, head_filters or
+                                  scale.endpoints_num_filters, head_convs, len(levels), self.num_anchors, act=act)
+        self.assigner = assigner or MaxIoUAssigner(0.5, 0.5, force_match=True)
+        self.loss_cfg = loss or RetinaNetLossConfig()
+        self.pre_nms_topk = pre_nms_topk
+
+    def forward(self, images: Tensor) -> RawOutputs:
+        cls, box = self.head(self.backbone(images))
+        return {"cls": cls, "box": box}
+
+    def anchors(self, outputs: RawOutputs) -> Tensor:
+        """All anchors of ``outputs``' feature sizes, ``A×4`` xyxy input pixels."""
+        sizes = [tuple(m.shape[-2:]) for m in outputs["cls"]]
+        return generate_anchors(sizes, self.strides, self.anchor_size, self.num_scales, self.aspect_ratios,
+                                outputs["cls"][0].device)
+
+    def decode(self, outputs: RawOutputs) -> tuple[Tensor, Tensor]:
+        """Boxes ``N×A×4`` (xyxy input px) and sigmoid scores ``N×A×C``, A = Σ H·W·9."""
+        anchors = self.anchors(outputs)
+        boxes = decode_boxes(_flatten(outputs["box"], 4).float(), anchors[None])
+        return boxes, _flatten(outputs["cls"], self.num_classes).float().sigmoid()
+
+    def postprocess(self, outputs: RawOutputs, image_sizes: Sequence[tuple[int, int]], score_thr: float = 0.05,
+                    nms_iou: float = 0.5, max_det: int = 100,
+                    scale_factors: Sequence[float] | None = None) -> list[Detections]:
+        """Reference settings: score 0.05, top 5000 before NMS, NMS IoU 0.5, 100 detections."""
+        boxes, scores = self.decode(outputs)
+        h, w = outputs["cls"][0].shape[-2:]
+        input_hw = (h * self.strides[0], w * self.strides[0])
+        return dense_postprocess(boxes, scores, input_hw, image_sizes, score_thr, nms_iou, max_det, scale_factors,
+                                 pre_nms_topk=self.pre_nms_topk)
+
+    def _targets(self, anchors: Tensor, targets: Sequence[Target], device: torch.device) -> tuple[Tensor, ...]:
+        """Per image matching → class targets ``N×A×C``, valid mask ``N×A`` (not ignored), positive
+        mask ``N×A`` and box deltas ``N×A×4``."""
+        cls_t, valid, pos, box_t = [], [], [], []
+        for t in targets:
+            gt_boxes = t["boxes"].to(device).float().reshape(-1, 4)
+            gt_labels = t["labels"].to(device).long().reshape(-1)
+            res = self.assigner.assign(anchors, gt_boxes)
+            p = res.positive
+            onehot = anchors.new_zeros(anchors.shape[0], self.num_classes)
+            onehot[p, gt_labels[res.gt_index[p]]] = 1.0
+            matched = gt_boxes[res.gt_index.clamp(min=0)] if len(gt_boxes) else anchors
+            cls_t.append(onehot)
+            valid.append(res.gt_index != -2)
+            pos.append(p)
+            box_t.append(encode_boxes(matched, anchors))
+        return torch.stack(cls_t), torch.stack(valid), torch.stack(pos), torch.stack(box_t)
+
+    def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+        """``{"loss_cls", "loss_box"}`` (RetinaNet focal + weighted Huber, TF normalisation)."""
+        logits = _flatten(outputs["cls"], self.num_classes).float()
+        deltas = _flatten(outputs["box"], 4).float()
+        anchors = self.anchors(outputs)
+        cls_t, valid, pos, box_t = self._targets(anchors, targets, logits.device)
+        cfg = self.loss_cfg
+        normalizer = pos.sum().float() + 1.0
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            focal = sigmoid_focal_loss(logits, cls_t, cfg.focal_alpha, cfg.focal_gamma)
+            loss_cls = (focal * valid[..., None]).sum() / normalizer
+            huber = huber_loss(deltas[pos], box_t[pos], cfg.huber_delta)
+            loss_box = huber.sum() / (4.0 * normalizer) + deltas.sum() * 0
+        return {"loss_cls": loss_cls, "loss_box": cfg.box_loss_weight * loss_box}
+
+
+# ---------------------------------------------------------------------- builders
+_SECTION_KEYS = {
+    "backbone": {"filter_size_scale", "block_repeats", "resample_alpha", "endpoints_num_filters",
+                 "stochastic_depth_rate", "activation"},
+    "neck": set(),
+    "head": {"num_convs", "num_filters", "anchor_size", "num_scales", "aspect_ratios", "focal_alpha",
+             "focal_gamma", "huber_delta", "box_loss_weight", "pre_nms_topk"},
+    "assigner": {"pos_iou_thr", "neg_iou_thr", "force_match"},
+}
+
+
+def _check_section(name: str, section: Mapping[str, Any] | None) -> dict[str, Any]:
+    section = dict(section or {})
+    for key in section:
+        if key not in _SECTION_KEYS[name]:
+            expected = sorted(_SECTION_KEYS[name]) or "none (SpineNet feeds the head directly, no FPN)"
+            raise ValueError(f"unknown {name} option {key!r} for SpineNet; expected one of {expected}")
+    return section
+
+
+def resolve_spec(spec: str | Path | Mapping[str, Any] | SpineNetSpec | None) -> SpineNetSpec:
+    """A spec from a YAML path, a dict (the YAML form) or a :class:`SpineNetSpec`; ``None`` → SpineNet-49."""
+    if spec is None:
+        return spinenet49_spec()
+    if isinstance(spec, SpineNetSpec):
+        return validate_spec(spec)
+    if isinstance(spec, Mapping):
+        return spec_from_dict(dict(spec))
+    if isinstance(spec, (str, Path)):
+        return load_spec(spec)
+    raise TypeError(f"spec must be a path, a dict or a SpineNetSpec, got {type(spec).__name__}")
+
+
+def build_spinenet(spec: SpineNetSpec, variant: SpineNetVariant, num_classes: int = 80, *,
+                   backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
+                   head: Mapping[str, Any] | None = None, assigner: Mapping[str, Any] | None = None) -> RetinaNet:
+    """Build a SpineNet-RetinaNet from a spec and a variant's defaults, with section overrides.
+
+    Args:
+        backbone: ScaleSettings fields plus ``stochastic_depth_rate`` (0.2) and ``activation`` ("swish").
+        neck: must be empty (SpineNet has no FPN).
+        head: ``num_convs``, ``num_filters`` (default: the endpoint width), ``anchor_size``, ``num_scales``,
+            ``aspect_ratios``, ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``,
+            ``pre_nms_topk``.
+        assigner: ``pos_iou_thr``, ``neg_iou_thr``, ``force_match``.
+    Raises:
+        ValueError: naming an unknown key.
+    """
+    bb, hd = _check_section("backbone", backbone), _check_section("head", head)
+    _check_section("neck", neck)
+    asg = _check_section("assigner", assigner)
+    scale_keys = {f.name for f in dataclasses.fields(ScaleSettings)}
+    scale = dataclasses.replace(variant.scale, **{k: v for k, v in bb.items() if k in scale_keys})
+    loss_keys = {f.name for f in dataclasses.fields(RetinaNetLossConfig)}
+    loss = RetinaNetLossConfig(**{k: float(v) for k, v in hd.items() if k in loss_keys})
+    head_filters = hd.get("num_filters", variant.head_filters)
+    return RetinaNet(
+        spec, scale, num_classes, head_convs=int(hd.get("num_convs", variant.head_convs)),
+        head_filters=int(head_filters), anchor_size=float(hd.get("anchor_size", variant.anchor_size)),
+        num_scales=int(hd.get("num_scales", 3)), aspect_ratios=tuple(hd.get("aspect_ratios", (1.0, 2.0, 0.5))),
+        act=str(bb.get("activation", "swish")), stochastic_depth_rate=float(bb.get("stochastic_depth_rate", 0.2)),
+        assigner=MaxIoUAssigner(**asg), loss=loss, pre_nms_topk=int(hd.get("pre_nms_topk", 5000)))
+
+
+def _register_variant(key: str) -> None:
+    name = f"spinenet_{key}"
+    variant = SPINENET_VARIANTS[key]
+
+    def builder(num_classes: int = 80, **overrides: Any) -> RetinaNet:
+        allowed = {"backbone", "neck", "head", "assigner"}
+        for k in overrides:
+            if k not in allowed:
+                raise ValueError(f"unknown option {k!r} for {name}; expected one of {sorted(allowed)}")
+        return build_spinenet(spinenet49_spec(variant.scale, name=f"spinenet-{key}"), variant, num_classes,
+                              **overrides)
+
+    builder.__name__ = name
+    builder.__doc__ = f"SpineNet-{key.upper()} + RetinaNet (arXiv 1912.05027); see build_spinenet."
+    register_model(name, family="spinenet", input_size=variant.input_size)(builder)
+
+
+for _key in SPINENET_VARIANTS:
+    _register_variant(_key)
+
+
+@register_model("spinenet", family="spinenet", input_size=640)
+def spinenet_from_spec(num_classes: int = 80, *, spec: str | Path | Mapping[str, Any] | SpineNetSpec | None = None,
+                       backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
+                       head: Mapping[str, Any] | None = None,
+                       assigner: Mapping[str, Any] | None = None) -> RetinaNet:
+    """Any valid SpineNet spec + RetinaNet. The spec's ``scale`` section (if any) replaces the
+    SpineNet-49 scale settings; ``backbone=`` overrides both. The head width defaults to the
+    endpoint width, 4 convs, anchor size 3.
+
+    >>> m = spinenet_from_spec(3, spec={"blocks": [...], "scale": {"filter_size_scale": 0.25}})  # doctest: +SKIP
+    """
+    resolved = resolve_spec(spec)
+    base = SPINENET_VARIANTS["49"]
+    scale = resolved.scale or base.scale
+    endpoints = int(dict(backbone or {}).get("endpoints_num_filters", scale.endpoints_num_filters))
+    variant = dataclasses.replace(base, scale=scale, head_filters=endpoints)
+    return build_spinenet(resolved, variant, num_classes, backbone=backbone, neck=neck, head=head,
+                          assigner=assigner)

@@ -1,0 +1,273 @@
+"""YOLOv3 with Adaptively Spatial Feature Fusion (Liu et al. 2019, "Learning Spatial Fusion for
+Single-Shot Object Detection", arXiv 1911.09516): the paper's strong YOLOv3 baseline (Darknet-53,
+SPP, guided-anchoring head with a deformable 3×3 "feature adaption"), + ASFF (§3), + ASFF* (RFB).
+
+Registered: ``yolov3`` (baseline), ``yolov3_asff``, ``yolov3_asff_rfb`` (ASFF*), input 608.
+
+>>> import detmodels
+>>> m = detmodels.create_model("yolov3_asff", num_classes=3)  # doctest: +SKIP
+
+Pixels: RGB, ``/255`` then ImageNet mean/std (the reference ``preproc_for_test``).
+Not implemented: DropBlock (the ``--dropblock`` slots are identities; they hold no parameters).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import Detector, RawOutputs
+from ..layers.asff import ASFF, RFBBlock
+from ..layers.darknet import SPP, Darknet53, DarknetBottleneck, darknet_conv
+from ..layers.deform_conv import DeformConv2d
+from ..ops import box_cxcywh_to_xyxy, dense_postprocess
+from ..registry import register_model
+from ..structures import Detections, InputSpec, Target
+from .yolov3_asff_loss import YOLOv3LossConfig, yolov3_level_loss
+
+__all__ = ["YOLOv3SPPNeck", "FeatureAdaption", "GuidedAnchorHead", "YOLOv3ASFF", "build_yolov3_asff",
+           "ANCHORS", "YOLOV3_INPUT_SPEC"]
+
+YOLOV3_INPUT_SPEC = InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
+                              pad_value=0.0)
+STRIDES = (8, 16, 32)
+# The reference repository's anchors (w, h) in input pixels; 3 per level, finest level first.
+# The last one is 121×240 (stock YOLOv3: 373×326; the repo's README says its anchor setting was wrong).
+ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (42, 119), (116, 90), (156, 198), (121, 240))
+NUM_SLOTS = 4  # 3 anchor-based slots + 1 anchor-free slot per cell
+ANCHOR_FREE_SCALE = 4  # the anchor-free slot's reference size is 4·stride
+
+
+class YOLOv3SPPNeck(nn.Module):
+    """YOLOv3-SPP neck of the ASFF baseline (FPN top-down with Darknet conv units).
+
+    C5 → non-residual block → 1×1 512 → :class:`SPP` → 1×1 512 → 3×3 1024 → 1×1 512 = F32;
+    F32 → 1×1 256, ×2, concat C4 → 1×1 256 → 3×3 512 → non-residual block → 1×1 256 = F16;
+    F16 → 1×1 128, ×2, concat C3 → 1×1 128 → 3×3 256 → non-residual block → 1×1 128 → 3×3 256 = F8.
+
+    ``forward([C3, C4, C5])`` (256/512/1024 ch) → ``[F8 N×256, F16 N×256, F32 N×512]``.
+    """
+
+    def __init__(self, in_channels: Sequence[int] = (256, 512, 1024)):
+        super().__init__()
+        c3, c4, c5 = in_channels
+        self.block5 = DarknetBottleneck(c5, shortcut=False)
+        self.reduce5 = darknet_conv(c5, 512, 1)
+        self.spp = SPP()
+        self.spp_conv = darknet_conv(2048, 512, 1)
+        self.conv5 = darknet_conv(512, 1024, 3)
+        self.out5 = darknet_conv(1024, 512, 1)
+        self.lateral4 = darknet_conv(512, 256, 1)
+        self.fuse4 = darknet_conv(256 + c4, 256, 1)
+        self.conv4 = darknet_conv(256, 512, 3)
+        self.block4 = DarknetBottleneck(512, shortcut=False)
+        self.out4 = darknet_conv(512, 256, 1)
+        self.lateral3 = darknet_conv(256, 128, 1)
+        self.fuse3 = darknet_conv(128 + c3, 128, 1)
+        self.conv3 = darknet_conv(128, 256, 3)
+        self.block3 = DarknetBottleneck(256, shortcut=False)
+        self.out3 = darknet_conv(256, 128, 1)
+        self.expand3 = darknet_conv(128, 256, 3)
+        self.out_channels = [256, 256, 512]
+
+    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        c3, c4, c5 = feats
+        f32 = self.out5(self.conv5(self.spp_conv(self.spp(self.reduce5(self.block5(c5))))))
+        x = F.interpolate(self.lateral4(f32), scale_factor=2.0, mode="nearest")
+        f16 = self.out4(self.block4(self.conv4(self.fuse4(torch.cat((x, c4), 1)))))
+        x = F.interpolate(self.lateral3(f16), scale_factor=2.0, mode="nearest")
+        f8 = self.expand3(self.out3(self.block3(self.conv3(self.fuse3(torch.cat((x, c3), 1))))))
+        return [f8, f16, f32]
+
+
+class FeatureAdaption(nn.Module):
+    """Guided-anchoring feature adaption (Wang et al. 2019, arXiv 1901.03278 §3.3) as the ASFF
+    baseline uses it: offsets from the *detached* predicted log-wh by a grouped 1×1 conv
+    (``2·S → 18·S``, ``S`` groups), then a 3×3 :class:`DeformConv2d` with ``S`` deformable groups.
+    With ``rfb`` an :class:`RFBBlock` runs on the input first (ASFF*).
+
+    ``forward(x, wh)``: ``N×C×H×W``, ``N×2S×H×W`` → ``N×C×H×W``.
+    """
+
+    def __init__(self, channels: int, num_slots: int = NUM_SLOTS, rfb: bool = False):
+        super().__init__()
+        self.conv_offset = nn.Conv2d(2 * num_slots, 2 * 9 * num_slots, 1, groups=num_slots)
+        self.dconv = DeformConv2d(channels, channels, 3, 1, 1, deformable_groups=num_slots)
+        self.rfb = RFBBlock(channels) if rfb else None
+
+    def forward(self, x: Tensor, wh: Tensor) -> Tensor:
+        if self.rfb is not None:
+            x = self.rfb(x)
+        return self.dconv(x, self.conv_offset(wh.detach()))
+
+
+class GuidedAnchorHead(nn.Module):
+    """Per-level head of the ASFF repository (its ``YOLOv3Head``): ``guide_wh`` 1×1 → ``2·S``
+    log-wh of the ``S = 4`` slots; :class:`FeatureAdaption`; ``pred`` 1×1 → ``S·(5 + C)``.
+
+    ``forward(x)`` → ``(pred N×S(5+C)×H×W, wh N×2S×H×W)``; channels per slot ``(tx, ty, tw, th,
+    obj, cls…)`` and ``(log w, log h)``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, num_slots: int = NUM_SLOTS, rfb: bool = False):
+        super().__init__()
+        self.guide_wh = nn.Conv2d(in_channels, 2 * num_slots, 1)
+        self.adaption = FeatureAdaption(in_channels, num_slots, rfb)
+        self.pred = nn.Conv2d(in_channels, num_slots * (num_classes + 5), 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        wh = self.guide_wh(x)
+        return self.pred(self.adaption(x, wh)), wh
+
+
+def _slot_view(t: Tensor, per_slot: int) -> Tensor:
+    """``N×(S·K)×H×W`` → ``N×S×H×W×K``."""
+    n, _, h, w = t.shape
+    return t.reshape(n, -1, per_slot, h, w).permute(0, 1, 3, 4, 2)
+
+
+class YOLOv3ASFF(Detector):
+    """YOLOv3 baseline / + ASFF / + ASFF* (arXiv 1911.09516).
+
+    ``forward(images)`` → per stride 8/16/32: ``"cls"`` ``N×(4·C)×H×W`` logits, ``"box"``
+    ``N×(4·4)×H×W`` raw ``(tx, ty, tw, th)``, ``"obj"`` ``N×4×H×W`` objectness logits, ``"wh"``
+    ``N×(4·2)×H×W`` guided-anchor log-wh (4 slots: the level's 3 anchors, then the anchor-free slot).
+    Loss: the reference's (see :mod:`.yolov3_asff_loss`).
+    """
+
+    family = "yolov3_asff"
+    task = "bbox"
+    input_spec = YOLOV3_INPUT_SPEC
+
+    def __init__(self, num_classes: int = 80, *, asff: bool = True, rfb: bool = False,
+                 loss: YOLOv3LossConfig | None = None):
+        super().__init__(num_classes, STRIDES)
+        self.asff, self.rfb = asff, rfb
+        self.backbone = Darknet53()
+        self.neck = YOLOv3SPPNeck(self.backbone.out_channels)
+        head_channels = (256, 512, 1024)
+        if asff:
+            self.fusions = nn.ModuleList(
+                ASFF(2 - i, (512, 256, 256), (512, 256, 256), head_channels[i], 8 if rfb else 16)
+                for i in range(3))
+        else:  # the baseline's 3×3 conv before each head (F8 already has 256 channels)
+            self.fusions = nn.ModuleList([nn.Identity(), darknet_conv(256, 512, 3), darknet_conv(512, 1024, 3)])
+        self.heads = nn.ModuleList(GuidedAnchorHead(c, num_classes, rfb=rfb) for c in head_channels)
+        self.loss_cfg = loss or YOLOv3LossConfig()
+        self.register_buffer("anchors", torch.tensor(ANCHORS, dtype=torch.float32), persistent=False)
+
+    def forward(self, images: Tensor) -> RawOutputs:
+        feats = self.neck(self.backbone(images))
+        out: RawOutputs = {"cls": [], "box": [], "obj": [], "wh": []}
+        for i, (fusion, head) in enumerate(zip(self.fusions, self.heads)):
+            x = fusion(feats[::-1]) if self.asff else fusion(feats[i])
+            pred, wh = head(x)
+            n, _, h, w = pred.shape
+            p = pred.reshape(n, NUM_SLOTS, self.num_classes + 5, h, w)
+            out["box"].append(p[:, :, :4].reshape(n, -1, h, w))
+            out["obj"].append(p[:, :, 4])
+            out["cls"].append(p[:, :, 5:].reshape(n, -1, h, w))
+            out["wh"].append(wh)
+        return out
+
+    def slot_anchors(self, wh: Tensor, level: int) -> Tensor:
+        """Guided anchor sizes ``N×S×H×W×2`` in pixels: ``exp(wh)`` × (level anchor | 4·stride)."""
+        ref = torch.cat((self.anchors[3 * level:3 * level + 3].to(wh.dtype),
+                         wh.new_full((1, 2), float(ANCHOR_FREE_SCALE * self.strides[level]))))
+        return _slot_view(wh, 2).exp() * ref.view(1, NUM_SLOTS, 1, 1, 2)
+
+    def decode_level(self, outputs: RawOutputs, level: int) -> tuple[Tensor, Tensor]:
+        """One level: boxes ``N×S×H×W×4`` (cx, cy, w, h in pixels) and scores ``N×S×H×W×C``
+        (σ(obj)·σ(cls), the reference's ranking score)."""
+        s = self.strides[level]
+        box = _slot_view(outputs["box"][level].float(), 4)
+        h, w = box.shape[2:4]
+        ys = torch.arange(h, device=box.device, dtype=box.dtype).view(1, 1, h, 1)
+        xs = torch.arange(w, device=box.device, dtype=box.dtype).view(1, 1, 1, w)
+        wh = self.slot_anchors(outputs["wh"][level].float(), level) * box[..., 2:].exp()
+        ctr = torch.stack(((box[..., 0].sigmoid() + xs) * s, (box[..., 1].sigmoid() + ys) * s), -1)
+        obj = outputs["obj"][level].float().sigmoid()[..., None]
+        scores = obj * _slot_view(outputs["cls"][level].float(), self.num_classes).sigmoid()
+        return torch.cat((ctr, wh), -1), scores
+
+    def decode(self, outputs: RawOutputs) -> tuple[Tensor, Tensor]:
+        """Boxes ``N×A×4`` xyxy input px, scores ``N×A×C``; A = Σ 4·H·W ordered (level, slot, y, x)."""
+        boxes, scores = [], []
+        for lv in range(len(self.strides)):
+            b, s = self.decode_level(outputs, lv)
+            boxes.append(box_cxcywh_to_xyxy(b).flatten(1, 3))
+            scores.append(s.flatten(1, 3))
+        return torch.cat(boxes, 1), torch.cat(scores, 1)
+
+    def postprocess(self, outputs: RawOutputs, image_sizes: Sequence[tuple[int, int]], score_thr: float = 0.01,
+                    nms_iou: float = 0.65, max_det: int = 100,
+                    scale_factors: Sequence[float] | None = None) -> list[Detections]:
+        """Reference test settings: confidence 0.01 (σ(obj)·σ(cls)), class-wise NMS at 0.65."""
+        boxes, scores = self.decode(outputs)
+        h, w = outputs["obj"][0].shape[-2:]
+        return dense_postprocess(boxes, scores, (h * self.strides[0], w * self.strides[0]), image_sizes,
+                                 score_thr, nms_iou, max_det, scale_factors)
+
+    def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+        """``loss_anchor``, ``loss_iou``, ``loss_l1``, ``loss_obj``, ``loss_cls`` summed over levels,
+        divided by the batch size (reference ``YOLOv3Head``)."""
+        h0, w0 = outputs["obj"][0].shape[-2:]
+        image_hw = (h0 * self.strides[0], w0 * self.strides[0])
+        totals: dict[str, Tensor] = {}
+        for lv in range(len(self.strides)):
+            terms = yolov3_level_loss(
+                _slot_view(outputs["box"][lv].float(), 4), outputs["obj"][lv].float(),
+                _slot_view(outputs["cls"][lv].float(), self.num_classes),
+                self.slot_anchors(outputs["wh"][lv].float(), lv), self.decode_level(outputs, lv)[0],
+                targets, self.anchors, lv, self.strides[lv], image_hw, self.loss_cfg)
+            for k, v in terms.items():
+                totals[k] = totals[k] + v if k in totals else v
+        return totals
+
+
+# ---------------------------------------------------------------------- builders
+_HEAD_KEYS = {"ignore_thr", "label_smooth"}
+
+
+def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = False,
+                      backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
+                      head: Mapping[str, Any] | None = None) -> YOLOv3ASFF:
+    """Build YOLOv3 (+ASFF, +RFB).
+
+    Args:
+        head: ``{"ignore_thr": 0.7, "label_smooth": True}`` (reference ``IGNORETHRE``, ``LABAL_SMOOTH``).
+        backbone, neck: no options (fixed Darknet-53 / SPP neck); any key raises.
+    Raises:
+        ValueError: naming an unknown key.
+    """
+    for name, section, allowed in (("backbone", backbone, set()), ("neck", neck, set()), ("head", head, _HEAD_KEYS)):
+        for key in dict(section or {}):
+            if key not in allowed:
+                raise ValueError(f"unknown {name} option {key!r} for YOLOv3-ASFF; expected one of "
+                                 f"{sorted(allowed) or 'none'}")
+    hd = dict(head or {})
+    loss = YOLOv3LossConfig(ignore_thr=float(hd.get("ignore_thr", 0.7)),
+                            label_smooth=bool(hd.get("label_smooth", True)))
+    return YOLOv3ASFF(num_classes, asff=asff, rfb=rfb, loss=loss)
+
+
+def _register(name: str, asff: bool, rfb: bool, doc: str) -> None:
+    def builder(num_classes: int = 80, **overrides: Any) -> YOLOv3ASFF:
+        allowed = {"backbone", "neck", "head"}
+        for key in overrides:
+            if key not in allowed:
+                raise ValueError(f"unknown option {key!r} for {name}; expected one of {sorted(allowed)}")
+        return build_yolov3_asff(num_classes, asff=asff, rfb=rfb, **overrides)
+
+    builder.__name__ = name
+    builder.__doc__ = f"{doc} (arXiv 1911.09516); see build_yolov3_asff."
+    register_model(name, family="yolov3_asff", input_size=608)(builder)
+
+
+_register("yolov3", False, False, "YOLOv3 strong baseline of the ASFF paper")
+_register("yolov3_asff", True, False, "YOLOv3 + ASFF")
+_register("yolov3_asff_rfb", True, True, "YOLOv3 + ASFF* (ASFF + RFB)")
+
+from . import yolov3_asff_weights  # noqa: E402,F401  (registers the "asff" weight source)
