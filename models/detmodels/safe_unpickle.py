@@ -59,6 +59,16 @@ class PickledObject(metaclass=_StubMeta):
             state = {**(state[0] or {}), **(state[1] or {})}
         object.__setattr__(self, "state", state)
 
+    # dict / list subclasses are filled by SETITEMS / APPENDS: keep the data, run nothing.
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("elements", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        self.__dict__.setdefault("elements", []).extend(values)
+
     def __repr__(self) -> str:
         return f"<pickled {self.__ref_name__}>"
 
@@ -178,6 +188,8 @@ def read_module_state_dict(path: str | Path, keys: tuple[str, ...] = ("ema", "mo
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         obj = load_restricted(path)
+    except (RuntimeError, EOFError) as exc:
+        raise UnsafePickleError(f"{path}: not a readable torch checkpoint ({exc})") from exc
     if isinstance(obj, dict) and not all(isinstance(v, Tensor) for v in obj.values()):
         for key in keys:
             if obj.get(key) is not None:

@@ -70,8 +70,6 @@ def submit(workflow: str | os.PathLike, *, address: str, overrides: Iterable[str
     The job runs ``python -m detflow run workflow.yaml --run-id RUN_ID`` with this interpreter's
     absolute path and the resolved workflow uploaded as its working directory.
     """
-    from ray.job_submission import JobSubmissionClient
-
     from .workflows.engine import _forward_env
 
     wf, source = _load(workflow, list(overrides))
@@ -85,9 +83,7 @@ def submit(workflow: str | os.PathLike, *, address: str, overrides: Iterable[str
         entry += " --no-lineage"
     env = {**_forward_env(), "DETFLOW_STATE_URL": store.url}
     try:
-        client = JobSubmissionClient(address)
-        job_id = client.submit_job(entrypoint=entry, submission_id=run_id,
-                                   runtime_env={"working_dir": str(job_dir), "env_vars": env})
+        job_id = _submit_job(address, entry, run_id, {"working_dir": str(job_dir), "env_vars": env})
     except Exception as exc:
         store.update_run(run_id, status=RunStatus.FAILED, error=f"submit failed: {exc}")
         from .errors import RuntimeFailure
@@ -97,17 +93,62 @@ def submit(workflow: str | os.PathLike, *, address: str, overrides: Iterable[str
     return run_id
 
 
+def _submit_job(address: str, entrypoint: str, run_id: str, runtime_env: dict, wait_s: float = 90.0) -> str:
+    """Submit, retrying while a freshly started head has no job agent yet."""
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            return client.submit_job(entrypoint=entrypoint, submission_id=run_id, runtime_env=runtime_env)
+        except Exception as exc:  # noqa: BLE001
+            transient = "No available agent" in str(exc) or "try again" in str(exc)
+            if not transient or time.time() > deadline:
+                raise
+            time.sleep(2.0)
+
+
 def status(run_id: str | None = None, *, state_url: str | None = None) -> RunResult:
     """The state of run ``run_id`` (default: the latest run)."""
     store = StateStore(state_url)
     run_obj = store.get_run(run_id) if run_id else store.latest_run()
     if run_obj is None:
         raise UserInputError(f"no workflow run {run_id!r}" if run_id else "no workflow runs yet; start one with `detflow run WF.yaml`")
+    if run_obj.job_id and run_obj.status in (RunStatus.PENDING, RunStatus.RUNNING):
+        _sync_job(store, run_obj)
+        run_obj = store.get_run(run_obj.id)
     result = RunResult.from_store(store, run_obj.id)
-    if driver_lost(run_obj):
+    if driver_lost(run_obj) and not run_obj.job_id:
         result.error = (f"the driver (pid {run_obj.driver_pid} on {run_obj.driver_host}) is gone; continue the run "
                         f"with `detflow resume {run_obj.id}`")
     return result
+
+
+def _sync_job(store: StateStore, run_obj) -> None:  # noqa: ANN001
+    """A submitted run whose Ray Job ended without its driver recording an outcome (it crashed on
+    start, was stopped, the node died) is marked failed with the job's last log line."""
+    import time
+
+    try:
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        client = JobSubmissionClient(run_obj.address)
+        job_status = client.get_job_status(run_obj.job_id)
+        if job_status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.SUCCEEDED):
+            return
+        lines = [ln for ln in client.get_job_logs(run_obj.job_id).splitlines() if ln.strip()]
+    except Exception:  # noqa: BLE001 — the job server may be gone; keep the stored state
+        return
+    run_obj = store.get_run(run_obj.id)
+    if run_obj.status in RunStatus.FINAL:
+        return
+    detail = lines[-1] if lines else "no output"
+    store.update_run(run_obj.id, status=RunStatus.FAILED, finished_at=time.time(),
+                     error=f"Ray job {run_obj.job_id} {job_status.value.lower()}: {detail}; full log: "
+                           f"`ray job logs {run_obj.job_id} --address {run_obj.address}`")
 
 
 def list_runs(limit: int = 20, *, state_url: str | None = None) -> list[dict]:

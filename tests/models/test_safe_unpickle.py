@@ -126,3 +126,14 @@ def test_released_style_checkpoint_loads_into_yolov6(tmp_path, one_thread):
     dst = load_official_weights(create_model("yolov6_n", num_classes=2), tmp_path / "yolov6n.pt", source="yolov6")
     for key, value in dst.state_dict().items():
         assert torch.equal(value, src.state_dict()[key].half().to(value.dtype)), key
+
+
+class Settings(dict):
+    """A dict subclass (like addict.Dict configs some checkpoints carry)."""
+
+
+def test_dict_subclass_entries_do_not_break_loading(tmp_path):
+    torch.save({"model": FakeModule(params=[("w", torch.nn.Parameter(torch.ones(1)))]), "cfg": Settings(lr=0.01)},
+               tmp_path / "cfg.pt")
+    assert list(read_module_state_dict(tmp_path / "cfg.pt")) == ["w"]
+    assert load_restricted(tmp_path / "cfg.pt")["cfg"].items == {"lr": 0.01}

@@ -10,6 +10,7 @@ import detmodels
 from detmodels import count_params, create_model, list_models, load_official_weights, reparameterize_model
 from detmodels.families.yolov6 import VARIANTS as YOLOV6_CONFIGS
 from detmodels.families.yolov6 import cosine_distill_weight
+from detmodels.families.yolov6_head import EfficientDecoupledHead
 from detmodels.families.yolov6_weights import reference_key_map
 from detmodels.weights import WeightsError
 
@@ -18,9 +19,16 @@ from detmodels.weights import WeightsError
 PUBLISHED = {"yolov6_n": (5.058, 4.647), "yolov6_s": (20.147, 18.537), "yolov6_m": (37.741, 34.856),
              "yolov6_l": (59.639, 59.608), "yolov6_n6": (11.239, 10.374), "yolov6_s6": (44.797, 41.394),
              "yolov6_m6": (85.491, 79.640), "yolov6_l6": (140.414, 140.359)}
-HEAVY = {"yolov6_m6", "yolov6_l6"}  # 85 M / 140 M parameters: seconds per build even at 64 px
+HEAVY = {"yolov6_l", "yolov6_m6", "yolov6_l6"}  # 60–140 M parameters: seconds per build even at 64 px
 P6 = {"yolov6_n6", "yolov6_s6", "yolov6_m6", "yolov6_l6"}
 DFL = {"yolov6_m", "yolov6_l", "yolov6_m6", "yolov6_l6"}
+
+
+def _train_head(name):
+    """Every training-only auxiliary the variant supports: AAT (P5) and DLD (N/S)."""
+    if name in P6:
+        return None
+    return {"anchor_aided": True, "dld": name in ("yolov6_n", "yolov6_s")}
 
 
 def _variants(slow=frozenset(HEAVY)):
@@ -86,9 +94,11 @@ def test_param_counts_train_and_deploy(name):
         model = create_model(name, num_classes=80)
         train = count_params(model) / 1e6
         deploy = count_params(reparameterize_model(model)) / 1e6
-        if name not in P6:
-            aat = count_params(create_model(name, num_classes=80, head={"anchor_aided": True})) / 1e6
-            assert 0.05 < aat - train < 0.25  # AAT adds 0.057 M (N) … 0.227 M (L) of training-only predictors
+        if name not in P6:  # AAT adds 0.057 M (N) … 0.227 M (L) of training-only predictors
+            chans, reg = model.neck.out_channels, model.reg_max
+            plain = count_params(EfficientDecoupledHead(chans, 80, reg))
+            extra = count_params(EfficientDecoupledHead(chans, 80, reg, anchor_aided=True)) - plain
+            assert 0.05 < extra / 1e6 < 0.25
     want_train, want_deploy = PUBLISHED[name]
     assert train == pytest.approx(want_train, rel=5e-3)
     assert deploy == pytest.approx(want_deploy, rel=5e-3)
@@ -97,11 +107,15 @@ def test_param_counts_train_and_deploy(name):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_forward_shapes_train_and_eval(name):
     p6 = name in P6
-    model = _model(name, head=None if p6 else {"anchor_aided": True})
+    model = _model(name, head=_train_head(name))
     reg = 68 if name in DFL else 4
     sizes = [8, 4, 2, 1][: 4 if p6 else 3]
     out = model(torch.rand(2, 3, 64, 64))
-    assert sorted(out) == (["box", "cls"] if p6 else ["box", "box_ab", "cls", "cls_ab"])
+    expected = ["box", "cls"] if p6 else ["box", "box_ab", "cls", "cls_ab"]
+    if name in ("yolov6_n", "yolov6_s"):
+        expected.append("box_dfl")
+        assert [tuple(t.shape) for t in out["box_dfl"]] == [(2, 68, h, h) for h in sizes]
+    assert sorted(out) == sorted(expected)
     assert [tuple(t.shape) for t in out["cls"]] == [(2, NC, h, h) for h in sizes]
     assert [tuple(t.shape) for t in out["box"]] == [(2, reg, h, h) for h in sizes]
     if not p6:
@@ -128,11 +142,11 @@ def test_decode_hand_computed_at_init():
 @pytest.mark.parametrize("name", VARIANTS)
 def test_loss_finite_with_gradients(name):
     p6 = name in P6  # P6 models: ATSS warm-up at epoch 0 (4 epochs by default), no AAT
-    model = _model(name, head=None if p6 else {"anchor_aided": True})
+    model = _model(name, head=_train_head(name))
     _randomise(model)
     losses = model.loss(model(torch.rand(2, 3, 64, 64)), _targets())
     expected = {"loss_cls", "loss_iou"} if p6 else {"loss_cls", "loss_iou", "loss_cls_ab", "loss_iou_ab"}
-    if name in DFL:
+    if name in DFL or name in ("yolov6_n", "yolov6_s"):  # DFL head, or the DLD auxiliary branch
         expected.add("loss_dfl")
     assert set(losses) == expected
     total = sum(losses.values())
@@ -167,8 +181,7 @@ def test_atss_warmup_then_tal(monkeypatch):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_reparameterize_equal_outputs_and_drops_aux(name):
-    head = None if name in P6 else {"anchor_aided": True, "dld": name in ("yolov6_n", "yolov6_s")}
-    model = _randomise(_model(name, head=head)).eval()
+    model = _randomise(_model(name, head=_train_head(name))).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         before = model(x)
@@ -190,10 +203,12 @@ def test_distillation_loss_decreases(name):
     small = name in ("yolov6_n", "yolov6_s")
     if name in ("yolov6_n6", "yolov6_s6"):
         pytest.skip("N6/S6 are not distilled (YOLOv6 recipe); no DFL distributions to distil")
-    student = _model(name, head={"dld": True} if small else None)
+    student = _model(name, head=_train_head(name) if small else None)
     teacher = _randomise(_model(name, head={"reg_max": 16} if small else None), seed=1).eval()
     x, targets = torch.rand(2, 3, 64, 64), _targets()
     with torch.no_grad():
+        for conv in teacher.head.cls_preds:  # confident, class-dependent teacher scores
+            conv.bias.copy_(torch.linspace(-3.0, 3.0, NC))
         t_out = teacher(x)
     params = [p for n, p in student.named_parameters() if n.startswith("head.")]
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -294,3 +309,29 @@ def test_converter_names_mismatches(tmp_path):
     torch.save(ref, tmp_path / "other_classes.pt")
     with pytest.raises(WeightsError, match="shape"):
         load_official_weights(create_model("yolov6_n", num_classes=5), tmp_path / "other_classes.pt", source="yolov6")
+
+
+def test_repvgg_fusion_hand_computed():
+    """1 channel: 3×3 branch k, 1×1 branch w, identity BN γ=2, β=1, μ=0.5, σ²+ε=4 → centre k+w+1, bias 1−0.5."""
+    from detmodels.layers import RepVGGBlock
+
+    block = RepVGGBlock(1, 1).eval()
+    with torch.no_grad():
+        block.conv3x3.conv.weight.fill_(0.25)
+        block.conv1x1.conv.weight.fill_(0.5)
+        for bn in (block.conv3x3.norm, block.conv1x1.norm):
+            bn.running_var.fill_(1 - bn.eps)  # BN = identity
+        ident = block.identity
+        ident.weight.fill_(2.0), ident.bias.fill_(1.0), ident.running_mean.fill_(0.5)
+        ident.running_var.fill_(4.0 - ident.eps)
+        kernel, bias = block.equivalent_kernel_bias()
+    expected = torch.full((1, 1, 3, 3), 0.25)
+    expected[0, 0, 1, 1] = 0.25 + 0.5 + 1.0  # γ/σ = 2/2 on the identity tap
+    torch.testing.assert_close(kernel, expected)
+    assert bias.item() == pytest.approx(1.0 - 0.5 * 1.0)
+    assert RepVGGBlock(4, 8).identity is None and RepVGGBlock(4, 4, stride=2).identity is None
+    x = torch.randn(1, 1, 5, 5)
+    y = block(x)
+    block.reparameterize()
+    torch.testing.assert_close(block(x), y)
+    assert [n for n, _ in block.named_parameters()] == ["fused.weight", "fused.bias"]

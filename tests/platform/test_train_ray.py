@@ -97,12 +97,14 @@ def test_worker_killed_mid_run_resumes_without_double_counting(ray_session, synt
     storage = tmp_path / "runs"
     killed: list[int] = []
 
-    def killer() -> None:  # kill rank 0 once the first checkpoint is in storage
+    def registered() -> bool:  # Ray Train has registered the epoch-0 checkpoint (its state snapshot)
+        return any("epoch_0000" in p.read_text() for p in storage.glob("fault-*/checkpoint_manager_snapshot.json"))
+
+    def killer() -> None:  # kill rank 0 once the first checkpoint is registered, during epoch 1
         deadline = time.time() + 240
         while time.time() < deadline:
-            ckpts = list(storage.glob("fault-*/epoch_0000-*"))
             pids = list(pid_dir.glob("rank0-*")) if pid_dir.exists() else []
-            if ckpts and pids:
+            if pids and registered():
                 pid = int(pids[0].name.split("-")[1])
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -111,15 +113,15 @@ def test_worker_killed_mid_run_resumes_without_double_counting(ray_session, synt
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    result = run_training(_cfg(synth, storage, "fault", epochs=4, max_steps_per_epoch=6, eval_interval=2),
+    result = run_training(_cfg(synth, storage, "fault", epochs=3, max_steps_per_epoch=6, eval_interval=3),
                           progress=False)
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
     assert len(list(pid_dir.glob("rank0-*"))) >= 2, "no restarted worker group"
     assert ck.read_meta(result.last_checkpoint)["resumed_from"] >= 1  # restarted from a checkpoint
-    assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2, 3]
-    assert _epoch_steps(result.run_id, "train/loss") == [0, 1, 2, 3]
-    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2]
+    assert _epoch_steps(result.run_id, "train/loss") == [0, 1, 2]
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
 
 
 _DRIVER = """
@@ -137,13 +139,14 @@ def test_driver_killed_then_resume_continues_from_last_checkpoint(ray_session, s
     from detflow.train import run_training
 
     storage = tmp_path / "runs"
-    cfg = _cfg(synth, storage, "driver", epochs=4, max_steps_per_epoch=6, eval_interval=4)
+    cfg = _cfg(synth, storage, "driver", epochs=3, max_steps_per_epoch=6, eval_interval=3)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(cfg.model_dump(mode="json"))], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while not list(storage.glob("driver-*/epoch_0000-*")) and time.time() < deadline and driver.poll() is None:
+        while (not any("epoch_0000" in p.read_text() for p in storage.glob("driver-*/checkpoint_manager_snapshot.json"))
+               and time.time() < deadline and driver.poll() is None):
             time.sleep(0.1)
         assert driver.poll() is None, "the driver ended before it could be killed"
         os.kill(driver.pid, signal.SIGKILL)
@@ -155,8 +158,8 @@ def test_driver_killed_then_resume_continues_from_last_checkpoint(ray_session, s
     result = run_training(cfg, resume=True, progress=False)
     assert result.run_id == marker["run_id"]
     assert ck.read_meta(result.last_checkpoint)["resumed_from"] >= 1  # not restarted from scratch
-    assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2, 3]
-    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2]
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
 
 
 def test_resume_without_a_previous_run_is_a_user_error(ray_session, synth, tmp_path):

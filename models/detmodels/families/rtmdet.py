@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..assigners import DynamicSoftLabelAssigner
 from ..base import Detector, RawOutputs
 from ..layers import ConvNormAct, CSPLayer, PyramidPoolingModule, SPPBottleneck, SqueezeExcitation
-from ..ops import dense_postprocess, distance2bbox, iou_loss, quality_focal_loss
+from ..ops import clip_boxes, dense_postprocess, distance2bbox, iou_loss, quality_focal_loss
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .rtmdet_heads import RTMDetSepBNHead, make_priors
@@ -186,10 +186,11 @@ class RTMDet(Detector):
         return make_priors(sizes, self.strides, outputs["cls"][0].device)
 
     def decode(self, outputs: RawOutputs) -> tuple[Tensor, Tensor]:
-        """Boxes ``N×A×4`` (xyxy, input px) = prior point ∓ distances; scores ``N×A×C`` = σ(logits)."""
+        """Boxes ``N×A×4`` (xyxy, input px, clipped to the input canvas as the reference does) =
+        prior point ∓ distances; scores ``N×A×C`` = σ(logits)."""
         priors = self._priors(outputs)
         boxes = distance2bbox(priors[None, :, :2], _flatten_levels(outputs["box"]).float())
-        return boxes, _flatten_levels(outputs["cls"]).float().sigmoid()
+        return clip_boxes(boxes, self._input_hw(outputs)), _flatten_levels(outputs["cls"]).float().sigmoid()
 
     def postprocess(self, outputs: RawOutputs, image_sizes: Sequence[tuple[int, int]], score_thr: float = 0.05,
                     nms_iou: float = 0.6, max_det: int = 100,
@@ -280,8 +281,9 @@ def build_rtmdet(size: str, num_classes: int = 80, *, instance: bool = False, ne
     """
     if size not in RTMDET_CONFIGS:
         raise ValueError(f"unknown RTMDet size {size!r}; expected one of {sorted(RTMDET_CONFIGS)}")
-    neck_opts, dsl_opts, head_opts = _check_section("neck", neck), _check_section("assigner", assigner), \
-        _check_section("head", head)
+    neck_opts = _check_section("neck", neck)
+    dsl_opts = _check_section("assigner", assigner)
+    head_opts = _check_section("head", head)
     if neck_expand_ratio is not None:
         neck_opts.setdefault("expand_ratio", neck_expand_ratio)
     weights = {k[len("loss_"):-len("_weight")]: float(v) for k, v in head_opts.items()}

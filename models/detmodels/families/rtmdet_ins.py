@@ -1,6 +1,7 @@
 """RTMDet-Ins (arXiv 2212.07784, §3.3): RTMDet plus dynamic-kernel instance masks."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -91,16 +92,14 @@ class RTMDetIns(RTMDet):
 
     def _paste_masks(self, mask_feat: Tensor, kernels: Tensor, priors: Tensor, image_hw: tuple[int, int],
                      scale: float, input_hw: tuple[int, int]) -> Tensor:
-        """Mask logits (stride 8) → ×8 bilinear to input size → crop the letterboxed image →
-        resize to the original image → σ > 0.5. Returns ``K×h×w`` bool."""
+        """Mask logits (stride 8) → ×8 bilinear to the input size → resize the whole (padded)
+        canvas by ``1/scale`` → crop the original image (top-left) → σ > 0.5, as the reference.
+        Returns ``K×h×w`` bool."""
         h, w = image_hw
         if kernels.shape[0] == 0:
             return torch.zeros((0, h, w), dtype=torch.bool, device=mask_feat.device)
         logits = dynamic_mask_logits(mask_feat, kernels, priors, self.strides[0])
         logits = F.interpolate(logits[None], size=input_hw, mode="bilinear", align_corners=False)
-        ch, cw = min(input_hw[0], round(h * scale)), min(input_hw[1], round(w * scale))
-        logits = F.interpolate(logits[..., :max(ch, 1), :max(cw, 1)], size=(h, w), mode="bilinear",
-                               align_corners=False)[0]
+        size = (max(math.ceil(input_hw[0] / scale), h), max(math.ceil(input_hw[1] / scale), w))
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0, :, :h, :w]
         return logits.sigmoid() > 0.5
-
-

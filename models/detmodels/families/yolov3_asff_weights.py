@@ -22,8 +22,9 @@ __all__ = ["asff_key_map", "convert_asff_state_dict", "load_asff_weights"]
 _BACKBONE = {0: "backbone.stem", 1: "backbone.stages.0.down", 3: "backbone.stages.1.down",
              5: "backbone.stages.2.down", 7: "backbone.stages.3.down", 9: "backbone.stages.4.down",
              12: "neck.reduce5", 14: "neck.spp_conv", 15: "neck.conv5", 17: "neck.out5"}
-_RES = {2: "backbone.stages.0.blocks", 4: "backbone.stages.1.blocks", 6: "backbone.stages.2.blocks",
-        8: "backbone.stages.3.blocks", 10: "backbone.stages.4.blocks", 11: "neck.block5"}
+# Residual groups: "{m}" is the block index inside the group (the neck's groups hold one block).
+_RES = {2: "backbone.stages.0.blocks.{m}", 4: "backbone.stages.1.blocks.{m}", 6: "backbone.stages.2.blocks.{m}",
+        8: "backbone.stages.3.blocks.{m}", 10: "backbone.stages.4.blocks.{m}", 11: "neck.block5"}
 _ASFF_NECK = {18: "neck.lateral4", 20: "neck.fuse4", 21: "neck.conv4", 24: "neck.out4", 25: "neck.lateral3",
               27: "neck.fuse3", 28: "neck.conv3", 31: "neck.out3", 32: "neck.expand3"}
 _ASFF_RES = {23: "neck.block4", 30: "neck.block3"}
@@ -55,7 +56,9 @@ def _module_list_key(index: int, rest: str, asff: bool) -> str | None:
         return f"{plain[index]}.{rest}"
     if index in res:
         m = re.match(r"module_list\.(\d+)\.([01])\.(.*)", rest)
-        return f"{res[index]}.{m.group(1)}.conv{int(m.group(2)) + 1}.{m.group(3)}" if m else None
+        if m is None or ("{m}" not in res[index] and m.group(1) != "0"):
+            return None
+        return f"{res[index].format(m=m.group(1))}.conv{int(m.group(2)) + 1}.{m.group(3)}"
     if not asff and index in _BASE_HEADS:
         return f"{_BASE_HEADS[index]}.{_head_suffix(rest)}"
     return None

@@ -1,4 +1,5 @@
-"""``detflow ui``: the MLflow UI on detflow's tracking store, bound to the loopback interface."""
+"""``detflow ui``: the MLflow UI on detflow's tracking store, bound to the loopback interface;
+``detflow server``: a team MLflow tracking server (SQL backend store + proxied artifact destination)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import typer
 
-__all__ = ["register", "ui_cmd", "ui_command_line"]
+__all__ = ["register", "ui_cmd", "ui_command_line", "server_cmd"]
 
 
 def ui_command_line(host: str, port: int) -> list[str]:
@@ -46,5 +47,48 @@ def ui_cmd(
         raise RuntimeFailure(f"mlflow ui exited with code {code}")
 
 
+def server_cmd(
+    backend_store_uri: str = typer.Option(..., "--backend-store-uri", envvar="MLFLOW_BACKEND_STORE_URI",
+                                          help="SQLAlchemy URL of the runs/registry DB, e.g. postgresql+psycopg2://"
+                                          "USER:PASS@HOST:5432/mlflow (or sqlite:///FILE); keep the password out of "
+                                          "`ps` by setting MLFLOW_BACKEND_STORE_URI instead."),
+    artifacts_destination: str = typer.Option(..., "--artifacts-destination", help="Where the server stores artifacts: "
+                                              "s3://bucket/prefix (AWS_* variables) or a directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback unless told otherwise)."),
+    port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Server worker processes."),
+    allowed_hosts: list[str] = typer.Option([], "--allowed-host", help="Host header to accept besides localhost "
+                                            "(repeatable; needed when clients use a DNS name)."),
+) -> None:
+    """Start an MLflow tracking server for a team and print its URL (credentials redacted).
+
+    Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL
+    for a non-AWS S3; MLFLOW_BACKEND_STORE_URI for the database URL); clients then set
+    MLFLOW_TRACKING_URI to the printed URL.
+
+    Example: detflow server --backend-store-uri postgresql+psycopg2://mlflow:PW@127.0.0.1:5432/mlflow --artifacts-destination s3://mlflow-artifacts --port 5000
+    """
+    from ..errors import RuntimeFailure
+    from ..storage import redact
+    from ..tracking.server import ServerSpec, is_loopback, server_command, server_env, server_url
+
+    spec = ServerSpec(backend_store_uri, artifacts_destination, host=host, port=port, workers=workers,
+                      allowed_hosts=tuple(allowed_hosts))
+    cmd = server_command(spec)
+    if not is_loopback(host):
+        typer.echo(f"warning: listening on {host}: the server has no authentication; put it behind a VPN or proxy", err=True)
+    typer.echo(f"MLflow tracking server: {server_url(host, port)}  (Ctrl-C to stop)")
+    typer.echo(f"  backend store: {redact(backend_store_uri)}")
+    typer.echo(f"  artifacts:     {redact(artifacts_destination)}")
+    typer.echo(f"  clients:       export MLFLOW_TRACKING_URI={server_url(host, port)}")
+    try:
+        code = subprocess.call(cmd, env=server_env(spec))
+    except KeyboardInterrupt:
+        return
+    if code not in (0, -2, -15, 130):
+        raise RuntimeFailure(f"mlflow server exited with code {code} (backend {redact(backend_store_uri)})")
+
+
 def register(app: typer.Typer) -> None:
     app.command("ui")(ui_cmd)
+    app.command("server")(server_cmd)
