@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import RuntimeFailure, UserInputError
+from .tracking.store import redact_url
 
 __all__ = ["S3Settings", "s3_settings", "is_remote", "split_s3", "ray_storage", "s3_client", "upload_dir",
            "download_dir", "materialize", "redact", "SECRET_ENV"]
@@ -33,7 +34,6 @@ __all__ = ["S3Settings", "s3_settings", "is_remote", "split_s3", "ray_storage", 
 # Environment variables whose values are secrets: redact() hides them wherever they appear.
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
-_URL_AUTH = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<auth>[^/@\s]+)@")
 _KEY_VALUE = re.compile(r"(?i)(?P<key>[A-Za-z0-9_\-]*(?:secret|password|passwd|token|credential|signature)"
                         r"[A-Za-z0-9_\-]*)(?P<sep>\s*[=:]\s*)(?P<q>['\"]?)(?P<value>[^\s'\"&,;}]+)")
 REDACTED = "***"
@@ -202,7 +202,7 @@ def materialize(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = No
 def redact(text: Any, env: Mapping[str, str] | None = None) -> str:
     """``text`` with credentials removed: ``user:pass@`` in URLs, ``secret=…``/``token: …`` pairs,
     presigned-URL signatures and the values of the AWS credential variables wherever they occur."""
-    out = _URL_AUTH.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", str(text))
+    out = redact_url(str(text))
     out = _KEY_VALUE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{m.group('q')}{REDACTED}", out)
     env = os.environ if env is None else env
     for name in SECRET_ENV:

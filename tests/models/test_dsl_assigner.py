@@ -73,12 +73,15 @@ def test_dynamic_k_and_conflicts():
     assert set(res.gt_index[inside0].tolist()) == {0}
 
 
-def test_prior_outside_a_box_is_never_matched_to_it():
+def test_candidates_inside_any_box_or_only_their_box():
     priors = torch.tensor([[8.0, 8.0, 8.0], [40.0, 8.0, 8.0]])
     gts = torch.tensor([[0.0, 0.0, 16.0, 16.0], [32.0, 0.0, 48.0, 16.0]])
     boxes = torch.stack((gts[1], gts[0]))  # each prior predicts the *other* box perfectly
-    res = DynamicSoftLabelAssigner().assign(torch.zeros(2, 1), boxes, priors, gts, torch.tensor([0, 0]))
-    assert res.gt_index.tolist() == [0, 1]
+    args = (torch.zeros(2, 1), boxes, priors, gts, torch.tensor([0, 0]))
+    # reference rule: inside any GT box makes a candidate for all GTs → the IoU cost wins
+    assert DynamicSoftLabelAssigner().assign(*args).gt_index.tolist() == [1, 0]
+    # restricted: a prior outside box g is never matched to g
+    assert DynamicSoftLabelAssigner(restrict_to_box=True).assign(*args).gt_index.tolist() == [0, 1]
 
 
 def test_empty_gt_and_no_candidates():

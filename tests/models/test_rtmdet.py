@@ -240,3 +240,42 @@ def test_rtmdet_tiny_overfits_two_images():
     # RTMDet's losses start near 0 (boxes start at zero size, so IoU targets are ~0) and rise
     # as boxes grow: measure the fall from the peak of the first steps.
     assert sum(history[-5:]) / 5 < max(history[:PEAK_WINDOW]) / 10, history
+
+
+def test_dynamic_kernel_layout_hand_computed():
+    """169 values = weights [10→8 (80), 8→8 (64), 8→1 (8)] then biases [8, 8, 1]; inputs are
+    [rel_x, rel_y, 8 prototypes] with rel = (prior − grid point) / (8 · prior stride)."""
+    from detmodels.families.rtmdet_heads import dynamic_mask_logits
+
+    k = torch.zeros(1, 169)
+    k[0, 0 * 10 + 0] = 1.0          # layer 1, out 0 ← rel_x
+    k[0, 1 * 10 + 2] = 1.0          # layer 1, out 1 ← prototype 0
+    k[0, 80 + 0 * 8 + 0] = 1.0      # layer 2, out 0 ← layer-1 out 0
+    k[0, 80 + 1 * 8 + 1] = 1.0      # layer 2, out 1 ← layer-1 out 1
+    k[0, 144 + 0] = 1.0             # layer 3 ← layer-2 out 0
+    k[0, 144 + 1] = -2.0            # layer 3 ← layer-2 out 1
+    k[0, 168] = 0.25                # layer 3 bias
+    mask_feat = torch.zeros(8, 2, 3)
+    mask_feat[0] = 3.0
+    prior = torch.tensor([[16.0, 8.0, 16.0]])  # point (16, 8), stride 16
+    logits = dynamic_mask_logits(mask_feat, k, prior, mask_stride=8)
+    grid_x = torch.tensor([0.0, 8.0, 16.0])
+    rel_x = ((16.0 - grid_x) / (8 * 16)).clamp(min=0)  # ReLU after layers 1 and 2
+    torch.testing.assert_close(logits[0], (rel_x - 2 * 3.0 + 0.25).expand(2, 3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["rtmdet_tiny", "rtmdet_ins_tiny"])
+def test_cuda_fp16_autocast(name):
+    model = detmodels.create_model(name, num_classes=3).cuda().train()
+    targets = [{k: v.cuda() for k, v in t.items()} for t in _targets()]
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = model(torch.randn(2, 3, 64, 64, device="cuda"))
+        losses = model.loss(out, targets)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        dets = model.postprocess(model(torch.randn(1, 3, 64, 64, device="cuda")), [(64, 64)], score_thr=0.0)
+    assert dets[0].boxes.device.type == "cuda"

@@ -92,6 +92,9 @@ def test_registry():
 def test_param_counts_train_and_deploy(name):
     with torch.device("meta"):
         model = create_model(name, num_classes=80)
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns and all(bn.eps == 1e-3 and bn.momentum == 0.03 for bn in bns)
+        assert model.criterion.iou_type == ("siou" if name in ("yolov6_n", "yolov6_n6") else "giou")
         train = count_params(model) / 1e6
         deploy = count_params(reparameterize_model(model)) / 1e6
         if name not in P6:  # AAT adds 0.057 M (N) … 0.227 M (L) of training-only predictors

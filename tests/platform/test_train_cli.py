@@ -48,6 +48,21 @@ def test_train_resume_without_previous_run_exits_2(synth, tmp_path, monkeypatch,
     assert "no run of 'cli' to resume" in capsys.readouterr().err
 
 
+def test_latest_run_picks_newest_run_of_exactly_that_name(tmp_path):
+    from detflow.train.runner import RUN_MARKER, _latest_run, _new_run_name
+
+    for name in ("exp-20260101-000000", "exp-20260102-000000", "exp-20260102-000000-2", "exp-tiny-20270101-000000",
+                 "exp-20260103-000000"):
+        (tmp_path / name).mkdir()
+        if name != "exp-20260103-000000":  # no marker: never resumed
+            (tmp_path / name / RUN_MARKER).write_text(json.dumps({"run_id": name}))
+    assert _latest_run(str(tmp_path), "exp") == ("exp-20260102-000000-2", {"run_id": "exp-20260102-000000-2"})
+    assert _latest_run(str(tmp_path), "nothing") is None
+    first = _new_run_name(str(tmp_path), "exp")
+    (tmp_path / first).mkdir()
+    assert _new_run_name(str(tmp_path), "exp") == first + "-2"
+
+
 def test_train_bad_override_exits_2(synth, tmp_path, capsys):
     cfg_path = _write_config(tmp_path / "t.yaml", synth)
     assert main(["train", str(cfg_path), "--set", "train.epochs=zero"]) == 2

@@ -162,14 +162,6 @@ def test_driver_killed_then_resume_continues_from_last_checkpoint(ray_session, s
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
 
 
-def test_resume_without_a_previous_run_is_a_user_error(ray_session, synth, tmp_path):
-    from detflow.errors import UserInputError
-    from detflow.train import run_training
-
-    with pytest.raises(UserInputError, match="no run of 'nothing' to resume"):
-        run_training(_cfg(synth, tmp_path / "runs", "nothing"), resume=True, progress=False)
-
-
 def test_bad_dataset_is_refused_before_ray_starts(ray_session, synth, tmp_path):
     from detflow.errors import DataError
     from detflow.train import run_training

@@ -415,6 +415,9 @@ def test_submit_through_a_local_ray_head_job_server(home, monkeypatch):
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", f"--port={_free_port()}", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
+                    f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                    f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+                    f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
                     "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
     try:
         wf = home / "submit.yaml"

@@ -201,13 +201,16 @@ def _train_config(tmp_path: Path, synth) -> Path:
     return path
 
 
-def _wait_for_checkpoint(client, driver: subprocess.Popen, timeout: float) -> str:
+def _wait_for_checkpoint(client, driver: subprocess.Popen, timeout: float) -> None:
+    """Until the first checkpoint is in S3 *and* Ray Train recorded it in its run snapshot (what
+    driver recovery reads)."""
     deadline = time.time() + timeout
     while time.time() < deadline and driver.poll() is None:
-        done = [k for k in _keys(client, RUNS_BUCKET, "train/s3resume-") if "/epoch_0000-" in k and k.endswith("model.pt")]
-        if done:
-            return done[0]
-        time.sleep(0.2)
+        keys = _keys(client, RUNS_BUCKET, "train/s3resume-")
+        if (any("/epoch_0000-" in k and k.endswith("model.pt") for k in keys)
+                and any(k.endswith("checkpoint_manager_snapshot.json") for k in keys)):
+            return
+        time.sleep(0.1)
     raise AssertionError(f"no checkpoint in S3 within {timeout:.0f}s (driver exit code {driver.poll()})")
 
 
@@ -226,7 +229,6 @@ def test_training_checkpoints_land_in_s3_and_resume_after_driver_kill(s3, mlflow
         driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_for_checkpoint(client, driver, timeout=240)
-            time.sleep(1.0)  # let Ray record the reported checkpoint in its run state
             assert driver.poll() is None, "the driver finished before it could be killed"
             os.kill(driver.pid, signal.SIGKILL)
             driver.wait(30)
@@ -245,7 +247,9 @@ def test_training_checkpoints_land_in_s3_and_resume_after_driver_kill(s3, mlflow
 
     ckpts = sorted({k.split("/")[2] for k in _keys(client, RUNS_BUCKET, marker_key.rsplit("/", 1)[0] + "/")
                     if "/epoch_" in k})
-    assert [c.split("-")[0] for c in ckpts] == ["epoch_0000", "epoch_0001", "epoch_0002"]
+    # every epoch checkpointed to S3 (an epoch the killed driver uploaded but Ray had not recorded yet
+    # is trained again: its directory then exists twice, with different timestamps)
+    assert {c.split("-")[0] for c in ckpts} == {"epoch_0000", "epoch_0001", "epoch_0002"}, ckpts
     meta = json.loads((materialize(result["last_checkpoint"]) / "meta.json").read_text())
     assert meta["epoch"] == 2 and meta["resumed_from"] >= 1, meta  # continued, not restarted
     assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]
@@ -257,3 +261,22 @@ def test_training_checkpoints_land_in_s3_and_resume_after_driver_kill(s3, mlflow
     assert not leaked, f"credentials in MLflow params/tags: {leaked}"
     for text in (first, resumed.stdout, resumed.stderr):
         assert s3.secret_key not in text
+
+
+def test_server_command_keeps_the_database_url_off_the_command_line(tmp_path):
+    from detflow.errors import UserInputError
+    from detflow.tracking.server import ServerSpec, is_loopback, server_command, server_env, server_url
+
+    spec = ServerSpec("postgresql+psycopg2://u:pw-123@db:5432/mlflow", "s3://bucket/art", port=5055, workers=2)
+    cmd = server_command(spec)
+    assert not [a for a in cmd if "pw-123" in a]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5055"
+    assert cmd[cmd.index("--artifacts-destination") + 1] == "s3://bucket/art"
+    env = server_env(spec, {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333"})
+    assert env["MLFLOW_BACKEND_STORE_URI"] == spec.backend_store_uri
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:8333" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    local = server_command(ServerSpec("sqlite:///" + str(tmp_path / "m.db"), str(tmp_path / "art")))
+    assert local[local.index("--artifacts-destination") + 1] == (tmp_path / "art").as_uri()
+    assert server_url("0.0.0.0", 80) == "http://127.0.0.1:80" and not is_loopback("0.0.0.0") and is_loopback("::1")
+    with pytest.raises(UserInputError, match="expected s3://bucket/prefix or a directory"):
+        server_command(ServerSpec("sqlite:///x.db", "ftp://host/art"))

@@ -45,8 +45,7 @@ def mask_center_of_mass(masks: Tensor, eps: float = _EPS) -> Tensor:
 class DynamicSoftLabelAssigner:
     """RTMDet §3.2 dynamic soft-label assigner (SimOTA-style dynamic k with soft costs).
 
-    For the priors whose point lies strictly inside a GT box (per box: a prior outside box g is
-    never matched to g) the matching cost to GT ``g`` is::
+    For the priors whose point lies strictly inside a GT box the matching cost to GT ``g`` is::
 
         C = Σ_c BCE(logit_c, y_c)·|y_c − σ(logit_c)|²        y = onehot(label_g) · IoU(pred, g)
           + iou_weight · (−log(IoU(pred, g) + 1e-7))
@@ -55,10 +54,15 @@ class DynamicSoftLabelAssigner:
     with the centre of ``g`` its box centre, or its mask's centre of mass when masks are given.
     Each GT takes its ``k = max(1, ⌊Σ top-``topk`` IoUs⌋)`` cheapest priors; a prior chosen by
     several GTs keeps the cheapest one. Defaults: α 10, β 3, topk 13, iou_weight 3.
+
+    Candidates: as in the reference (mmdetection), a prior is a candidate for every GT once it
+    lies inside *some* GT box. ``restrict_to_box=True`` makes it a candidate only for the boxes
+    that contain it; both agree unless a prior inside one box is cheapest for a box it lies
+    outside of.
     """
 
     def __init__(self, soft_center_alpha: float = 10.0, soft_center_beta: float = 3.0, topk: int = 13,
-                 iou_weight: float = 3.0):
+                 iou_weight: float = 3.0, restrict_to_box: bool = False):
         if soft_center_alpha <= 0:
             raise ValueError(f"soft_center_alpha must be > 0, got {soft_center_alpha}")
         if topk < 1:
@@ -67,6 +71,7 @@ class DynamicSoftLabelAssigner:
         self.soft_center_beta = float(soft_center_beta)
         self.topk = int(topk)
         self.iou_weight = float(iou_weight)
+        self.restrict_to_box = bool(restrict_to_box)
 
     @torch.no_grad()
     def assign(self, pred_logits: Tensor, pred_boxes: Tensor, priors: Tensor, gt_boxes: Tensor,
@@ -98,8 +103,9 @@ class DynamicSoftLabelAssigner:
         if not bool(valid.any()):
             return Assignment(gt_index, metrics)
         cost, ious = self._cost(logits[valid], boxes[valid], priors[valid], gt_boxes, gt_labels, gt_centers)
-        cost = cost + (~inside[valid]).to(cost.dtype) * _INF
-        matched_gt, matched_iou, fg = self._dynamic_k(cost, ious, inside[valid])
+        candidate = inside[valid] if self.restrict_to_box else torch.ones_like(inside[valid])
+        cost = cost + (~candidate).to(cost.dtype) * _INF
+        matched_gt, matched_iou, fg = self._dynamic_k(cost, ious, candidate)
         valid_idx = valid.nonzero(as_tuple=True)[0][fg]
         gt_index[valid_idx] = matched_gt
         metrics[valid_idx] = matched_iou

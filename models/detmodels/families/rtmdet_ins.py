@@ -59,6 +59,9 @@ class RTMDetIns(RTMDet):
                 pos = gt_index[b] >= 0
                 if not bool(pos.any()) or "masks" not in t:
                     continue
+                if tuple(t["masks"].shape[-2:]) != self._input_hw(outputs):
+                    raise ValueError(f"target masks must be at the input size {self._input_hw(outputs)}, "
+                                     f"got {tuple(t['masks'].shape[-2:])}")
                 logits.append(dynamic_mask_logits(mask_feat[b], kernels[b, pos], priors[pos], self.strides[0]))
                 gts.append(t["masks"].to(mask_feat.device)[gt_index[b, pos]])
             zero = mask_feat.sum() * 0 + kernels.sum() * 0

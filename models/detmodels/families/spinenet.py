@@ -84,7 +84,8 @@ class SpineNet(nn.Module):
                  stochastic_depth_rate: float = 0.2):
         super().__init__()
         validate_spec(spec)
-        self.spec, self.scale = spec, scale
+        self.spec = dataclasses.replace(spec, scale=scale)  # the spec as built (YAML round trip)
+        self.scale = scale
         self.levels = list(range(spec.min_level, spec.max_level + 1))
         self.stem = ConvNormAct(3, STEM_CHANNELS, 7, 2, act=act, bn_eps=BN_EPS, bn_momentum=BN_MOMENTUM)
         self.stem_pool = nn.MaxPool2d(3, 2, 1)

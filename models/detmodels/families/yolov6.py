@@ -52,6 +52,7 @@ class YOLOv6Config:
         iou_loss: ``siou`` (N) or ``giou``.
         distill_class_weight: class-KD weight of self-distillation.
         p6: four output levels (strides 8–64, 1280 px) instead of three.
+        neck_csp_e: BepC3 ratio of the neck when it differs from the backbone's.
     """
 
     depth: float
@@ -63,6 +64,7 @@ class YOLOv6Config:
     iou_loss: str
     distill_class_weight: float
     p6: bool = False
+    neck_csp_e: float | None = None  # None: same as csp_e
 
     @property
     def base(self) -> dict:
@@ -207,7 +209,8 @@ class YOLOv6(Detector):
         self.backbone = EfficientRep(bb_ch, [cfg.rep(n) for n in base["backbone_repeats"]],
                                      block=cfg.block, csp_e=cfg.csp_e, spp=cfg.spp)
         self.neck = RepBiPAN(bb_ch[1:], [cfg.ch(c) for c in base["neck_reduce"]], [cfg.ch(c) for c in base["neck_out"]],
-                             cfg.rep(base["neck_repeats"]), block=cfg.block, csp_e=cfg.csp_e)
+                             cfg.rep(base["neck_repeats"]), block=cfg.block,
+                             csp_e=cfg.csp_e if cfg.neck_csp_e is None else cfg.neck_csp_e)
         self.head = EfficientDecoupledHead(self.neck.out_channels, num_classes, self.reg_max,
                                            anchor_aided=anchor_aided, dld=dld)
         self.criterion = YOLOv6Criterion(num_classes, self.strides, self.reg_max, iou_type=cfg.iou_loss,
@@ -216,8 +219,8 @@ class YOLOv6(Detector):
     def forward(self, images: Tensor) -> RawOutputs:
         feats = self.neck(self.backbone(images))
         out: RawOutputs = self.head(feats)
-        if self.distill_feat and self.training:
-            out["feats"] = feats
+        if self.distill_feat:  # set it on the teacher too (``teacher.distill_feat = True``)
+            out["feats"] = list(feats)
         return out
 
     def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
@@ -270,9 +273,8 @@ def build_yolov6(size: str, num_classes: int = 80, *, head: dict[str, Any] | Non
     head, neck, backbone, assigner = (_check_section(n, s) for n, s in
                                       (("head", head), ("neck", neck), ("backbone", backbone), ("assigner", assigner)))
     cfg = VARIANTS[size]
-    csp_e = backbone.get("csp_e", neck.get("csp_e", cfg.csp_e))
-    cfg = dataclasses.replace(cfg, block=backbone.get("block", cfg.block), csp_e=csp_e,
-                              iou_loss=head.pop("iou_loss", cfg.iou_loss))
+    cfg = dataclasses.replace(cfg, block=backbone.get("block", cfg.block), csp_e=backbone.get("csp_e", cfg.csp_e),
+                              neck_csp_e=neck.get("csp_e", cfg.csp_e), iou_loss=head.pop("iou_loss", cfg.iou_loss))
     if atss_warmup_epochs is None:
         atss_warmup_epochs = 4 if cfg.p6 else 0  # Y6 configs: ATSS warm-up only for the P6 models
     crit = {"atss_warmup_epochs": int(atss_warmup_epochs), **assigner}
@@ -281,8 +283,11 @@ def build_yolov6(size: str, num_classes: int = 80, *, head: dict[str, Any] | Non
 
 def _register(size: str) -> None:
     @register_model(f"yolov6_{size}", family="yolov6", input_size=1280 if VARIANTS[size].p6 else 640)
-    def builder(num_classes: int = 80, **kwargs: Any) -> YOLOv6:
-        return build_yolov6(size, num_classes, **kwargs)
+    def builder(num_classes: int = 80, *, head: dict[str, Any] | None = None, neck: dict[str, Any] | None = None,
+                backbone: dict[str, Any] | None = None, assigner: dict[str, Any] | None = None,
+                atss_warmup_epochs: int | None = None) -> YOLOv6:
+        return build_yolov6(size, num_classes, head=head, neck=neck, backbone=backbone, assigner=assigner,
+                            atss_warmup_epochs=atss_warmup_epochs)
 
     builder.__doc__ = (f"YOLOv6-{size.upper()} v3.0 ({1280 if VARIANTS[size].p6 else 640} px). "
                        "Keywords as :func:`build_yolov6`.")

@@ -304,9 +304,9 @@ def _tensorrt_runner(art: Artifact, onnx_path: str, *, input_size: tuple[int, in
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    stream = torch.cuda.Stream()
 
     def run(images: torch.Tensor) -> list[np.ndarray]:
+        stream = torch.cuda.current_stream()  # the copies and the engine share one stream
         x = images.to("cuda", torch.float32).contiguous()
         context.set_input_shape("images", tuple(x.shape))
         context.set_tensor_address("images", x.data_ptr())

@@ -23,7 +23,9 @@ def train_cmd(
     Example: detflow train workflows/configs/rtmdet_tiny_synth.yaml --set train.epochs=5 --workers 2
     """
     from ..config import TrainConfig, load_config
+    from ..errors import UserInputError
     from ..train import run_training
+    from ..train.runner import latest_run
 
     overrides = list(set_)
     if workers is not None:
@@ -31,6 +33,8 @@ def train_cmd(
     if gpus_per_worker is not None:
         overrides.append(f"scaling.gpus_per_worker={gpus_per_worker}")
     cfg = load_config(TrainConfig, config, overrides)
+    if resume and latest_run(cfg, config.resolve().parent) is None:
+        raise UserInputError(f"{config}: --resume: no run of {cfg.name!r} to resume in its storage; start it without --resume")
     result = run_training(cfg, config_dir=config.resolve().parent, resume=resume, progress=not as_json)
     if as_json:
         payload = {k: v for k, v in result.to_dict().items() if k != "history"}

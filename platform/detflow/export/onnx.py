@@ -92,11 +92,8 @@ def resolve_model(checkpoint_or_model: str | os.PathLike | nn.Module) -> ModelSo
     """
     if isinstance(checkpoint_or_model, nn.Module):
         model = copy.deepcopy(checkpoint_or_model).eval()
-        meta = {
-            "model": getattr(model, "name", type(model).__name__),
-            "num_classes": int(getattr(model, "num_classes", 0)),
-            "category_ids": list(range(1, int(getattr(model, "num_classes", 0)) + 1)),
-        }
+        meta = {"model": type(model).__name__, "num_classes": int(getattr(model, "num_classes", 0)),
+                "category_ids": None}  # unknown for a bare model: the evaluation dataset decides
         return ModelSource(model, meta)
     path = Path(checkpoint_or_model)
     if not (path / "model.pt").is_file():

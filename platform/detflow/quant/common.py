@@ -82,11 +82,26 @@ def resolve_skip_layers(model: nn.Module, skip_layers: Sequence[str]) -> list[st
     return outermost
 
 
+def _is_conv(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and node.target == torch.ops.aten.conv2d.default
+
+
+def _nodes_feeding_a_conv(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Nodes from which some conv2d is reachable downstream (graph nodes are in topological order)."""
+    feeds: set[torch.fx.Node] = set()
+    for node in reversed(list(graph.nodes)):
+        if any(_is_conv(user) or user in feeds for user in node.users):
+            feeds.add(node)
+    return feeds
+
+
 def conv_qdq_quantizer(float_modules: Sequence[str] = (), *, is_qat: bool = False):
     """An XNNPACK-style PT2E quantizer (``ConvQDQQuantizer``) for a QDQ graph: every ``conv2d`` gets a quantised input
     (uint8, per tensor), int8 per-channel symmetric weights and a quantised *output* (before the
     activation), bias left float. ONNX Runtime then fuses each DQ→Conv→Q into ``QLinearConv`` and
     TensorRT runs the convs in INT8; activations (SiLU …) stay float between a DQ and the next Q.
+    The prediction convs (no conv downstream: class logits, box regressions) keep a float output,
+    so the head's predictions are never requantised to 8 bits.
 
     Observers / fake-quantizers are those of torchao's x86 default config (PTQ: histogram for
     activations, per-channel min-max for weights; QAT: fused moving-average fake-quant).
@@ -103,15 +118,14 @@ def conv_qdq_quantizer(float_modules: Sequence[str] = (), *, is_qat: bool = Fals
 
     class ConvQDQQuantizer(Quantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            feeds_conv = _nodes_feeding_a_conv(model.graph)
             for node in model.graph.nodes:
-                if node.op != "call_function" or node.target != torch.ops.aten.conv2d.default:
-                    continue
-                if any(skip(node) for skip in skips):
+                if not _is_conv(node) or any(skip(node) for skip in skips):
                     continue
                 x, w = node.args[0], node.args[1]
                 node.meta["quantization_annotation"] = QuantizationAnnotation(
                     input_qspec_map={x: config.input_activation, w: config.weight},
-                    output_qspec=config.input_activation, _annotated=True)
+                    output_qspec=config.input_activation if node in feeds_conv else None, _annotated=True)
             return model
 
         def validate(self, model: torch.fx.GraphModule) -> None:
@@ -228,7 +242,7 @@ def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: Model
     counts = count_qdq(path)
     if not counts.get("QuantizeLinear") or not counts.get("DequantizeLinear"):
         raise RuntimeFailure(f"{path}: the exported graph has no QuantizeLinear/DequantizeLinear nodes ({counts})")
-    diff = compare_onnx_to_torch(module, path, [example, example[:1]])
+    diff = compare_onnx_to_torch(module, path, [example[:2]])
     size = tuple(example.shape[-2:])
     write_sidecar(path, deploy_info(source, size, precision="int8", exporter=exporter, dynamic_batch=True,
                                     outputs=["boxes", "scores"], with_nms=False, **extra))

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..config.train import TrainConfig
-from ..errors import DataError, RuntimeFailure, UserInputError
+from ..errors import DataError, RuntimeFailure
 from ..paths import resolve_path, state_dir
 
-__all__ = ["TrainResult", "run_training", "resolve_train_config", "check_datasets", "RUN_MARKER"]
+__all__ = ["TrainResult", "run_training", "resolve_train_config", "check_datasets", "latest_run", "RUN_MARKER"]
 
 RUN_MARKER = "detflow_run.json"
 
@@ -120,19 +120,47 @@ def _write_marker(storage: str, name: str, payload: dict) -> None:
         f.write(json.dumps(payload, indent=2).encode())
 
 
-def _latest_run(storage: str, cfg_name: str) -> tuple[str, dict]:
-    """(run directory name, marker) of the newest run of ``cfg_name`` under ``storage``."""
+def _run_name_re(cfg_name: str):
+    import re
+
+    return re.compile(rf"^{re.escape(cfg_name)}-\d{{8}}-\d{{6}}(-\d+)?$")
+
+
+def _latest_run(storage: str, cfg_name: str) -> tuple[str, dict] | None:
+    """(run directory name, marker) of the newest run of ``cfg_name`` under ``storage``, if any."""
     import pyarrow.fs as pafs
 
     fs, root = _fs(storage)
+    pattern = _run_name_re(cfg_name)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(f"{cfg_name}-"))
+    names = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory and pattern.match(i.base_name)),
+                   key=lambda n: (n[len(cfg_name) + 1:len(cfg_name) + 16], int(n[len(cfg_name) + 17:] or 0)))
     for name in reversed(names):
         marker = f"{root}/{name}/{RUN_MARKER}"
         if fs.get_file_info(marker).type == pafs.FileType.File:
             with fs.open_input_stream(marker) as f:
                 return name, json.loads(f.read().decode())
-    raise UserInputError(f"{storage}: no run of {cfg_name!r} to resume; start it without --resume")
+    return None
+
+
+def _new_run_name(storage: str, cfg_name: str) -> str:
+    """``NAME-YYYYmmdd-HHMMSS`` (``-2``, ``-3`` … when that directory already exists)."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(storage)
+    base = f"{cfg_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 1
+    while fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def latest_run(cfg: TrainConfig, config_dir: str | os.PathLike | None = None) -> str | None:
+    """Storage path of the newest run of ``cfg.name`` (what ``resume=True`` continues), or None."""
+    cfg = resolve_train_config(cfg, config_dir)
+    found = _latest_run(cfg.storage, cfg.name)
+    return _join(cfg.storage, found[0]) if found else None
 
 
 def _join(storage: str, *parts: str) -> str:
@@ -215,7 +243,9 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
 
     Args:
         config_dir: directory relative paths in ``cfg`` are resolved against (the config file's).
-        resume: continue the latest run of ``cfg.name`` in ``cfg.storage`` from its last checkpoint.
+        resume: continue the latest run of ``cfg.name`` in ``cfg.storage`` from its last checkpoint
+            (with the config stored by that run); a fresh run when there is none (sweep trials and
+            workflow steps always pass ``resume=True``; the CLI refuses ``--resume`` without a run).
         parent_run_id: nest the MLflow run under this one (sweeps, workflows).
         tags: extra MLflow tags. progress: per-epoch progress output from rank 0.
         tune_report: forward every epoch's metrics to the enclosing Ray Tune trial.
@@ -229,13 +259,15 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
 
     start = time.perf_counter()
     cfg = resolve_train_config(cfg, config_dir)
-    if resume:
-        name, marker = _latest_run(cfg.storage, cfg.name)
+    previous = _latest_run(cfg.storage, cfg.name) if resume else None
+    resume = previous is not None
+    if previous is not None:
+        name, marker = previous
         run_id = marker["run_id"]
         cfg = TrainConfig.model_validate(marker["config"])  # the run continues with its own config
     else:
         check_datasets(cfg)
-        name, run_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", None
+        name, run_id = _new_run_name(cfg.storage, cfg.name), None
     uri = tracking.configure()
     all_tags = {"detflow.kind": "train", "detflow.model": cfg.model.name, "detflow.run_dir": _join(cfg.storage, name),
                 **dict(tags or {})}

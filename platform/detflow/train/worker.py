@@ -19,7 +19,7 @@ import torch
 
 from ..config.train import TrainConfig
 from ..engine import checkpoint as ckpt_io
-from ..engine.ema import ModelEMA, build_ema, unwrap_model
+from ..engine.ema import ModelEMA, build_ema
 from ..engine.loop import TrainLoop, evaluate_model, primary_metric, reduce_stats
 from ..engine.optim import build_optimizer
 from ..engine.schedules import IterLRScheduler, build_schedule
@@ -54,7 +54,8 @@ class EpochLogger:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        rows = [Metric(k, float(v), ts, epoch) for k, v in metrics.items() if isinstance(v, (int, float))]
+        rows = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()
+                if k != "epoch" and isinstance(v, (int, float))]
         rows.append(Metric("epoch", float(epoch), ts, epoch))
         self.client.log_batch(self.run_id, metrics=rows)
         self.done.add(epoch)
@@ -209,7 +210,7 @@ class _WorkerRun:
                     ckpt_io.publish_checkpoint(checkpoint.path, self.best_dir)
             name = f"epoch_{epoch:04d}-{int(time.time())}" if checkpoint is not None else None
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
-            self.logger.log(epoch, {k: v for k, v in metrics.items() if k != "epoch"})
+            self.logger.log(epoch, metrics)
             if last and (Path(tmp) / "pr_curve.png").exists():
                 self.logger.log_artifact(Path(tmp) / "pr_curve.png", "plots")
         if self.rank == 0:

@@ -125,9 +125,10 @@ def _execute_step(run_fn: Callable[..., dict], params: Any, ctx: StepContext) ->
 def _error_text(exc: BaseException) -> tuple[str, bool]:
     """(one-line error, retriable?) — bad user input is not retried."""
     cause = getattr(exc, "cause", None) or exc
-    text = f"{type(cause).__name__}: {cause}".strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[-1] if len(lines) > 3 else " ".join(lines))[:2000], not isinstance(cause, UserInputError)
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()] or [""]
+    # Ray's own errors (OOM kill, worker crash) lead with the reason; Python errors end with it
+    line = lines[0] if type(cause).__module__.startswith("ray") else lines[-1]
+    return f"{type(cause).__name__}: {line}"[:1000], not isinstance(cause, UserInputError)
 
 
 # -------------------------------------------------------------------------------------- driver
@@ -216,6 +217,12 @@ class _Driver:
 
     def launch(self, sid: str) -> None:
         step = self.wf.step(sid)
+        try:
+            run_fn = step.kind.run_fn()
+        except Exception as exc:  # noqa: BLE001 — a broken step module fails the step, not the driver
+            self.attempts[sid] = step.retries + 1
+            self.on_failure(sid, RuntimeFailure(f"cannot load the {step.uses!r} step: {type(exc).__name__}: {exc}"))
+            return
         self.attempts[sid] += 1
         attempt = self.attempts[sid]
         workdir = run_dir(self.run_id) / sid
@@ -227,7 +234,7 @@ class _Driver:
             env=_forward_env(), log_path=str(workdir / "step.log"))
         workdir.mkdir(parents=True, exist_ok=True)
         options = {**step.ray_resources(), "max_retries": 0, "name": f"{self.wf.name}.{sid}"}
-        ref = self.remote.options(**options).remote(step.kind.run_fn(), step.with_, ctx)
+        ref = self.remote.options(**options).remote(run_fn, step.with_, ctx)
         self.running[ref] = sid
         self.set(sid, status=StepStatus.RUNNING, attempts=self.rows[sid].attempts + 1, cache_key=self.keys[sid],
                  started_at=time.time(), finished_at=None, log_path=ctx.log_path, mlflow_run_id=child)

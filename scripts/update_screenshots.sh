@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerate the MLflow UI screenshots of docs/comparing-runs.md (run by hand; tests never write
+# into the repository). Starts the real services of tests/services, runs the browser test with
+# DETFLOW_SCREENSHOT_DIR pointing at a temp dir, then copies the PNGs to docs/img/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/services.sh
+out=$(mktemp -d /tmp/detflow-screenshots-XXXXXX)
+export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
+DETFLOW_SCREENSHOT_DIR="$out" .venv/bin/python -m pytest -q -p no:cacheprovider tests/services/test_mlflow_ui.py "$@"
+mkdir -p docs/img
+for png in workflow-runs step-run compare-trials registered-model; do
+  cp "$out/$png.png" "docs/img/mlflow-$png.png"
+done
+rm -rf "$out"
+echo "updated: $(ls docs/img/mlflow-*.png | tr '\n' ' ')"
