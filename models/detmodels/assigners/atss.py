@@ -1,5 +1,5 @@
 """Adaptive Training Sample Selection (ATSS, Zhang et al. 2020, §3.1), YOLOv6's warm-up assigner
-(YOLOv6 v3.0, arXiv 2301.05586 §2.3): top-9 closest priors per level, IoU threshold mean + std.
+(YOLOv6, arXiv 2209.02976 "label assignment"): top-9 closest priors per level, IoU threshold mean + std.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Task-aligned assignment (TOOD, Feng et al. 2021, §3.2) as YOLOv6 v3.0 uses it (arXiv 2301.05586 §2.3):
+"""Task-aligned assignment (TOOD, Feng et al. 2021, §3.2) as YOLOv6 uses it (arXiv 2209.02976):
 top-13, α = 1, β = 6, batched over padded ground truth.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 BiC, Efficient Decoupled Head, TAL/ATSS + VFL/IoU/DFL loss, anchor-aided training and self-distillation.
 
 Registered variants ``yolov6_n``, ``yolov6_s``, ``yolov6_m``, ``yolov6_l`` (640 px) and the P6 models
-``yolov6_n6`` … ``yolov6_l6`` (1280 px, strides 8–64), §2 and Table 1.
+``yolov6_n6`` … ``yolov6_l6`` (1280 px, strides 8–64) (arXiv 2301.05586 main table).
 
 >>> import detmodels
 >>> model = detmodels.create_model("yolov6_n", num_classes=3, head={"anchor_aided": True})
@@ -112,7 +112,7 @@ def _spp(kind: str, block: str, channels: int) -> nn.Module:
 
 
 class EfficientRep(nn.Module):
-    """EfficientRep (N/S) / CSPBep (M/L, ``csp_e`` set) backbone (YOLOv6 v3 §2.1), P5 or P6.
+    """EfficientRep (N/S) / CSPBep (M/L, ``csp_e`` set) backbone (YOLOv6 v3.0 "Network Design"), P5 or P6.
 
     stem 3×3/2, then stages of (3×3/2 unit → stage block); the last stage ends with the SPP module.
     Output: ``(C2, C3, …)`` at strides 4, 8, …, 32 (P5) or 64 (P6); C2 feeds the neck's last BiC.
@@ -141,7 +141,7 @@ class EfficientRep(nn.Module):
 
 
 class RepBiPAN(nn.Module):
-    """RepBi-PAN neck (YOLOv6 v3 §2.1) for ``L`` = 3 (P3–P5) or 4 (P3–P6) output levels.
+    """RepBi-PAN neck (YOLOv6 v3.0 "Network Design") for ``L`` = 3 (P3–P5) or 4 (P3–P6) output levels.
 
     Top-down, k = 0…L−2: ``top_k = reduce_k(x_k)`` (1×1), ``x_{k+1} = top_down_k(BiC_k(top_k, C_a, C_b))``
     with ``C_a``/``C_b`` the next two backbone levels; ``x_{L−1}`` is P3. Bottom-up, j = 0…L−2:

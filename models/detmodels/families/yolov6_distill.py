@@ -1,4 +1,4 @@
-"""YOLOv6 self-distillation (YOLOv6 v3.0, arXiv 2301.05586 §2.4): KL divergence at temperature T on
+"""YOLOv6 self-distillation (YOLOv6 v3.0, arXiv 2301.05586, "Self-Distillation"): KL divergence at temperature T on
 the class scores and on the DFL box distributions, cosine-decayed weight α(e), optional channel-wise
 feature distillation, and Decoupled Localization Distillation (DLD) for the N/S students.
 """

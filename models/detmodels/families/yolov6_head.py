@@ -1,6 +1,6 @@
-"""YOLOv6's Efficient Decoupled Head (YOLOv6 v3.0, arXiv 2301.05586 §2.1), with the training-only
-anchor-aided predictors (AAT, §2.2) and the auxiliary DFL branch of Decoupled Localization
-Distillation (DLD, §2.4). Both auxiliaries are removed by :meth:`drop_training_branches`.
+"""YOLOv6's Efficient Decoupled Head (YOLOv6 v3.0, arXiv 2301.05586, "Network Design"), with the training-only
+anchor-aided predictors ("Anchor-Aided Training") and the auxiliary DFL branch of Decoupled Localization
+Distillation (DLD, "Self-Distillation"). Both auxiliaries are removed by :meth:`drop_training_branches`.
 """
 from __future__ import annotations
 

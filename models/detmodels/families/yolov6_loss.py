@@ -1,5 +1,6 @@
-"""YOLOv6 v3.0 training losses (arXiv 2301.05586 §2.3): TAL (ATSS during warm-up) assignment,
-VarifocalLoss + IoU loss (SIoU/GIoU) + DFL, and the anchor-aided (AAT) branch loss (§2.2).
+"""YOLOv6 v3.0 training losses (arXiv 2301.05586; assignment and losses as in YOLOv6 v1, arXiv 2209.02976):
+TAL (ATSS during warm-up) assignment, VarifocalLoss + IoU loss (SIoU/GIoU) + DFL, and the anchor-aided
+(AAT) branch loss ("Anchor-Aided Training").
 
 Conventions: per-level raw maps are flattened to ``B×A×K`` in level, row, column order; box
 distances are in stride units (reference layout), boxes in input pixels only for assignment.

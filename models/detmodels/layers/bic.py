@@ -1,4 +1,4 @@
-"""Bi-directional Concatenation (BiC) module of RepBi-PAN (YOLOv6 v3.0, arXiv 2301.05586 §2.1).
+"""Bi-directional Concatenation (BiC) module of RepBi-PAN (YOLOv6 v3.0, arXiv 2301.05586, "Network Design").
 
 YOLOv6's code calls this module ``BiFusion``.
 """

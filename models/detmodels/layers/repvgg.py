@@ -1,5 +1,5 @@
 """Re-parameterizable VGG-style blocks (RepVGG, Ding et al. 2021 §3) and the YOLOv6 stage blocks
-built from them (YOLOv6 v3.0, arXiv 2301.05586 §2.1: RepBlock, BottleRep, BepC3 / CSPStackRep).
+built from them (YOLOv6 v3.0, arXiv 2301.05586, "Network Design": RepBlock, BottleRep, BepC3 / CSPStackRep).
 
 Every block keeps its training and deploy forms in one class; ``reparameterize()`` switches in place,
 folding each BN with the one shared :func:`detmodels.layers.conv.fuse_conv_bn`.
@@ -101,7 +101,7 @@ def make_rep_unit(kind: str, in_channels: int, out_channels: int, stride: int = 
 
 
 class BottleRep(nn.Module):
-    """Two basic units plus a shortcut scaled by a learnable scalar ``alpha`` (YOLOv6 v3 §2.1).
+    """Two basic units plus a shortcut scaled by a learnable scalar ``alpha`` (YOLOv6 v3.0 "Network Design").
 
     Shapes: ``N×in×H×W`` → ``N×out×H×W``; the shortcut exists only when ``in == out``.
     """
@@ -122,7 +122,7 @@ class BottleRep(nn.Module):
 
 
 class RepBlock(nn.Module):
-    """A stage of ``n`` units: the first maps ``in → out``, the rest ``out → out`` (YOLOv6 v3 §2.1).
+    """A stage of ``n`` units: the first maps ``in → out``, the rest ``out → out`` (YOLOv6 v3.0 "Network Design").
 
     ``unit`` is ``repvgg``/``conv_silu``/``conv_relu`` (``n`` basic units) or ``bottlerep`` (``n // 2``
     BottleRep units built from ``basic`` units, as inside BepC3). Shapes: ``N×in×H×W`` → ``N×out×H×W``.
@@ -145,7 +145,7 @@ class RepBlock(nn.Module):
 
 
 class BepC3(nn.Module):
-    """CSPStackRep block (YOLOv6 v3 §2.1, "BepC3" in its code): a CSP split whose main path stacks
+    """CSPStackRep block (YOLOv6 v3.0 "Network Design", "BepC3" in its code): a CSP split whose main path stacks
     ``n // 2`` BottleRep units.
 
     ``c = int(out · e)``; main: 1×1 in→c → RepBlock(BottleRep); shortcut: 1×1 in→c; concat → 1×1 2c→out.

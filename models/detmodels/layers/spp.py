@@ -1,4 +1,4 @@
-"""Spatial-pyramid-pooling channel-merge layers of YOLOv6 (YOLOv6 v3.0, arXiv 2301.05586 §2.1):
+"""Spatial-pyramid-pooling channel-merge layers of YOLOv6 (YOLOv6 v3.0, arXiv 2301.05586, "Network Design"):
 SPPF / SimSPPF (YOLOv5-style fast SPP with three chained 5×5 max-pools) and SimCSPSPPF (its CSP form).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ class SimSPPF(SPPF):
 
 
 class SimCSPSPPF(nn.Module):
-    """CSP version of SimSPPF (YOLOv6 v3 §2.1), ``c = int(out · e)``.
+    """CSP version of SimSPPF (YOLOv6 v3.0 "Network Design"), ``c = int(out · e)``.
 
     Branch A: 1×1 in→c → 3×3 → 1×1 → pyramid of 3 chained pools (concat 4c) → 1×1 4c→c → 3×3.
     Branch B: 1×1 in→c. Output: concat (2c) → 1×1 → out. ReLU throughout (``act="silu"`` gives
