@@ -106,7 +106,7 @@ def test_generic_builder_from_yaml_round_trip(tmp_path):
     data["scale"] = {"filter_size_scale": 0.25, "block_repeats": 1, "resample_alpha": 0.5, "endpoints_num_filters": 64}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    model = create_model("spinenet", num_classes=2, spec=str(path))
+    model = create_model("spinenet", num_classes=3, spec=str(path))
     assert model.backbone.stem_blocks[0][0].conv1.conv.out_channels == 16  # int(64 · 0.25)
     assert model.head.cls_pred.in_channels == 64
     out_path = save_spec(model.backbone.spec, tmp_path / "out.yaml")
