@@ -22,6 +22,15 @@ EXPECTED = {"spinenet_49s": (11.27, 0.01), "spinenet_49": (28.54, 0.005), "spine
 SMALL = [("spinenet_49s", 64), ("spinenet_49", 64)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The CI machine is shared: one intra-op thread is ~30× faster than two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _meta_model(name: str, **kw):
     with torch.device("meta"):
         return create_model(name, **kw)
@@ -144,7 +153,7 @@ def test_resample_paths_shapes_and_widths():
     down = Resample(256, "bottleneck", 2, 1024, 5, 0.5)  # 1×1 to 32, stride-2 conv, two max-pools
     assert down.reduce.conv.out_channels == 32 and down.num_pools == 2
     assert tuple(down(torch.randn(1, 256, 16, 16), (2, 2)).shape) == (1, 1024, 2, 2)
-    up = Resample(256, "residual", 6, 512, 3, 1.0)
+    up = Resample(256, "residual", 6, 512, 3, 1.0).eval()
     assert up.down is None and tuple(up(torch.randn(1, 256, 1, 1), (8, 8)).shape) == (1, 512, 8, 8)
 
 

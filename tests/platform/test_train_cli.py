@@ -148,3 +148,18 @@ def test_worker_components_train_and_evaluate_each_family(synth, model_name, rec
     assert math.isfinite(stats["train/loss"]) and loop.step == 2
     metrics = evaluate_model(loop.eval_model(), data.val_loader(), data.val.coco, data.category_ids)
     assert primary_metric(data.task) in metrics
+
+
+def test_bench_train_table_and_worker_list_parsing():
+    from detflow.bench.train_bench import TrainBenchResult, TrainBenchRow
+    from detflow.cli.bench import _int_list
+    from detflow.errors import UserInputError
+
+    assert _int_list("1,2") == [1, 2]
+    with pytest.raises(UserInputError, match="--workers"):
+        _int_list("1,x")
+    res = TrainBenchResult("rtmdet_tiny", 128, 4, 8, [TrainBenchRow("bare torch", 1, 8.0, 4.0),
+                                                       TrainBenchRow("detflow", 1, 7.5, 4.3, overhead_pct=7.5, scaling_efficiency=1.0),
+                                                       TrainBenchRow("detflow", 2, 12.0, 5.3, scaling_efficiency=0.8)])
+    table = res.to_markdown()
+    assert "| detflow | 1 | 7.50 | 4.30 | +7.5 % | 100 % |" in table and "| detflow | 2 | 12.00 | 5.30 |  | 80 % |" in table

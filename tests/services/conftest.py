@@ -98,26 +98,42 @@ def services_env(tmp_path_factory, s3, mlflow_server):
     return env
 
 
+@dataclass
+class SessionRay:
+    """This session's Ray: ``address`` (GCS) and whether its workers carry the services' env (true
+    when this fixture started it after exporting ``services_env``; a Ray another test module started
+    earlier does not have the AWS_* variables)."""
+
+    address: str
+    has_services_env: bool
+
+
 @pytest.fixture(scope="session")
-def ray_address(services_env):
-    """GCS address of this session's Ray (reused when already initialised; else 2 CPUs, no dashboard)."""
+def ray_address(services_env) -> SessionRay:
+    """This session's Ray (reused when already initialised; else 2 CPUs, no dashboard)."""
     import ray
 
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
+    yield SessionRay(ray.get_runtime_context().gcs_address, started)
     if started:
         ray.shutdown()
 
 
 @pytest.fixture(scope="session")
 def child_env(services_env, ray_address):
-    """``child_env(**extra)``: environment of a detflow subprocess (this one + the services + the
-    session's Ray as RAY_ADDRESS)."""
+    """``child_env(needs_s3_workers=False, **extra)``: environment of a detflow subprocess: this one +
+    the services + RAY_ADDRESS of the session's Ray, unless its Ray workers must write to S3 and the
+    session's Ray lacks the AWS variables (the subprocess then starts its own local Ray)."""
 
-    def make(**extra: str) -> dict[str, str]:
-        return {**os.environ, **services_env, "RAY_ADDRESS": ray_address, **extra}
+    def make(needs_s3_workers: bool = False, **extra: str) -> dict[str, str]:
+        env = {**os.environ, **services_env, **extra}
+        if ray_address.has_services_env or not needs_s3_workers:
+            env["RAY_ADDRESS"] = ray_address.address
+        else:
+            env.pop("RAY_ADDRESS", None)
+        return env
 
     return make
 

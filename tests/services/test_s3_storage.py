@@ -222,7 +222,7 @@ def test_training_checkpoints_land_in_s3_and_resume_after_driver_kill(s3, mlflow
 
     synth = generate_synthetic(tmp_path / "synth", num_images=12, image_size=64, seed=0, val_fraction=0.25)
     cfg = _train_config(tmp_path, synth)
-    env = child_env()
+    env = child_env(needs_s3_workers=True)
     cmd = [sys.executable, "-m", "detflow", "train", str(cfg)]
     client = s3.client()
     with open(tmp_path / "first.log", "w") as log:

@@ -99,6 +99,12 @@ def reduce_stats(summary: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def emit(line: str) -> None:
+    """Write one line to stdout (not ``print``: Ray Train patches it and would echo it twice)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class _Progress:
     """A rich progress bar on a terminal; plain log lines otherwise (Ray workers, CI logs)."""
 
@@ -120,7 +126,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif step % self.every == 0 or step == self.total:
-            print(f"{self.label} [{step}/{self.total}] {info} eta {eta_s:.0f}s", flush=True)
+            emit(f"{self.label} [{step}/{self.total}] {info} eta {eta_s:.0f}s")
 
     def close(self) -> None:
         if self.bar is not None:

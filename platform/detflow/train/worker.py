@@ -20,7 +20,7 @@ import torch
 from ..config.train import TrainConfig
 from ..engine import checkpoint as ckpt_io
 from ..engine.ema import ModelEMA, build_ema
-from ..engine.loop import TrainLoop, evaluate_model, primary_metric, reduce_stats
+from ..engine.loop import TrainLoop, emit, evaluate_model, primary_metric, reduce_stats
 from ..engine.optim import build_optimizer
 from ..engine.schedules import IterLRScheduler, build_schedule
 from .data import TrainData, build_train_data, recipe_settings
@@ -163,7 +163,7 @@ class _WorkerRun:
         if self.history:  # the checkpointed epoch may have been reported but not logged
             self.logger.log(int(state["epoch"]), self.history[-1])
         if self.rank == 0:
-            print(f"resumed from checkpoint of epoch {int(state['epoch']) + 1} (step {self.loop.step})", flush=True)
+            emit(f"resumed from checkpoint of epoch {int(state['epoch']) + 1} (step {self.loop.step})")
 
     def _evaluate(self, epoch: int, last: bool, plot_dir: Path) -> dict[str, float]:
         e = self.cfg.train
@@ -215,7 +215,7 @@ class _WorkerRun:
                 self.logger.log_artifact(Path(tmp) / "pr_curve.png", "plots")
         if self.rank == 0:
             line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train/loss", "train/images_per_s", "val/bbox_mAP50", "val/segm_mAP50"))
-            print(f"epoch {epoch + 1}/{e.epochs} {line}", flush=True)
+            emit(f"epoch {epoch + 1}/{e.epochs} {line}")
 
 
 def train_worker(config: dict[str, Any]) -> None:
