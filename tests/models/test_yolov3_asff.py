@@ -172,3 +172,37 @@ def test_checkpoint_kind_mismatch_is_reported(tmp_path, asff_model):
     torch.save({"module.level_0_header.guide_wh.weight": torch.zeros(8, 1024, 1, 1)}, path)
     with pytest.raises(WeightsError, match="missing"):
         load_official_weights(asff_model, path, source="asff")
+
+
+def test_dropblock_masks_blocks_and_keeps_the_mean():
+    from detmodels.layers.dropblock import DropBlock
+
+    torch.manual_seed(0)
+    drop = DropBlock(3, 0.9).train()
+    assert drop.gamma(16) == pytest.approx(0.1 * 256 / (9 * 14**2))
+    x = torch.ones(4, 8, 16, 16)
+    y = drop(x)
+    assert 0 < int((y == 0).sum()) < y.numel() and float(y.sum()) == pytest.approx(x.numel(), rel=1e-5)
+    assert torch.equal(drop.eval()(x), x)
+    with pytest.raises(ValueError, match="odd"):
+        drop.reset(2, 0.9)
+
+
+@pytest.mark.parametrize("epoch,max_epochs,sizes,keep", [
+    (4, 300, (1, 1, 1), 1.0), (5, 300, (1, 3, 5), 0.9), (40, 100, (3, 5, 7), 0.9), (50, 100, (7, 7, 7), 0.9),
+])
+def test_dropblock_schedule_of_asff_star(epoch, max_epochs, sizes, keep):
+    with torch.device("meta"):
+        model = create_model("yolov3_asff_rfb", num_classes=3)
+    model.set_epoch(epoch, max_epochs)
+    drops = (model.neck.drop5, model.neck.drop4, model.neck.drop3)
+    assert tuple(d.block_size for d in drops) == sizes and all(d.keep_prob == keep for d in drops)
+
+
+def test_dropblock_off_for_plain_asff_unless_asked():
+    with torch.device("meta"):
+        plain = create_model("yolov3_asff", num_classes=3)
+        asked = create_model("yolov3_asff", num_classes=3, neck={"dropblock": True})
+    plain.set_epoch(200, 300)
+    asked.set_epoch(200, 300)
+    assert plain.neck.drop5.keep_prob == 1.0 and asked.neck.drop5.keep_prob == 0.9

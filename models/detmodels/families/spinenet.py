@@ -39,9 +39,10 @@ __all__ = [
     "resolve_spec", "generate_anchors", "encode_boxes", "decode_boxes",
 ]
 
-# ImageNet mean/std on RGB, 0–255 scale (TF vision input pipeline).
+# ImageNet mean/std on RGB, 0–255 scale (TF vision input pipeline). The TF parser pads with 0 after
+# normalising, i.e. with the mean colour: pad_value 114 is its nearest grey.
 SPINENET_INPUT_SPEC = InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
-                                pad_value=0.0)
+                                pad_value=114.0)
 # Base filters per level before filter_size_scale (TF FILTER_SIZE_MAP).
 FILTER_SIZE_MAP = {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
 STEM_CHANNELS = 64
@@ -59,6 +60,8 @@ class SpineNetVariant:
     input_size: int
 
 
+# SpineNet-49S follows the code's SCALING_MAP (128-d endpoints → 11.27 M with 91 classes), not the
+# model zoo's 11.9 M (256-d endpoints); see the module docstring.
 SPINENET_VARIANTS: dict[str, SpineNetVariant] = {
     "49s": SpineNetVariant(ScaleSettings(0.65, 1, 0.5, 128), 4, 128, 3.0, 640),
     "49": SpineNetVariant(ScaleSettings(1.0, 1, 0.5, 256), 4, 256, 3.0, 640),
@@ -69,7 +72,8 @@ SPINENET_VARIANTS: dict[str, SpineNetVariant] = {
 
 
 def _filters(level: int, scale: float) -> int:
-    return int(FILTER_SIZE_MAP[level] * scale)
+    """Block filters at ``level``: ``int(FILTER_SIZE_MAP[level] · scale)`` (levels above 7: 256 base)."""
+    return int(FILTER_SIZE_MAP.get(level, FILTER_SIZE_MAP[7]) * scale)
 
 
 class SpineNet(nn.Module):

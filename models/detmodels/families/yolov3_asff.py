@@ -8,7 +8,7 @@ Registered: ``yolov3`` (baseline), ``yolov3_asff``, ``yolov3_asff_rfb`` (ASFF*),
 >>> m = detmodels.create_model("yolov3_asff", num_classes=3)  # doctest: +SKIP
 
 Pixels: RGB, ``/255`` then ImageNet mean/std (the reference ``preproc_for_test``).
-Not implemented: DropBlock (the ``--dropblock`` slots are identities; they hold no parameters).
+DropBlock (``--dropblock``, on for ASFF*) follows the reference schedule through ``set_epoch``.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ..base import Detector, RawOutputs
 from ..layers.asff import ASFF, RFBBlock
 from ..layers.darknet import SPP, Darknet53, DarknetBottleneck, darknet_conv
 from ..layers.deform_conv import DeformConv2d
+from ..layers.dropblock import DropBlock
 from ..ops import box_cxcywh_to_xyxy, dense_postprocess
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
@@ -30,14 +31,20 @@ from .yolov3_asff_loss import YOLOv3LossConfig, yolov3_level_loss
 __all__ = ["YOLOv3SPPNeck", "FeatureAdaption", "GuidedAnchorHead", "YOLOv3ASFF", "build_yolov3_asff",
            "ANCHORS", "YOLOV3_INPUT_SPEC"]
 
+# The reference fills expanded/padded areas with the mean colour (TrainTransform): 114 is its nearest grey.
 YOLOV3_INPUT_SPEC = InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
-                              pad_value=0.0)
+                              pad_value=114.0)
 STRIDES = (8, 16, 32)
 # The reference repository's anchors (w, h) in input pixels; 3 per level, finest level first.
 # The last one is 121×240 (stock YOLOv3: 373×326; the repo's README says its anchor setting was wrong).
 ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (42, 119), (116, 90), (156, 198), (121, 240))
 NUM_SLOTS = 4  # 3 anchor-based slots + 1 anchor-free slot per cell
 ANCHOR_FREE_SCALE = 4  # the anchor-free slot's reference size is 4·stride
+# DropBlock schedule of the reference (main.py), for 300 epochs: from epoch e, block sizes of the
+# (F32, F16, F8) slots, keep probability 0.9; epochs are rescaled to the run's max_epochs.
+DROPBLOCK_SCHEDULE = ((5, (1, 3, 5)), (80, (3, 5, 7)), (150, (7, 7, 7)))
+DROPBLOCK_KEEP = 0.9
+REFERENCE_EPOCHS = 300
 
 
 class YOLOv3SPPNeck(nn.Module):
@@ -47,7 +54,8 @@ class YOLOv3SPPNeck(nn.Module):
     F32 → 1×1 256, ×2, concat C4 → 1×1 256 → 3×3 512 → non-residual block → 1×1 256 = F16;
     F16 → 1×1 128, ×2, concat C3 → 1×1 128 → 3×3 256 → non-residual block → 1×1 128 → 3×3 256 = F8.
 
-    ``forward([C3, C4, C5])`` (256/512/1024 ch) → ``[F8 N×256, F16 N×256, F32 N×512]``.
+    A :class:`DropBlock` slot follows each 3×3 conv (``drop5``, ``drop4``, ``drop3``; identities
+    until scheduled). ``forward([C3, C4, C5])`` (256/512/1024 ch) → ``[F8 N×256, F16 N×256, F32 N×512]``.
     """
 
     def __init__(self, in_channels: Sequence[int] = (256, 512, 1024)):
@@ -58,15 +66,18 @@ class YOLOv3SPPNeck(nn.Module):
         self.spp = SPP()
         self.spp_conv = darknet_conv(2048, 512, 1)
         self.conv5 = darknet_conv(512, 1024, 3)
+        self.drop5 = DropBlock()
         self.out5 = darknet_conv(1024, 512, 1)
         self.lateral4 = darknet_conv(512, 256, 1)
         self.fuse4 = darknet_conv(256 + c4, 256, 1)
         self.conv4 = darknet_conv(256, 512, 3)
+        self.drop4 = DropBlock()
         self.block4 = DarknetBottleneck(512, shortcut=False)
         self.out4 = darknet_conv(512, 256, 1)
         self.lateral3 = darknet_conv(256, 128, 1)
         self.fuse3 = darknet_conv(128 + c3, 128, 1)
         self.conv3 = darknet_conv(128, 256, 3)
+        self.drop3 = DropBlock()
         self.block3 = DarknetBottleneck(256, shortcut=False)
         self.out3 = darknet_conv(256, 128, 1)
         self.expand3 = darknet_conv(128, 256, 3)
@@ -74,11 +85,11 @@ class YOLOv3SPPNeck(nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
         c3, c4, c5 = feats
-        f32 = self.out5(self.conv5(self.spp_conv(self.spp(self.reduce5(self.block5(c5))))))
+        f32 = self.out5(self.drop5(self.conv5(self.spp_conv(self.spp(self.reduce5(self.block5(c5)))))))
         x = F.interpolate(self.lateral4(f32), scale_factor=2.0, mode="nearest")
-        f16 = self.out4(self.block4(self.conv4(self.fuse4(torch.cat((x, c4), 1)))))
+        f16 = self.out4(self.block4(self.drop4(self.conv4(self.fuse4(torch.cat((x, c4), 1))))))
         x = F.interpolate(self.lateral3(f16), scale_factor=2.0, mode="nearest")
-        f8 = self.expand3(self.out3(self.block3(self.conv3(self.fuse3(torch.cat((x, c3), 1))))))
+        f8 = self.expand3(self.out3(self.block3(self.drop3(self.conv3(self.fuse3(torch.cat((x, c3), 1)))))))
         return [f8, f16, f32]
 
 
@@ -141,10 +152,10 @@ class YOLOv3ASFF(Detector):
     task = "bbox"
     input_spec = YOLOV3_INPUT_SPEC
 
-    def __init__(self, num_classes: int = 80, *, asff: bool = True, rfb: bool = False,
+    def __init__(self, num_classes: int = 80, *, asff: bool = True, rfb: bool = False, dropblock: bool = False,
                  loss: YOLOv3LossConfig | None = None):
         super().__init__(num_classes, STRIDES)
-        self.asff, self.rfb = asff, rfb
+        self.asff, self.rfb, self.dropblock = asff, rfb, dropblock
         self.backbone = Darknet53()
         self.neck = YOLOv3SPPNeck(self.backbone.out_channels)
         head_channels = (256, 512, 1024)
@@ -157,6 +168,18 @@ class YOLOv3ASFF(Detector):
         self.heads = nn.ModuleList(GuidedAnchorHead(c, num_classes, rfb=rfb) for c in head_channels)
         self.loss_cfg = loss or YOLOv3LossConfig()
         self.register_buffer("anchors", torch.tensor(ANCHORS, dtype=torch.float32), persistent=False)
+
+    def set_epoch(self, epoch: int, max_epochs: int) -> None:
+        """Apply the reference DropBlock schedule (epochs rescaled from 300 to ``max_epochs``)."""
+        super().set_epoch(epoch, max_epochs)
+        if not self.dropblock:
+            return
+        sizes, keep = (1, 1, 1), 1.0
+        for start, block_sizes in DROPBLOCK_SCHEDULE:
+            if epoch >= round(start * self._max_epochs / REFERENCE_EPOCHS):
+                sizes, keep = block_sizes, DROPBLOCK_KEEP
+        for drop, size in zip((self.neck.drop5, self.neck.drop4, self.neck.drop3), sizes):
+            drop.reset(size, keep)
 
     def forward(self, images: Tensor) -> RawOutputs:
         feats = self.neck(self.backbone(images))
@@ -229,20 +252,23 @@ class YOLOv3ASFF(Detector):
 
 # ---------------------------------------------------------------------- builders
 _HEAD_KEYS = {"ignore_thr", "label_smooth"}
+_NECK_KEYS = {"dropblock"}
 
 
-def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = False,
+def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = False, dropblock: bool = False,
                       backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
                       head: Mapping[str, Any] | None = None) -> YOLOv3ASFF:
     """Build YOLOv3 (+ASFF, +RFB).
 
     Args:
         head: ``{"ignore_thr": 0.7, "label_smooth": True}`` (reference ``IGNORETHRE``, ``LABAL_SMOOTH``).
-        backbone, neck: no options (fixed Darknet-53 / SPP neck); any key raises.
+        neck: ``{"dropblock": bool}`` (default: on for ASFF* only, as the README's command).
+        backbone: no options (fixed Darknet-53); any key raises.
     Raises:
         ValueError: naming an unknown key.
     """
-    for name, section, allowed in (("backbone", backbone, set()), ("neck", neck, set()), ("head", head, _HEAD_KEYS)):
+    for name, section, allowed in (("backbone", backbone, set()), ("neck", neck, _NECK_KEYS),
+                                   ("head", head, _HEAD_KEYS)):
         for key in dict(section or {}):
             if key not in allowed:
                 raise ValueError(f"unknown {name} option {key!r} for YOLOv3-ASFF; expected one of "
@@ -250,7 +276,8 @@ def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = F
     hd = dict(head or {})
     loss = YOLOv3LossConfig(ignore_thr=float(hd.get("ignore_thr", 0.7)),
                             label_smooth=bool(hd.get("label_smooth", True)))
-    return YOLOv3ASFF(num_classes, asff=asff, rfb=rfb, loss=loss)
+    dropblock = bool(dict(neck or {}).get("dropblock", dropblock))
+    return YOLOv3ASFF(num_classes, asff=asff, rfb=rfb, dropblock=dropblock, loss=loss)
 
 
 def _register(name: str, asff: bool, rfb: bool, doc: str) -> None:
@@ -259,7 +286,7 @@ def _register(name: str, asff: bool, rfb: bool, doc: str) -> None:
         for key in overrides:
             if key not in allowed:
                 raise ValueError(f"unknown option {key!r} for {name}; expected one of {sorted(allowed)}")
-        return build_yolov3_asff(num_classes, asff=asff, rfb=rfb, **overrides)
+        return build_yolov3_asff(num_classes, asff=asff, rfb=rfb, dropblock=rfb, **overrides)
 
     builder.__name__ = name
     builder.__doc__ = f"{doc} (arXiv 1911.09516); see build_yolov3_asff."
@@ -268,6 +295,6 @@ def _register(name: str, asff: bool, rfb: bool, doc: str) -> None:
 
 _register("yolov3", False, False, "YOLOv3 strong baseline of the ASFF paper")
 _register("yolov3_asff", True, False, "YOLOv3 + ASFF")
-_register("yolov3_asff_rfb", True, True, "YOLOv3 + ASFF* (ASFF + RFB)")
+_register("yolov3_asff_rfb", True, True, "YOLOv3 + ASFF* (ASFF + RFB + DropBlock)")
 
 from . import yolov3_asff_weights  # noqa: E402,F401  (registers the "asff" weight source)

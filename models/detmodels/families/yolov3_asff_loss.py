@@ -80,6 +80,22 @@ def _wh_iou(wh_a: Tensor, wh_b: Tensor) -> Tensor:
     return inter / (wh_a.prod(-1) + wh_b.prod(-1) - inter)
 
 
+def _box_targets(shape: torch.Size, img: Tensor, a: Tensor, gj: Tensor, gi: Tensor,
+                 gts: Tensor) -> tuple[Tensor, Tensor]:
+    """GT boxes written at each GT's anchor slot and at the anchor-free slot of its cell (last
+    writer wins) → dense targets ``N×S×H×W×4`` and the mask of written slots ``N×S×H×W``."""
+    n, num_slots, h, w = shape
+    slots = torch.stack((a, torch.full_like(a, num_slots - 1)), 1).reshape(-1)
+    img2, gj2, gi2 = img.repeat_interleave(2), gj.repeat_interleave(2), gi.repeat_interleave(2)
+    k = keep_last(((img2 * num_slots + slots) * h + gj2) * w + gi2)
+    index = (img2[k], slots[k], gj2[k], gi2[k])
+    target_box = gts.new_zeros(n, num_slots, h, w, 4)
+    target_box[index] = gts.repeat_interleave(2, 0)[k]
+    mask = torch.zeros(n, num_slots, h, w, dtype=torch.bool, device=gts.device)
+    mask[index] = True
+    return target_box, mask
+
+
 def yolov3_level_loss(box: Tensor, obj: Tensor, cls: Tensor, slot_anchors: Tensor, pred: Tensor,
                       targets: Sequence[Target], anchors: Tensor, level: int, stride: int,
                       image_hw: tuple[int, int], cfg: YOLOv3LossConfig) -> dict[str, Tensor]:
@@ -107,16 +123,7 @@ def yolov3_level_loss(box: Tensor, obj: Tensor, cls: Tensor, slot_anchors: Tenso
     free_iou = _wh_iou(gts[:, 2:], slot_anchors[img, free, gj, gi].detach())
     aa = torch.where(free_iou > best_iou, torch.full_like(a, free), a)
 
-    # Boxes written at the anchor slot and at the anchor-free slot (last writer wins per cell slot).
-    slots2 = torch.stack((a, torch.full_like(a, free)), 1).reshape(-1)
-    img2, gj2, gi2 = img.repeat_interleave(2), gj.repeat_interleave(2), gi.repeat_interleave(2)
-    keys2 = ((img2 * num_slots + slots2) * h + gj2) * w + gi2
-    k2 = keep_last(keys2)
-    target_box = box.new_zeros(n, num_slots, h, w, 4)
-    target_box[img2[k2], slots2[k2], gj2[k2], gi2[k2]] = gts.repeat_interleave(2, 0)[k2]
-    anchor_mask = torch.zeros(n, num_slots, h, w, dtype=torch.bool, device=box.device)
-    anchor_mask[img2[k2], slots2[k2], gj2[k2], gi2[k2]] = True
-
+    target_box, anchor_mask = _box_targets(box.shape[:4], img, a, gj, gi, gts)
     # Everything else is written at the chosen slot aa.
     k1 = keep_last(((img * num_slots + aa) * h + gj) * w + gi)
     b1, s1, j1, i1, g1, l1 = img[k1], aa[k1], gj[k1], gi[k1], gts[k1], labels[k1]

@@ -18,3 +18,12 @@ from .spp import SPPF, SimCSPSPPF, SimSPPF  # noqa: E402
 
 __all__ += ["BiC", "RepVGGBlock", "RepBlock", "BottleRep", "BepC3", "CSPStackRep", "make_rep_unit",
             "SPPF", "SimSPPF", "SimCSPSPPF"]
+from .asff import ASFF, ASFFResize, RFBBlock  # noqa: E402
+from .darknet import SPP, Darknet53, DarknetBottleneck, DarknetStage  # noqa: E402
+from .deform_conv import DeformConv2d, deform_conv2d  # noqa: E402
+from .dropblock import DropBlock  # noqa: E402
+from .spinenet_blocks import BlockGroup, BottleneckBlock, ResidualBlock, Resample, ScalePermutedBlock, StochasticDepth  # noqa: E402,E501
+
+__all__ += ["ASFF", "ASFFResize", "RFBBlock", "SPP", "Darknet53", "DarknetBottleneck", "DarknetStage", "DeformConv2d",
+            "deform_conv2d", "DropBlock", "BlockGroup", "BottleneckBlock", "ResidualBlock", "Resample",
+            "ScalePermutedBlock", "StochasticDepth"]

@@ -52,7 +52,7 @@ def start_run(name: str, *, experiment: str = "detflow", tags: Mapping[str, Any]
     Args:
         name: run name shown in the UI.
         experiment: experiment name (created with the embedded artifact root on first use).
-        tags: extra tags (values redacted like params).
+        tags: extra tags (values redacted like params); ``mlflow.runName`` there overrides ``name``.
         parent_run_id: nest under this run (it may live in another process); defaults to the
             currently active run, if any.
         run_id: resume this run instead of creating one (``name`` and ``experiment`` are ignored).
@@ -76,7 +76,9 @@ def start_run(name: str, *, experiment: str = "detflow", tags: Mapping[str, Any]
         parent = parent_run_id or (active.info.run_id if active else None)
         if parent:
             clean_tags["mlflow.parentRunId"] = parent
-        run_id = client.create_run(exp_id, run_name=name, tags=clean_tags).info.run_id
+        # a caller-chosen display name (e.g. a sweep trial's values) wins over ``name``
+        run_name = clean_tags.pop("mlflow.runName", name)
+        run_id = client.create_run(exp_id, run_name=run_name, tags=clean_tags).info.run_id
     run = mlflow.start_run(run_id=run_id, nested=active is not None)
     if clean_tags:
         mlflow.set_tags({k: v for k, v in clean_tags.items() if k != "mlflow.parentRunId"})

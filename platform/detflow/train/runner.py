@@ -200,8 +200,11 @@ def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
+    from ..storage import ray_storage
+
+    storage_path, storage_fs = ray_storage(cfg.storage)  # s3:// carries its endpoint and credentials
     run_config = ray.train.RunConfig(
-        name=name, storage_path=cfg.storage, callbacks=callbacks or None,
+        name=name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=callbacks or None,
         failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
         worker_runtime_env={"env_vars": _worker_env(cfg, tracking_uri)},

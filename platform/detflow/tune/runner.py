@@ -138,7 +138,8 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     trainable = tune.with_parameters(
         _trial_fn, base=base, base_dir=str(base_path.parent), sweep=cfg.model_dump(mode="json"),
         parent_run_id=parent, trials_dir=str(exp_dir / "trials"))
-    trainable = tune.with_resources(trainable, {"cpu": 0.01})
+    # The trial driver only waits on its Ray Train job: it holds no CPU, so trials × workers fit exactly.
+    trainable = tune.with_resources(trainable, {"cpu": 0})
     tuner = _make_tuner(cfg, exp_dir, trainable, base, source, resume)
     started = time.time()
     grid = tuner.fit()

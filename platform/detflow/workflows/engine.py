@@ -315,7 +315,8 @@ class _Driver:
 
 def _forward_env() -> dict[str, str]:
     names = ("DETFLOW_HOME", "DETFLOW_STATE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-             "MLFLOW_DISABLE_TELEMETRY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+             "MLFLOW_DISABLE_TELEMETRY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION")
     env = {k: os.environ[k] for k in names if k in os.environ}
     env.setdefault("DETFLOW_HOME", str(state_dir()))
     return env

@@ -198,6 +198,7 @@ class StateStore:
         with self.session() as s, s.begin():
             s.add(WorkflowRun(id=run_id, workflow=workflow, status=status, spec=json.dumps(spec), source=source,
                               address=address, created_at=now, cancel_requested=0))
+            s.flush()  # the run row first: PostgreSQL enforces step_runs.run_id → workflow_runs.id
             s.add_all(StepRun(run_id=run_id, step_id=sid, kind=kind, status=StepStatus.PENDING, attempts=0)
                       for sid, kind in steps)
 
