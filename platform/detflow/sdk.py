@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -89,6 +90,8 @@ def submit(workflow: str | os.PathLike, *, address: str, overrides: Iterable[str
         from .errors import RuntimeFailure
 
         raise RuntimeFailure(f"could not submit to the Ray job server at {address}: {exc}") from exc
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)  # uploaded to the cluster by now
     store.update_run(run_id, job_id=job_id)
     return run_id
 

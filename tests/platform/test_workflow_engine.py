@@ -434,3 +434,6 @@ def test_submit_through_a_local_ray_head_job_server(home, monkeypatch):
         for pid in _pids_using(temp_dir):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -65,9 +65,9 @@ def _family(wf: Workflow, step: Step) -> str:
 
 
 def plot_map_vs_latency(rows: list[dict], path: str | Path) -> Path | None:
-    """Scatter of mAP50 against p50 latency, one point per (artifact, backend, precision, batch)."""
-    points = [(r.get("latency_p50_ms"), r.get("mAP50", r.get("AP50")), r) for r in rows]
-    points = [(x, y, r) for x, y, r in points if isinstance(x, (int, float)) and isinstance(y, (int, float))]
+    """mAP50 against p50 latency per image (log scale): one colour per (artifact, backend, precision),
+    one marker per batch size, so what each step (distill, int8 …) bought in speed and accuracy shows."""
+    points = [r for r in rows if isinstance(r.get("p50_ms"), (int, float)) and isinstance(r.get("mAP50"), (int, float))]
     if not points:
         return None
     import matplotlib
@@ -75,15 +75,26 @@ def plot_map_vs_latency(rows: list[dict], path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for x, y, r in points:
-        label = f"{r.get('artifact', '?')}/{r.get('backend', '?')}/{r.get('precision', '?')}/b{r.get('batch_size', '?')}"
-        ax.scatter([x], [y])
-        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("p50 latency per batch (ms)")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    series: dict[str, list[dict]] = {}
+    for r in points:
+        series.setdefault(f"{r.get('artifact')} · {r.get('backend')} · {r.get('precision')}", []).append(r)
+    markers = "os^Dv<>p*"
+    batches = sorted({int(r.get("batch_size") or 1) for r in points})
+    for label, items in series.items():
+        items = sorted(items, key=lambda r: int(r.get("batch_size") or 1))
+        xs = [r["p50_ms"] / max(int(r.get("batch_size") or 1), 1) for r in items]
+        ys = [r["mAP50"] for r in items]
+        line, = ax.plot(xs, ys, "-", alpha=0.5, label=label)
+        for x, y, r in zip(xs, ys, items):
+            ax.plot([x], [y], markers[batches.index(int(r.get("batch_size") or 1)) % len(markers)], color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per image (ms, log scale); markers: batch " + ", ".join(
+        f"{b}={markers[i % len(markers)]}" for i, b in enumerate(batches)))
     ax.set_ylabel("mAP50 (val)")
-    ax.set_title("accuracy vs latency")
-    ax.grid(alpha=0.3)
+    ax.set_title("accuracy vs latency per artifact and backend")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
