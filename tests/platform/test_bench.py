@@ -95,7 +95,6 @@ def test_evaluate_artifact_matches_postprocess(synth, tmp_path):
     assert onnx_metrics["backend"] == "onnxruntime" and onnx_metrics["precision"] == "fp32"
 
 
-@pytest.mark.slow
 def test_int8_artifact_benchmarks_on_torch_and_ort(synth, tmp_path):
     from detflow.quant import run_ptq
 

@@ -25,6 +25,7 @@ from torch import nn
 import detmodels
 
 from ..errors import RuntimeFailure, UserInputError
+from ..paths import state_dir
 from ..export.onnx import DeployModule, export_onnx, ort_session, read_sidecar, resolve_model
 
 __all__ = [
@@ -177,6 +178,8 @@ def _torch_module(art: Artifact) -> nn.Module:
         model = resolve_model(art.model if art.model is not None else art.path).model
         return DeployModule(detmodels.reparameterize_model(model)).eval()
     if art.kind == "quant" and art.torch_program:
+        import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+
         return torch.export.load(art.torch_program).module()
     raise UserInputError(f"artifact {art.name!r}: no torch form (an ONNX file runs on onnxruntime/tensorrt only)")
 
@@ -257,7 +260,7 @@ def make_runner(
     if status is not None:
         raise RuntimeFailure(f"backend {backend!r} is {status}; install it or set missing_backend: skip")
     art = load_artifact(artifact)
-    work = Path(work_dir) if work_dir else Path.cwd() / ".detflow-bench"
+    work = Path(work_dir) if work_dir else state_dir() / "bench"
     if backend in ("torch", "torch.compile"):
         return _torch_runner(art, backend == "torch.compile", threads)
     onnx_path = _onnx_for(art, input_size, work)

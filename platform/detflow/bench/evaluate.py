@@ -50,6 +50,17 @@ def outputs_to_detections(
     return dets
 
 
+def _as_split(split: Any) -> Any:
+    """A ``DatasetSplit`` from a split object or a ``{"annotations", "images"}`` dict (workflow YAML)."""
+    if isinstance(split, dict):
+        from ..config.train import DatasetSplit
+
+        if not {"annotations", "images"} <= set(split):
+            raise DataError(f"evaluate: split: expected keys annotations and images, got {sorted(split)}")
+        return DatasetSplit(annotations=str(split["annotations"]), images=str(split["images"]))
+    return split
+
+
 def _val_loader(split: Any, art: Artifact, input_size: tuple[int, int], batch_size: int):
     from ..data import CocoDataset, build_dataloader, build_val_transforms
 
@@ -76,6 +87,7 @@ def evaluate_runner(
     from ..evaluation import detections_to_coco, evaluate_coco
 
     t0 = time.perf_counter()
+    split = _as_split(split)
     dataset, loader = _val_loader(split, art, input_size, batch_size)
     category_ids = list(dataset.category_ids)
     known = art.info.get("category_ids")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import RuntimeFailure, UserInputError
+from ..paths import state_dir
 from .backends import BACKENDS, Artifact, Runner, backend_status, load_artifact, make_runner
 from .evaluate import evaluate_runner, resolve_input_size
 
@@ -241,14 +242,14 @@ def run_benchmark(
         missing_backend: ``"fail"`` raises RuntimeFailure naming the missing backend; ``"skip"`` records
             ``not installed`` rows.
         precisions: keep only cells of these precisions (``fp32``, ``int8``, ``fp16``).
-        work_dir: where checkpoints are exported to ONNX for onnxruntime/tensorrt.
+        work_dir: where checkpoints are exported to ONNX for onnxruntime/tensorrt (default $DETFLOW_HOME/bench).
     Raises:
         UserInputError: unknown backend / option. RuntimeFailure: a missing backend with ``missing_backend="fail"``.
     """
     missing = _check_backends(backends, missing_backend)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise UserInputError(f"benchmark: batch_sizes: expected positive integers, got {list(batch_sizes)}")
-    work = Path(work_dir) if work_dir else Path.cwd() / ".detflow-bench"
+    work = Path(work_dir) if work_dir else state_dir() / "bench"
     rows: list[BenchRow] = []
     for item in artifacts:
         art = load_artifact(item)

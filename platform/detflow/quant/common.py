@@ -180,13 +180,17 @@ def iter_batches(data: Any, source: ModelSource, image_size: int, *, batch_size:
     """Batches ``(images, targets, metas)`` from ``data``:
 
     * ``None`` — the checkpoint's training split (``config.data.train``): letterbox (+ flip when ``shuffle``);
-    * a ``DatasetSplit`` (or an object with ``annotations`` and ``images``) — that split;
+    * a ``DatasetSplit`` (or a dict / object with ``annotations`` and ``images``) — that split;
     * an iterable of batches (tensors, or ``(images, targets[, metas])`` tuples) — used as is.
     """
     if data is None:
         if source.config is None:
             raise UserInputError("quantization: data is required when the model is not a checkpoint directory")
         data = source.config.data.train
+    if isinstance(data, dict) and {"annotations", "images"} <= set(data):
+        from ..config.train import DatasetSplit
+
+        data = DatasetSplit(annotations=str(data["annotations"]), images=str(data["images"]))
     if hasattr(data, "annotations") and hasattr(data, "images"):
         return _loader_batches(data, source, image_size, batch_size, shuffle)
     if isinstance(data, (str, Path)):

@@ -172,8 +172,9 @@ def _ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+        from ..ray_env import init_ray
+
+        init_ray(log_to_driver=True, configure_logging=False)
 
 
 def _worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:

@@ -1,0 +1,109 @@
+"""A real sweep on local Ray: every trial is a Ray Train run of rtmdet_tiny on tiny synthetic data,
+ASHA stops weak trials early, MLflow nests trials under the sweep; a killed sweep driver resumes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "name": "swbase",
+    "model": {"name": "rtmdet_tiny"},
+    "data": {"train": {"annotations": "data/train.json", "images": "data/images"},
+             "val": {"annotations": "data/val.json", "images": "data/images"}, "image_size": 64},
+    "recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 8}, "mixup": {"max_cached_images": 4}},
+    "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2, "schedule": {"warmup_iters": 1},
+              "optimizer": {"scale_lr_by_batch": False}},
+    "scaling": {"workers": 1, "cpus_per_worker": 1},
+}
+
+
+def _sweep_yaml(tmp_path: Path, name: str, samples: int) -> Path:
+    sweep = {
+        "name": name, "base": "base.yaml", "metric": "train/loss", "mode": "min",
+        "space": {"train.optimizer.lr": {"loguniform": [1e-5, 0.3]},
+                  "model.assigner.soft_center_alpha": {"uniform": [5.0, 20.0]}},
+        "num_samples": samples, "max_concurrent": 2, "search": {"name": "tpe", "seed": 0},
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 4},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.fixture()
+def sweep_env(tmp_path, monkeypatch):
+    from detflow.data import generate_synthetic
+
+    generate_synthetic(tmp_path / "data", num_images=12, image_size=64, seed=0)
+    env = {"DETFLOW_HOME": str(tmp_path / "home"), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path, {**os.environ, **env}
+
+
+def _run_cli(args, cwd, env, timeout=600):
+    return subprocess.run([sys.executable, "-m", "detflow", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_small_sweep_with_asha_and_mlflow_nesting(sweep_env):
+    tmp_path, env = sweep_env
+    path = _sweep_yaml(tmp_path, "asha", samples=4)
+    r = _run_cli(["sweep", str(path), "--json"], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    trials = result["trials"]
+    assert len(trials) == 4 and all(t["status"] in ("TERMINATED", "STOPPED_EARLY") for t in trials)
+    assert any(t["status"] == "STOPPED_EARLY" for t in trials), trials  # ASHA cut at least one
+    best = yaml.safe_load(Path(result["best_config"]).read_text())
+    assert best["train"]["optimizer"]["lr"] == pytest.approx(result["best_values"]["train.optimizer.lr"])
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    children = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    assert len(children) == 4
+    assert all(c.data.tags["detflow.sweep"] == "asha" and "lr=" in c.info.run_name for c in children)
+    assert {t["mlflow_run_id"] for t in trials} == {c.info.run_id for c in children}
+    parent = mlflow.get_run(result["parent_run_id"])
+    assert "best/train/loss" in parent.data.metrics
+
+
+def test_killed_sweep_driver_resumes_without_repeating_trials(sweep_env):
+    tmp_path, env = sweep_env
+    path = _sweep_yaml(tmp_path, "resumable", samples=4)
+    proc = subprocess.Popen([sys.executable, "-m", "detflow", "sweep", str(path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = tmp_path / "home" / "sweeps" / "resumable"
+    deadline = time.time() + 400
+    finished = []
+    while time.time() < deadline and len(finished) < 1:
+        finished = [p for p in exp.glob("*/result.json") if p.read_text().count("\n") >= 2]
+        time.sleep(2)
+    assert finished, "no trial finished before the deadline"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    r = _run_cli(["sweep", "--resume", "resumable", "--json"], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    ids = [t["trial_id"] for t in result["trials"]]
+    assert len(ids) == 4 and len(set(ids)) == 4  # none lost, none repeated
+    import optuna
+
+    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{exp / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4
