@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["RAY_ENV_DEFAULTS", "apply_ray_env_defaults", "init_ray"]
+__all__ = ["RAY_ENV_DEFAULTS", "apply_ray_env_defaults", "init_ray", "release_finished_worker_groups",
+           "worker_group_janitor"]
 
 # Environment every Ray process we start inherits. Train V2's worker-group start timeout (60 s by
 # default) is too short where workers import torch on a loaded 2-core machine: give it 10 minutes.
@@ -37,3 +38,57 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, **kwarg
         ray.init(num_cpus=num_cpus, include_dashboard=kwargs.pop("include_dashboard", True),
                  dashboard_host="127.0.0.1", **kwargs)
     return True
+
+
+def release_finished_worker_groups() -> int:
+    """Remove placement groups of Ray Train worker groups whose workers are all dead.
+
+    With Ray 2.60, a finished or killed Train V2 run inside a long-lived driver (a Tune trial, a
+    workflow step, a retry after a worker was OOM-killed) can leave its worker-group placement
+    group CREATED after its controller exits, so its CPUs are never given back and the next run
+    waits forever. A group is released only when every actor placed in it is dead, which never
+    touches a running group. Returns how many were removed.
+    """
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(address=ray.get_runtime_context().gcs_address, detail=True, limit=10000,
+                             filters=[("class_name", "=", "RayTrainWorker")])
+    except Exception:  # the State API needs the dashboard; nothing to do without it
+        return 0
+    alive, dead = set(), set()
+    for actor in actors:
+        if actor.placement_group_id:
+            (alive if actor.state != "DEAD" else dead).add(actor.placement_group_id)
+    removed = 0
+    table = ray.util.placement_group_table()
+    for pg_id in dead - alive:
+        if table.get(pg_id, {}).get("state") == "CREATED":
+            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+            removed += 1
+    return removed
+
+
+class worker_group_janitor:
+    """Context manager: while a Train run is in flight, release dead runs' worker groups every few seconds."""
+
+    def __init__(self, interval_s: float = 5.0):
+        import threading
+
+        self._done = threading.Event()
+        self._interval_s = interval_s
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="detflow-pg-janitor")
+
+    def _loop(self) -> None:
+        while not self._done.wait(self._interval_s):
+            release_finished_worker_groups()
+
+    def __enter__(self) -> "worker_group_janitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()

@@ -287,8 +287,11 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         loop_config = {"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "best_dir": best_dir, "progress": progress}
         _ensure_ray()
         trainer = _build_trainer(cfg, name, loop_config, uri, tune_report)
+        from ..ray_env import worker_group_janitor
+
         try:
-            result = trainer.fit()
+            with worker_group_janitor():
+                result = trainer.fit()
         except Exception as exc:
             raise RuntimeFailure(f"training run {name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                                  f"; continue it with `detflow train CONFIG --resume`") from exc

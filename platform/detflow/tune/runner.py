@@ -59,53 +59,8 @@ def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_ru
     })
     tags = {"detflow.sweep": cfg.name, "detflow.trial_id": trial_id, "detflow.trial_label": label,
             "mlflow.runName": label}
-    import threading
-
-    done = threading.Event()
-    janitor = threading.Thread(target=_release_loop, args=(done,), daemon=True, name="detflow-pg-janitor")
-    janitor.start()
-    try:
-        run_training(train_cfg, config_dir=base_dir, parent_run_id=parent_run_id, tags=tags,
-                     progress=False, tune_report=True, resume=True)
-    finally:
-        done.set()
-
-
-def _release_loop(done, interval_s: float = 5.0) -> None:
-    """While a trial trains, keep releasing the worker groups earlier trials left behind."""
-    while not done.wait(interval_s):
-        release_finished_worker_groups()
-
-
-def release_finished_worker_groups() -> int:
-    """Remove placement groups of Ray Train worker groups whose workers are all dead.
-
-    With Train V2 inside a Tune trial (Ray 2.60), a finished run's worker-group placement group
-    can stay CREATED after its controller exits, so its CPUs are never given back and the next
-    trials wait forever. A group is released only when every actor placed in it is dead, which
-    never touches a running trial's group. Returns how many were removed.
-    """
-    import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup
-    from ray.util.state import list_actors
-
-    try:
-        actors = list_actors(address=ray.get_runtime_context().gcs_address, detail=True, limit=10000,
-                             filters=[("class_name", "=", "RayTrainWorker")])
-    except Exception:  # the State API needs the dashboard; nothing to do without it
-        return 0
-    alive, dead = set(), set()
-    for actor in actors:
-        if actor.placement_group_id:
-            (alive if actor.state != "DEAD" else dead).add(actor.placement_group_id)
-    removed = 0
-    table = ray.util.placement_group_table()
-    for pg_id in dead - alive:
-        if table.get(pg_id, {}).get("state") == "CREATED":
-            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
-            removed += 1
-    return removed
+    run_training(train_cfg, config_dir=base_dir, parent_run_id=parent_run_id, tags=tags,
+                 progress=False, tune_report=True, resume=True)
 
 
 def _parent_run(cfg: SweepConfig, exp_dir: Path, resume: bool) -> str:

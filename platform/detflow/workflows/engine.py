@@ -77,10 +77,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+    from ..ray_env import init_ray
+
+    init_ray(address, num_cpus=num_cpus)
     try:
         yield
     finally:
