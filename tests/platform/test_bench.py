@@ -104,3 +104,15 @@ def test_int8_artifact_benchmarks_on_torch_and_ort(synth, tmp_path):
                           batch_sizes=[1], val=val, warmup=1, iters=3)
     assert [(r.backend, r.precision, r.status) for r in table.rows] == [("torch", "int8", "ok"), ("onnxruntime", "int8", "ok")]
     assert table.rows[0].mAP == pytest.approx(table.rows[1].mAP, abs=5e-3)
+
+
+def test_checkpoint_artifact_uses_its_models_normalisation():
+    """A checkpoint evaluated on the torch backend must be fed pixels normalised like its model
+    (RTMDet: BGR mean/std), not the default /255 — regression: torch mAP was 0 while ORT's was right."""
+    import detmodels
+    from detflow.bench.backends import _model_input_spec
+
+    spec = _model_input_spec({"model": "rtmdet_tiny", "num_classes": 3})
+    expected = detmodels.create_model("rtmdet_tiny", num_classes=3).input_spec
+    assert spec["channel_order"] == "BGR" == expected.channel_order
+    assert tuple(spec["mean"]) == expected.mean and tuple(spec["std"]) == expected.std

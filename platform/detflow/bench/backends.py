@@ -74,11 +74,21 @@ def onnx_is_int8(path: str | os.PathLike) -> bool:
     return bool(ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"})
 
 
+def _model_input_spec(meta: dict) -> dict | None:
+    """The pixel normalisation of the checkpoint's model (built on the meta device: no memory, no weights)."""
+    if not meta.get("model"):
+        return None
+    with torch.device("meta"):
+        model = detmodels.create_model(meta["model"], num_classes=int(meta.get("num_classes") or 80))
+    return dataclasses.asdict(model.input_spec)
+
+
 def _from_dir(path: Path, name: str) -> Artifact:
     if (path / "model.pt").is_file():
         meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
         return Artifact(name, "checkpoint", "fp32", str(path), info={"category_ids": meta.get("category_ids"),
-                                                                      "class_names": meta.get("class_names")})
+                                                                      "class_names": meta.get("class_names"),
+                                                                      "input_spec": _model_input_spec(meta)})
     if (path / "model.int8.onnx").is_file():
         pt2 = path / "model.int8.pt2"
         onnx_path = path / "model.int8.onnx"
