@@ -63,14 +63,7 @@ def _rows(cls: type[BaseModel], prefix: str = "", seen=None) -> list[str]:
     return rows
 
 
-def _nested_model(annotation):
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _nested_model(arg)
-        if found is not None:
-            return found
-    return None
+from detflow.config.base import _model_in as _nested_model  # noqa: E402  (one walker of nested models)
 
 
 def _first_line(obj) -> str:

@@ -21,15 +21,9 @@ def sweep_cmd(
 
     Example: detflow sweep workflows/sweeps/rtmdet_tiny_sweep.yaml --set num_samples=4
     """
-    from ..errors import UserInputError
     from ..tune import find_sweep, load_sweep_config, run_sweep
 
-    if resume:
-        cfg, config_dir = find_sweep(resume)
-    elif config is None:
-        raise UserInputError("detflow sweep: give a sweep YAML, or --resume NAME")
-    else:
-        cfg, config_dir = load_sweep_config(config, set_)
+    cfg, config_dir = _config_or_resumed("sweep", config, set_, resume, load_sweep_config, find_sweep)
     result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address)
     if as_json:
         typer.echo(json.dumps({
@@ -38,6 +32,17 @@ def sweep_cmd(
             "best_config": result.best_config_path, "trials": result.trials}, default=str))
         return
     _print_table(result)
+
+
+def _config_or_resumed(command: str, config, overrides, resume, load, find):
+    """The config to run: the stored one of ``--resume NAME``, else the YAML given (with ``--set``)."""
+    from ..errors import UserInputError
+
+    if resume:
+        return find(resume)
+    if config is None:
+        raise UserInputError(f"detflow {command}: give a {command} YAML, or --resume NAME")
+    return load(config, overrides)
 
 
 def _print_table(result) -> None:
@@ -67,15 +72,9 @@ def nas_cmd(
 
     Example: detflow nas workflows/nas/spinenet_proxy_nas.yaml --set num_samples=4
     """
-    from ..errors import UserInputError
     from ..nas import find_nas, load_nas_config, run_nas
 
-    if resume:
-        cfg, config_dir = find_nas(resume)
-    elif config is None:
-        raise UserInputError("detflow nas: give a NAS YAML, or --resume NAME")
-    else:
-        cfg, config_dir = load_nas_config(config, set_)
+    cfg, config_dir = _config_or_resumed("nas", config, set_, resume, load_nas_config, find_nas)
     result = run_nas(cfg, config_dir=config_dir, resume=bool(resume))
     if as_json:
         typer.echo(json.dumps(dataclasses_asdict(result), default=str))

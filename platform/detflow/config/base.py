@@ -19,7 +19,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "StrictModel", "load_config", "parse_config", "apply_overrides", "parse_override",
-    "format_validation_error", "read_yaml", "config_to_dict", "field_paths",
+    "format_validation_error", "read_yaml", "config_to_dict", "field_paths", "set_dotted",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -187,13 +187,17 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     out = copy.deepcopy(data) if data else {}
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(out, keys, value)
     return out
+
+
+def set_dotted(node: dict, keys: list[str], value: Any) -> None:
+    """``node[k0][k1]…[kn] = value``, creating (or replacing non-mapping) intermediate levels."""
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
 
 
 def parse_config(model_cls: type[M], data: Any, source: str = "<config>", overrides: Iterable[str] = ()) -> M:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import yaml
 from pydantic import ValidationError
 
-from ..config.base import format_validation_error, parse_override
+from ..config.base import format_validation_error, parse_override, set_dotted
 from ..errors import ConfigError
 from ..paths import resolve_path
 from .kinds import StepKind, ref_values, step_kinds
@@ -356,11 +356,7 @@ def apply_workflow_overrides(raw: dict, overrides: Iterable[str]) -> dict:
             if match is None:
                 raise ConfigError([f"--set {text}: no step {keys[1]!r}; steps: {', '.join(_ids(raw))}"])
             node, keys = match, keys[2:]
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
-        node[keys[-1]] = value
+        set_dotted(node, keys, value)
     return raw
 
 
