@@ -437,3 +437,58 @@ def test_submit_through_a_local_ray_head_job_server(home, monkeypatch):
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+TINY_PTQ_EVAL = """
+name: tinyq
+defaults:
+  model: rtmdet_tiny
+  data: synth
+  image_size: 64
+  scaling: {workers: 1, cpus_per_worker: 1}
+steps:
+  - id: synth
+    uses: synth
+    with: {num_images: 8, image_size: 64, num_classes: 2, val_fraction: 0.25}
+  - id: train
+    uses: train
+    needs: [synth]
+    with:
+      recipe: {name: plain}
+      train: {epochs: 1, batch_size: 2, max_steps_per_epoch: 2, schedule: {warmup_iters: 1},
+              optimizer: {scale_lr_by_batch: false}}
+  - id: ptq
+    uses: ptq
+    needs: [train]
+    with: {checkpoint: train, calib_batches: 2}
+  - id: eval_fp32
+    uses: evaluate
+    needs: [train]
+    with: {artifact: train}
+  - id: eval_int8
+    uses: evaluate
+    needs: [ptq]
+    with: {artifact: ptq}
+"""
+
+
+@pytest.mark.slow
+def test_real_ptq_and_evaluate_steps(ray_session, home, monkeypatch):
+    """synth → train → ptq (int8 Q/DQ ONNX) and evaluate of both artifacts, with the real step kinds."""
+    import onnx
+
+    from detflow import sdk
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    wf_path = home / "tinyq.yaml"
+    wf_path.write_text(TINY_PTQ_EVAL)
+    result = sdk.run(wf_path, state_url=f"sqlite:///{home / 'state.db'}", quiet=True)
+    assert result.status == "succeeded", result.error
+    int8 = result.outputs("ptq")["onnx"]
+    ops = {n.op_type for n in onnx.load(int8, load_external_data=False).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    for step, backend in (("eval_fp32", "torch"), ("eval_int8", "onnxruntime")):
+        out = result.outputs(step)
+        assert out["backend"] == backend
+        assert 0.0 <= out["metrics"]["AP50"] <= 1.0 and out["metrics"]["images"] == 2
