@@ -439,25 +439,8 @@ def test_submit_through_a_local_ray_head_job_server(home, monkeypatch):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-TINY_PTQ_EVAL = """
-name: tinyq
-defaults:
-  model: rtmdet_tiny
-  data: synth
-  image_size: 64
-  scaling: {workers: 1, cpus_per_worker: 1}
-steps:
-  - id: synth
-    uses: synth
-    with: {num_images: 8, image_size: 64, num_classes: 2, val_fraction: 0.25}
-  - id: train
-    uses: train
-    needs: [synth]
-    with:
-      recipe: {name: plain}
-      train: {epochs: 1, batch_size: 2, max_steps_per_epoch: 2, schedule: {warmup_iters: 1},
-              optimizer: {scale_lr_by_batch: false}}
-  - id: ptq
+# the same synth → train head as TINY_REAL, then ptq and evaluate steps
+TINY_PTQ_EVAL = TINY_REAL.split("  - id: export")[0].replace("name: tiny", "name: tinyq") + """  - id: ptq
     uses: ptq
     needs: [train]
     with: {checkpoint: train, calib_batches: 2}

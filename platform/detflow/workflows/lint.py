@@ -393,6 +393,15 @@ def parse_workflow(raw: Any, source: str = "<workflow>", base_dir: str | Path | 
         raise ConfigError(format_validation_error(exc, source, Workflow)) from None
 
 
+def _safe_load_with_lines(text: str) -> Any:
+    """``yaml.safe_load`` that also records each mapping's line (``LineLoader`` is a SafeLoader)."""
+    loader = LineLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_workflow(path: str | Path, overrides: Iterable[str] = ()) -> Workflow:
     """Read, lint and validate a workflow YAML file (see module docstring)."""
     path = Path(path)
@@ -401,7 +410,7 @@ def load_workflow(path: str | Path, overrides: Iterable[str] = ()) -> Workflow:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        raw = yaml.load(text, Loader=LineLoader)  # noqa: S506 — a SafeLoader subclass
+        raw = _safe_load_with_lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
