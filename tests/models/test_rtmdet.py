@@ -15,14 +15,6 @@ PARAMS_M = {"rtmdet_tiny": 4.896, "rtmdet_s": 8.887, "rtmdet_m": 24.709, "rtmdet
             "rtmdet_ins_x": 102.704}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run far faster on one thread than on oversubscribed threads of a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _targets(num_classes: int = 3, size: int = 64):
     masks0 = torch.zeros(1, size, size, dtype=torch.uint8)

@@ -107,13 +107,6 @@ def _fake_tree(state):
     return build(tree)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_released_style_checkpoint_loads_into_yolov6(tmp_path, one_thread):
     src = create_model("yolov6_n", num_classes=2).eval()

@@ -22,14 +22,6 @@ EXPECTED = {"spinenet_49s": (11.27, 0.01), "spinenet_49": (28.54, 0.005), "spine
 SMALL = [("spinenet_49s", 64), ("spinenet_49", 64)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI machine is shared: one intra-op thread is ~30× faster than two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _meta_model(name: str, **kw):
     with torch.device("meta"):

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from detmodels.families.spinenet_spec import (BlockSpec, ScaleSettings, SpecError, load_spec, merged_into,
+from detmodels.families.spinenet_spec import (ScaleSettings, SpecError, load_spec, merged_into,
                                               save_spec, spec_from_dict, spec_to_dict, spinenet49_spec,
                                               validate_spec)
 

@@ -17,14 +17,6 @@ from detmodels.weights import WeightsError
 EXPECTED = {"yolov3": 75.55, "yolov3_asff": 79.41, "yolov3_asff_rfb": 86.01}  # M params, 80 classes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI machine is shared: one intra-op thread is far faster than two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def asff_model():

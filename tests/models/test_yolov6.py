@@ -40,14 +40,6 @@ NC = 3
 _CACHE: dict = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the shared CPU is oversubscribed and multi-threaded convs stall there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _model(name: str, **kw):
     """Build once per (name, options) and hand out copies (M/L take seconds to initialise)."""

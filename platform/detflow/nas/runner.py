@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 from ..config.base import apply_overrides, load_config, parse_config, read_yaml
@@ -101,7 +100,8 @@ def run_nas(cfg: NasConfig, *, config_dir: str | Path | None = None, resume: boo
     """Run (or resume) the search; returns the ranked architectures and the best spec path."""
     from detmodels.families.spinenet_spec import spinenet49_spec
 
-    from .tracking import nas_parent_run, summarize
+    from ..tracking import remembered_parent_run
+    from .tracking import summarize
 
     base, base_path = _base_config(cfg, Path(config_dir) if config_dir else None)
     exp_dir = _nas_dir(cfg)
@@ -112,7 +112,8 @@ def run_nas(cfg: NasConfig, *, config_dir: str | Path | None = None, resume: boo
     if resume and not state.exists():
         raise UserInputError(f"no NAS named {cfg.name!r} to resume under {exp_dir.parent}")
     exp_dir.mkdir(parents=True, exist_ok=True)
-    parent = nas_parent_run(cfg, state, resume, config_dir)
+    parent = remembered_parent_run(state, cfg, kind="nas", resume=resume, extra={
+        "config": cfg.model_dump(mode="json"), "config_dir": str(Path(config_dir or ".").resolve())})
     study = _study(cfg, exp_dir)
     remaining = cfg.num_samples - sum(t.state.is_finished() for t in study.trials)
     objective = lambda t: _evaluate_sample(t, cfg, base, base_path, exp_dir, parent, spinenet49_spec())  # noqa: E731

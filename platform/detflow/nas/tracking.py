@@ -2,29 +2,12 @@
 decisions, params and FLOPs), and the ranked specs with the best one ready for ``detflow train``."""
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from pathlib import Path
 
 from .config import NasConfig
 
-__all__ = ["nas_parent_run", "log_architecture", "summarize"]
-
-
-def nas_parent_run(cfg: NasConfig, state: Path, resume: bool, config_dir) -> str:
-    from .. import tracking
-
-    if resume and state.exists():
-        return json.loads(state.read_text())["parent_run_id"]
-    tracking.configure()
-    with tracking.start_run(cfg.name, tags={"detflow.nas": cfg.name, "detflow.kind": "nas"}) as run:
-        tracking.log_config(cfg, name="nas.yaml")
-        run_id = run.info.run_id
-    state.write_text(json.dumps({"parent_run_id": run_id, "created": time.time(),
-                                 "config": cfg.model_dump(mode="json"),
-                                 "config_dir": str(Path(config_dir or ".").resolve())}))
-    return run_id
+__all__ = ["log_architecture", "summarize"]
 
 
 def log_architecture(run_id: str, spec, spec_path: Path, image_size: int, train_cfg) -> None:

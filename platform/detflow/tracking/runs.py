@@ -32,6 +32,7 @@ from .store import configure, ensure_experiment, redact_url
 __all__ = [
     "start_run", "log_config", "log_run_context", "log_metrics", "log_best", "log_figure",
     "plot_curves", "flatten_params", "redact", "is_secret_key", "REDACTED", "MAX_PARAMS",
+    "remembered_parent_run",
 ]
 
 REDACTED = "***"
@@ -347,3 +348,23 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str], *, ti
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def remembered_parent_run(state: Path, cfg, *, kind: str, resume: bool, extra: Mapping[str, Any] | None = None) -> str:
+    """The MLflow parent run of a search (``kind`` = sweep | nas), created once and remembered.
+
+    On ``resume`` the id stored in ``state`` (a JSON file) is returned; otherwise a parent run named
+    ``cfg.name`` is created with ``cfg`` logged as ``KIND.yaml``, and its id is written to ``state``
+    together with ``extra`` (e.g. the config, to find it again by name).
+    """
+    import time
+
+    if resume and state.exists():
+        return json.loads(state.read_text())["parent_run_id"]
+    configure()
+    with start_run(cfg.name, tags={f"detflow.{kind}": cfg.name, "detflow.kind": kind}) as run:
+        log_config(cfg, name=f"{kind}.yaml")
+        run_id = run.info.run_id
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"parent_run_id": run_id, "created": time.time(), **dict(extra or {})}))
+    return run_id

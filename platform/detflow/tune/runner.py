@@ -63,22 +63,6 @@ def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_ru
                  progress=False, tune_report=True, resume=True)
 
 
-def _parent_run(cfg: SweepConfig, exp_dir: Path, resume: bool) -> str:
-    """The sweep's MLflow parent run id (created once, remembered in the experiment directory)."""
-    from .. import tracking
-
-    state = exp_dir / _STATE_FILE
-    if resume and state.exists():
-        return json.loads(state.read_text())["parent_run_id"]
-    tracking.configure()
-    with tracking.start_run(cfg.name, tags={"detflow.sweep": cfg.name, "detflow.kind": "sweep"}) as run:
-        tracking.log_config(cfg, name="sweep.yaml")
-        run_id = run.info.run_id
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"parent_run_id": run_id, "created": time.time()}))
-    return run_id
-
-
 def _searcher(cfg: SweepConfig, exp_dir: Path, tune_space: dict):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -131,7 +115,9 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     from ..ray_env import init_ray
 
     init_ray(ray_address, log_to_driver=False)
-    parent = _parent_run(cfg, exp_dir, resume)
+    from ..tracking import remembered_parent_run
+
+    parent = remembered_parent_run(exp_dir / _STATE_FILE, cfg, kind="sweep", resume=resume)
     if not resume:
         (exp_dir / "sweep.json").write_text(json.dumps(
             {"config": cfg.model_dump(mode="json"), "config_dir": str(Path(config_dir or ".").resolve())}))
