@@ -30,6 +30,11 @@ class Detector(nn.Module, abc.ABC):
         family: family name (``rtmdet``, ``yolov6``, ``spinenet``, ``yolov3_asff``).
         task: ``bbox`` or ``segm``.
         input_spec: pixel normalisation the model was trained with.
+        has_unused_train_params: True when ``loss`` may leave some trainable parameters without a
+            gradient in a training step (a branch used only by inference or only by some batches).
+            DDP then has to search the autograd graph for them each step
+            (``find_unused_parameters=True``); families keep it False by making every parameter
+            reach the loss (a ``0 *`` term when a batch has no positives).
     Instance attributes:
         num_classes: number of foreground classes.
         strides: output strides of the head levels, e.g. ``(8, 16, 32)``.
@@ -38,6 +43,7 @@ class Detector(nn.Module, abc.ABC):
     family: str = ""
     task: str = "bbox"
     input_spec: InputSpec = InputSpec()
+    has_unused_train_params: bool = False
 
     def __init__(self, num_classes: int, strides: Sequence[int]):
         super().__init__()

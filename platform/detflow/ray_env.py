@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["RAY_ENV_DEFAULTS", "apply_ray_env_defaults", "init_ray", "release_finished_worker_groups",
+__all__ = ["RAY_ENV_DEFAULTS", "RAY_TRAIN_QUIET_ENV", "RAY_TRAIN_LOG_LEVEL_ENV", "apply_ray_env_defaults",
+           "init_ray", "quiet_ray_train_worker_logs", "ray_train_log_level", "release_finished_worker_groups",
            "worker_group_janitor"]
 
 # Environment every Ray process we start inherits. Train V2's worker-group start timeout (60 s by
@@ -12,6 +13,41 @@ RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
 }
+
+
+# Ray Train workers patch ``print`` to log through the root logger, which reaches the console even
+# inside ``contextlib.redirect_stdout`` (pycocotools' "creating index…" then floods the output):
+# keep the builtin print so that our redirects hold. Set in every Train worker's runtime env.
+RAY_TRAIN_QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# Level of Ray Train's own ``ray.train`` console logs (RunConfig.logging_config). WARNING hides its
+# per-report INFO lines ("Reporting training result", "Checkpoint successfully created", "Moving
+# model to device", "Setting up process group" …) and keeps its warnings and errors.
+RAY_TRAIN_LOG_LEVEL_ENV = "DETFLOW_RAY_TRAIN_LOG_LEVEL"
+
+
+def ray_train_log_level() -> str:
+    """``$DETFLOW_RAY_TRAIN_LOG_LEVEL`` (e.g. ``INFO`` to debug Ray Train), ``WARNING`` by default."""
+    import logging
+
+    from .errors import UserInputError
+
+    level = os.environ.get(RAY_TRAIN_LOG_LEVEL_ENV, "WARNING").strip().upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise UserInputError(f"${RAY_TRAIN_LOG_LEVEL_ENV}: expected a log level (DEBUG, INFO, WARNING, ERROR), "
+                             f"got {level!r}")
+    return level
+
+
+def quiet_ray_train_worker_logs() -> None:
+    """In a Train worker: apply :func:`ray_train_log_level` to Ray Train's loggers that are named by
+    file path (``logging.getLogger(__file__)``, e.g. the one printing "Reporting training result …"),
+    which escape ``RunConfig.logging_config`` because their names are not under ``ray.train``."""
+    import logging
+
+    level = ray_train_log_level()
+    for name in list(logging.root.manager.loggerDict):
+        if name.endswith(".py") and "/ray/train/" in name.replace("\\", "/"):
+            logging.getLogger(name).setLevel(level)
 
 
 def apply_ray_env_defaults() -> None:

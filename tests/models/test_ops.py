@@ -78,6 +78,22 @@ def test_batched_nms_matches_brute_force(seed, thr):
     assert got == _brute_force_nms(boxes, scores, idxs, thr)
 
 
+def test_blockwise_nms_across_blocks_and_max_keep_match_brute_force():
+    from detmodels.ops.nms import _nms_torch
+
+    g = torch.Generator().manual_seed(7)
+    n = 300
+    xy = torch.rand(n, 2, generator=g) * 80
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 30 + 2], 1)
+    scores = torch.rand(n, generator=g)
+    ref = _brute_force_nms(boxes, scores, [0] * n, 0.5)
+    assert _nms_torch(boxes, scores, 0.5, block=16).tolist() == ref  # many blocks
+    assert _nms_torch(boxes, scores, 0.5, max_keep=7, block=16).tolist() == ref[:7]
+    idxs = torch.randint(0, 4, (n,), generator=g)
+    assert ops.batched_nms(boxes, scores, idxs, 0.5, max_keep=11).tolist() == \
+        _brute_force_nms(boxes, scores, idxs, 0.5)[:11]
+
+
 def test_nms_empty_and_class_separation():
     assert ops.nms(torch.zeros((0, 4)), torch.zeros(0), 0.5).numel() == 0
     boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]])

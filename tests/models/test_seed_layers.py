@@ -3,6 +3,7 @@ import math
 
 import functools
 
+import pytest
 import torch
 
 from detmodels.layers import PyramidPoolingModule, SqueezeExcitation
@@ -69,3 +70,15 @@ def test_ppm_shapes_and_batch_one_training():
     assert y.shape == (1, 8, 5, 7)
     y.sum().backward()
     assert all(p.grad is not None for p in ppm.parameters())
+
+
+def test_same_max_pools_equal_parallel_pools_exactly():
+    from detmodels.layers.spp import same_max_pools
+
+    x = torch.randn(2, 3, 11, 9)
+    for kernels in ((5, 9, 13), (3, 5, 7), (5, 3, 9)):
+        ref = [torch.nn.functional.max_pool2d(x, k, 1, k // 2) for k in kernels]
+        got = same_max_pools(x, kernels)
+        assert all(torch.equal(a, b) for a, b in zip(ref, got)), kernels
+    with pytest.raises(ValueError, match="odd"):
+        same_max_pools(x, (4,))

@@ -78,6 +78,12 @@ def test_small_sweep_with_asha_and_mlflow_nesting(sweep_env):
     assert len(children) == 4
     assert all(c.data.tags["detflow.sweep"] == "asha" and "lr=" in c.info.run_name for c in children)
     assert {t["mlflow_run_id"] for t in trials} == {c.info.run_id for c in children}
+    status = {c.info.run_id: c for c in children}
+    for t in trials:  # no child run left RUNNING; ASHA's stops are tagged
+        run = status[t["mlflow_run_id"]]
+        assert run.info.status == "FINISHED"
+        assert ("detflow.stopped_early" in run.data.tags) == (t["status"] == "STOPPED_EARLY")
+        assert t["attempts"] == 1 and t["start_to_first_report_s"] > t["first_epoch_s"] > 0
     parent = mlflow.get_run(result["parent_run_id"])
     assert "best/train/loss" in parent.data.metrics
 
@@ -107,3 +113,47 @@ def test_killed_sweep_driver_resumes_without_repeating_trials(sweep_env):
     study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{exp / 'optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4
+
+
+def test_crashed_trial_is_retried_recorded_and_the_sweep_carries_on(sweep_env):
+    """One grid point overflows the loss (a classification-loss weight beyond float32) so its training
+    raises on the first step: Tune retries it once with the same config, records it as ERROR with the
+    error text, its MLflow child run ends FAILED, and the two good trials finish and compete for best."""
+    tmp_path, env = sweep_env
+    sweep = {
+        "name": "crashy", "base": "base.yaml", "metric": "train/loss", "mode": "min",
+        "overrides": ["checkpoint.max_failures=0"],  # no Ray Train worker restarts inside a trial
+        "space": {"model.head.loss_cls_weight": {"choice": [1.0, 1.0e39, 2.0]}, "train.epochs": 1},
+        "search": {"name": "grid"}, "scheduler": {"name": "none"}, "max_concurrent": 2, "max_retries": 1,
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "crashy.yaml").write_text(yaml.safe_dump(sweep))
+    r = _run_cli(["sweep", str(tmp_path / "crashy.yaml"), "--json"], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    trials = {t["model.head.loss_cls_weight"]: t for t in result["trials"]}
+    assert sorted(trials) == [1.0, 2.0, 1.0e39]
+    bad = trials[1.0e39]
+    assert bad["status"] == "ERROR" and bad["attempts"] == 2 and bad["epochs"] == 0
+    assert "non-finite loss" in bad["error"] and len(bad["errors"]) == 2
+    assert all("non-finite loss" in e for e in bad["errors"])
+    for good in (trials[1.0], trials[2.0]):
+        assert good["status"] == "TERMINATED" and good["attempts"] == 1 and good["error"] is None
+        assert good["epochs"] == 1 and good["metric"] > 0
+        assert 0 <= good["first_epoch_s"] < good["start_to_first_report_s"]
+        assert good["overhead_s"] == pytest.approx(good["start_to_first_report_s"] - good["first_epoch_s"])
+    best = min((trials[1.0], trials[2.0]), key=lambda t: t["metric"])
+    assert result["best_values"]["model.head.loss_cls_weight"] == best["model.head.loss_cls_weight"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    failed = mlflow.get_run(bad["mlflow_run_id"])  # the retry continued the same child run
+    assert failed.info.status == "FAILED" and "non-finite loss" in failed.data.tags["detflow.error"]
+    assert {mlflow.get_run(t["mlflow_run_id"]).info.status for t in (trials[1.0], trials[2.0])} == {"FINISHED"}
+    parent = mlflow.get_run(result["parent_run_id"])
+    assert parent.data.metrics["tune/median_trial_overhead_s"] == pytest.approx(
+        sorted([trials[1.0]["overhead_s"], trials[2.0]["overhead_s"]])[0] / 2
+        + sorted([trials[1.0]["overhead_s"], trials[2.0]["overhead_s"]])[1] / 2)
+    assert parent.data.tags["detflow.failed_trials"] == "1"

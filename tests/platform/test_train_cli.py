@@ -124,7 +124,7 @@ def test_predict_cli_needs_images_or_annotations(synth, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name,recipe", [("rtmdet_tiny", "rtmdet"), ("rtmdet_ins_tiny", "rtmdet"),
-                                               ("yolov6_n", "yolov6")])
+                                               ("yolov6_n", "yolov6"), ("spinenet_49s", "retinanet")])
 def test_worker_components_train_and_evaluate_each_family(synth, model_name, recipe):
     """The worker's data/model/loop wiring without Ray: 2 steps, finite loss, COCO eval runs."""
     import math

@@ -110,7 +110,7 @@ def yolov3_level_loss(box: Tensor, obj: Tensor, cls: Tensor, slot_anchors: Tenso
     free = num_slots - 1
     img, gts, labels = _gather_gts(targets, box.device)
     obj_w = (~_ignore_mask(pred, img, gts, cfg.ignore_thr)).to(obj.dtype)
-    zero = box.sum() * 0.0
+    zero = box.sum() * 0.0 + slot_anchors.sum() * 0.0  # keeps guide_wh in the graph (DDP) without positives
     best_iou, best = _wh_iou(gts[:, None, 2:], anchors[None].to(gts.dtype)).max(1) if len(gts) else (gts, gts)
     sel = (best // 3 == level) if len(gts) else torch.zeros(0, dtype=torch.bool, device=box.device)
     if not bool(sel.any()):

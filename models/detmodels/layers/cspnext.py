@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import ConvNormAct
+from .spp import same_max_pools
 
 __all__ = ["DepthwiseSeparableConv", "CSPNeXtBlock", "ChannelAttention", "SPPBottleneck", "CSPLayer"]
 
@@ -84,7 +85,7 @@ class SPPBottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
-        pooled = [F.max_pool2d(x, k, stride=1, padding=k // 2) for k in self.kernel_sizes]
+        pooled = same_max_pools(x, self.kernel_sizes)
         return self.conv2(torch.cat([x, *pooled], 1))
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import ConvNormAct
+from .spp import same_max_pools
 
 __all__ = ["darknet_conv", "DarknetBottleneck", "DarknetStage", "Darknet53", "SPP"]
 
@@ -90,4 +90,4 @@ class SPP(nn.Module):
         self.kernels = tuple(kernels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([x] + [F.max_pool2d(x, k, 1, k // 2) for k in self.kernels], 1)
+        return torch.cat([x, *same_max_pools(x, self.kernels)], 1)

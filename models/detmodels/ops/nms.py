@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,38 +28,57 @@ def _torchvision_nms():
         return None
 
 
-def _nms_torch(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    if boxes.numel() == 0:
+def _nms_torch(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None,
+               block: int = 256) -> Tensor:
+    """Greedy NMS over score-sorted blocks of ``block`` boxes: each block is first checked against
+    the boxes kept so far, then resolved greedily inside itself. Memory is ``O(block² + block·kept)``
+    instead of ``O(N²)``, and the scan stops once ``max_keep`` boxes are kept (the first ``max_keep``
+    of greedy NMS do not depend on the boxes after them)."""
+    n = boxes.shape[0]
+    if n == 0:
         return torch.zeros((0,), dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
     boxes = boxes[order]
-    iou = pairwise_iou(boxes, boxes)
-    n = boxes.shape[0]
-    # suppressed[j] once any kept i < j overlaps it by more than the threshold
-    over = (iou > iou_threshold).triu(diagonal=1)
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    over_cpu = over.cpu() if n > 64 else over
-    keep_cpu = keep.cpu() if n > 64 else keep
-    for i in range(n):
-        if keep_cpu[i]:
-            keep_cpu &= ~over_cpu[i]
-    keep = keep_cpu.to(boxes.device)
-    return order[keep]
+    limit = n if max_keep is None else max_keep
+    kept: list[Tensor] = []
+    kept_boxes = boxes[:0]
+    for start in range(0, n, block):
+        chunk = boxes[start : start + block]
+        alive = (pairwise_iou(chunk, kept_boxes) <= iou_threshold).all(1) if len(kept_boxes) else \
+            torch.ones(len(chunk), dtype=torch.bool, device=boxes.device)
+        alive = _greedy_within(alive.cpu().numpy(), (pairwise_iou(chunk, chunk) > iou_threshold).cpu().numpy())
+        idx = torch.from_numpy(alive).nonzero().squeeze(1).to(boxes.device)
+        kept.append(idx + start)
+        kept_boxes = torch.cat([kept_boxes, chunk[idx]])
+        if len(kept_boxes) >= limit:
+            break
+    return order[torch.cat(kept)[:limit]]
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+def _greedy_within(alive: np.ndarray, over: np.ndarray) -> np.ndarray:
+    """Greedy suppression inside one score-sorted block: ``over[i, j]`` = box i suppresses box j."""
+    over = np.triu(over, 1)
+    for i in range(len(alive)):
+        if alive[i]:
+            alive &= ~over[i]
+    return alive
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None) -> Tensor:
     """Indices (into ``boxes``) of the kept boxes, sorted by decreasing score.
 
     Args:
         boxes: ``N×4`` xyxy. scores: ``N``. iou_threshold: discard overlaps with IoU > threshold.
+        max_keep: return only the ``max_keep`` best kept boxes (the scan stops there).
     """
     tv = _torchvision_nms()
     if tv is not None and not torch.jit.is_scripting():
-        return tv(boxes.float(), scores.float(), float(iou_threshold))
-    return _nms_torch(boxes.float(), scores.float(), float(iou_threshold))
+        return tv(boxes.float(), scores.float(), float(iou_threshold))[:max_keep]
+    return _nms_torch(boxes.float(), scores.float(), float(iou_threshold), max_keep)
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
+                max_keep: int | None = None) -> Tensor:
     """Class-aware NMS: boxes of different ``idxs`` never suppress each other.
 
     Uses the coordinate-offset trick (each class shifted to its own region), as torchvision does.
@@ -68,4 +88,4 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         return torch.zeros((0,), dtype=torch.long, device=boxes.device)
     max_coord = boxes.max()
     offsets = idxs.to(boxes) * (max_coord + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    return nms(boxes + offsets[:, None], scores, iou_threshold, max_keep)

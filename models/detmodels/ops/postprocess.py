@@ -33,7 +33,7 @@ def multiclass_nms(
         top = cand_scores.topk(pre_nms_topk).indices
         prior_idx, labels, cand_scores = prior_idx[top], labels[top], cand_scores[top]
     cand_boxes = boxes[prior_idx]
-    keep = batched_nms(cand_boxes, cand_scores, labels, nms_iou)[:max_det]
+    keep = batched_nms(cand_boxes, cand_scores, labels, nms_iou, max_keep=max_det)
     return cand_boxes[keep], cand_scores[keep], labels[keep], prior_idx[keep]
 
 

@@ -71,5 +71,32 @@ def bench_data_cmd(
     typer.echo(json.dumps(result, default=str) if as_json else format_data_bench(result))
 
 
+@bench_app.command("search")
+def bench_search_cmd(
+    trials: int = typer.Option(16, "--trials", min=1, help="Trials per sweep."),
+    epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs per trial (ASHA's maximum)."),
+    images: int = typer.Option(48, "--images", min=2, help="Synthetic training images (+ a quarter for val)."),
+    image_size: int = typer.Option(128, "--image-size", min=32, help="Input size (synthetic images are this size)."),
+    max_concurrent: int = typer.Option(2, "--max-concurrent", min=1, help="Trials at a time (1 CPU each)."),
+    metric: str = typer.Option("val/bbox_mAP50", "--metric", help="Metric the sweeps optimise."),
+    mode: str = typer.Option("max", "--mode", help="max or min."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """The same TPE sweep of rtmdet_tiny (soft-centre α/β, mosaic cache length, neck expansion ratio)
+    with ASHA vs without early stopping: best metric, trial-epochs, wall time, Tune overhead per trial.
+
+    Example: detflow bench search --trials 16 --epochs 4 --images 48 --image-size 128
+    """
+    from ..bench.search_bench import run_search_bench
+    from ..errors import UserInputError
+
+    if mode not in ("max", "min"):
+        raise UserInputError(f"--mode: expected max or min, got {mode!r}")
+    result = run_search_bench(trials=trials, epochs=epochs, images=images, image_size=image_size,
+                              max_concurrent=max_concurrent, metric=metric, mode=mode,
+                              print_fn=None if as_json else typer.echo)
+    typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -60,6 +60,8 @@ def _print_table(result) -> None:
     console.print(f"best {result.metric}: {result.best_metric}  values: {result.best_values}")
     console.print(f"best config: {result.best_config_path}  (detflow train {result.best_config_path})")
     console.print(f"MLflow parent run: {result.parent_run_id}")
+    for line in result.summary_lines():
+        console.print(line)
 
 
 def nas_cmd(

@@ -17,7 +17,7 @@ from pydantic import Field, PositiveInt
 
 from ..config.base import StrictModel
 
-__all__ = ["NasSpace", "ProxyTask", "NasSearch", "NasConfig"]
+__all__ = ["NasSpace", "ProxyTask", "NasSearch", "NasObjective", "NasConfig"]
 
 
 class NasSpace(StrictModel):
@@ -48,15 +48,28 @@ class NasSearch(StrictModel):
     storage: str | None = Field(None, description="Optuna SQL storage URL; default SQLite under the NAS directory")
 
 
-class NasConfig(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    base: str = Field(description="training config YAML of a spinenet model (relative to this file)")
-    overrides: list[str] = Field(default_factory=list)
+class NasObjective(StrictModel):
+    """What a search samples and how it scores them: the space, the proxy task, the reward metric, the
+    sampler. Shared by :class:`NasConfig` and the workflow ``nas`` step (``detflow.workflows.schema``)."""
+
     metric: str = "val/bbox_mAP"
     mode: Literal["max", "min"] = "max"
     num_samples: PositiveInt = 8
     space: NasSpace = NasSpace()
     proxy: ProxyTask = ProxyTask()
     search: NasSearch = NasSearch()
+
+
+class _NasTarget(StrictModel):
+    """The search's name and base training config (the leading fields of a NAS YAML)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    base: str = Field(description="training config YAML of a spinenet model (relative to this file)")
+    overrides: list[str] = Field(default_factory=list)
+
+
+class NasConfig(NasObjective, _NasTarget):
+    """A SpineNet architecture search over a base training config of a spinenet model."""
+
     workers: PositiveInt = 1
     storage: str = Field("", description="default $DETFLOW_HOME/nas")

@@ -178,12 +178,15 @@ def _ensure_ray() -> None:
 
 
 def _worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
-    from .worker import PID_DIR_ENV
+    from ..ray_env import RAY_TRAIN_LOG_LEVEL_ENV, RAY_TRAIN_QUIET_ENV
+    from .worker import FIND_UNUSED_ENV, PID_DIR_ENV
 
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "DETFLOW_HOME": str(state_dir()),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": str(max(int(cfg.scaling.cpus_per_worker), 1))}
-    if os.environ.get(PID_DIR_ENV):
-        env[PID_DIR_ENV] = os.environ[PID_DIR_ENV]
+           "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": str(max(int(cfg.scaling.cpus_per_worker), 1)),
+           **RAY_TRAIN_QUIET_ENV}
+    for key in (PID_DIR_ENV, FIND_UNUSED_ENV, RAY_TRAIN_LOG_LEVEL_ENV):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
     return env
 
 
@@ -201,6 +204,7 @@ def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
+    from ..ray_env import ray_train_log_level
     from ..storage import ray_storage
 
     storage_path, storage_fs = ray_storage(cfg.storage)  # s3:// carries its endpoint and credentials
@@ -209,6 +213,7 @@ def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri:
         failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
         worker_runtime_env={"env_vars": _worker_env(cfg, tracking_uri)},
+        logging_config=ray.train.LoggingConfig(log_level=ray_train_log_level()),
     )
     return TorchTrainer(
         train_worker, train_loop_config=loop_config,

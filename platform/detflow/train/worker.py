@@ -25,10 +25,19 @@ from ..engine.optim import build_optimizer
 from ..engine.schedules import IterLRScheduler, build_schedule
 from .data import TrainData, build_train_data, recipe_settings
 
-__all__ = ["train_worker", "EpochLogger", "build_model", "PID_DIR_ENV"]
+__all__ = ["train_worker", "EpochLogger", "build_model", "ddp_find_unused", "PID_DIR_ENV", "FIND_UNUSED_ENV"]
 
 # When set, each worker writes an empty file ``rank<r>-<pid>`` there (fault-injection tests, debugging).
 PID_DIR_ENV = "DETFLOW_WORKER_PID_DIR"
+# "1": DDP searches for unused parameters whatever the model says (a custom model that needs it).
+FIND_UNUSED_ENV = "DETFLOW_DDP_FIND_UNUSED"
+
+
+def ddp_find_unused(model: torch.nn.Module) -> bool:
+    """DDP's ``find_unused_parameters``: only for a model whose loss can leave trainable parameters
+    without a gradient (``Detector.has_unused_train_params``), or when ``DETFLOW_DDP_FIND_UNUSED=1``.
+    Otherwise DDP skips the extra autograd-graph traversal it would do every step."""
+    return bool(getattr(model, "has_unused_train_params", False)) or os.environ.get(FIND_UNUSED_ENV) == "1"
 
 
 class EpochLogger:
@@ -123,6 +132,9 @@ class _WorkerRun:
         import ray.train
         import ray.train.torch
 
+        from ..ray_env import quiet_ray_train_worker_logs
+
+        quiet_ray_train_worker_logs()
         self.cfg = TrainConfig.model_validate(config["cfg"])
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -141,7 +153,8 @@ class _WorkerRun:
         self.loop = _build_loop(self.cfg, model, self.data.recipe, self.data.steps_per_epoch, self.world,
                                 self.device, teacher, progress=bool(config.get("progress")) and self.rank == 0)
         # DDP wrapping after the EMA copy was taken from the bare module
-        self.loop.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        self.loop.model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": ddp_find_unused(model)})
         self.logger = EpochLogger(config.get("run_id") if self.rank == 0 else None)
         self.start_epoch, self.history, self.best = 0, [], {}
         self._restore(ray.train.get_checkpoint())

@@ -26,7 +26,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ..config.base import StrictModel
 
-__all__ = ["ParamSpec", "SearchConfig", "SchedulerConfig", "TrialResources", "SweepConfig"]
+__all__ = ["ParamSpec", "SearchConfig", "SchedulerConfig", "TrialResources", "SweepSearch", "SweepConfig"]
 
 
 class ParamSpec(StrictModel):
@@ -87,30 +87,44 @@ class TrialResources(StrictModel):
     gpus_per_worker: float = Field(0.0, ge=0)
 
 
-class SweepConfig(StrictModel):
-    """A hyperparameter sweep over a base training config."""
+class SweepSearch(StrictModel):
+    """What a sweep searches and how: the space, the objective, the searcher and the scheduler.
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    base: str = Field(description="training config YAML (relative to this file)")
-    overrides: list[str] = Field(default_factory=list, description="--set style overrides of the base")
+    Shared by :class:`SweepConfig` and the workflow ``sweep`` step (``detflow.workflows.schema``).
+    ``space`` keys are dotted paths of the training config; a bare value (not a mapping) is fixed.
+    """
+
     metric: str = "val/bbox_mAP"
     mode: Literal["max", "min"] = "max"
-    space: dict[str, ParamSpec]
+    space: dict[str, ParamSpec] = Field(min_length=1)
     search: SearchConfig = SearchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     num_samples: PositiveInt = 8
     max_concurrent: PositiveInt = 2
-    resources: TrialResources = TrialResources()
-    max_retries: int = Field(1, ge=0, description="retries of a crashed trial (same config)")
-    storage: str = Field("", description="local dir or s3:// URI; default $DETFLOW_HOME/sweeps")
 
     @model_validator(mode="before")
     @classmethod
     def _fixed_values(cls, data: Any) -> Any:
-        """A bare value in ``space`` (not a mapping) is a fixed value."""
+        """A bare value in ``space`` (not a mapping nor a ParamSpec) is a fixed value."""
         if isinstance(data, dict) and isinstance(data.get("space"), dict):
             data = dict(data)
             data["space"] = {
-                k: (v if isinstance(v, dict) else {"fixed": v}) for k, v in data["space"].items()
+                k: (v if isinstance(v, (dict, ParamSpec)) else {"fixed": v}) for k, v in data["space"].items()
             }
         return data
+
+
+class _SweepTarget(StrictModel):
+    """The sweep's name and base training config (the leading fields of a sweep YAML)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    base: str = Field(description="training config YAML (relative to this file)")
+    overrides: list[str] = Field(default_factory=list, description="--set style overrides of the base")
+
+
+class SweepConfig(SweepSearch, _SweepTarget):
+    """A hyperparameter sweep over a base training config."""
+
+    resources: TrialResources = TrialResources()
+    max_retries: int = Field(1, ge=0, description="retries of a crashed trial (same config)")
+    storage: str = Field("", description="local dir or s3:// URI; default $DETFLOW_HOME/sweeps")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import yaml
 from .config import SweepConfig
 from .space import apply_trial, trial_label
 
-__all__ = ["SweepResult", "collect_results", "log_sweep_summary"]
+__all__ = ["SweepResult", "collect_results", "log_sweep_summary", "finalize_trial_runs"]
 
 
 @dataclasses.dataclass
@@ -22,9 +23,13 @@ class SweepResult:
     Attributes:
         name: sweep name; parent_run_id: MLflow parent run.
         trials: one dict per trial: ``trial_id``, ``label``, searched values (dotted paths), ``metric``,
-            ``epochs`` (reports received), ``status`` (TERMINATED / STOPPED_EARLY / ERROR), ``mlflow_run_id``, ``error``.
-        best_values / best_metric: the best trial's searched values and metric.
+            ``epochs`` (reports received), ``status`` (TERMINATED / STOPPED_EARLY / ERROR), ``mlflow_run_id``,
+            ``error`` (first line of the last error, or None), ``attempts`` (times Tune started the trial:
+            1 + crash retries, + 1 when a resumed sweep restarted it), ``errors`` (one line per failure),
+            ``start_to_first_report_s``, ``first_epoch_s`` and ``overhead_s`` (see :mod:`detflow.tune.stats`).
+        best_values / best_metric: the best trial's searched values and metric (ERROR trials never win).
         best_config_path: YAML of the full best training config, ready for ``detflow train``.
+        median_trial_overhead_s: median ``overhead_s`` over the trials that reported.
     """
 
     name: str
@@ -37,15 +42,30 @@ class SweepResult:
     best_config_path: str | None
     path: str
     wall_time_s: float = 0.0
+    median_trial_overhead_s: float | None = None
 
     def table_rows(self) -> list[list[str]]:
+        """Header + one row per trial (the ``error`` column only when a trial failed)."""
         keys = [k for k in (self.trials[0] if self.trials else {}) if "." in k]
-        rows = [["trial", *keys, self.metric, "epochs", "status", "mlflow run"]]
+        with_error = any(t.get("error") for t in self.trials)
+        rows = [["trial", *keys, self.metric, "epochs", "status", "attempts", *_TIMING_COLUMNS, "mlflow run",
+                 *(["error"] if with_error else [])]]
         for t in self.trials:
-            metric = t.get("metric")
-            rows.append([t["trial_id"], *(_fmt(t.get(k)) for k in keys), _fmt(metric), str(t["epochs"]),
-                         t["status"], t.get("mlflow_run_id") or "-"])
+            rows.append([t["trial_id"], *(_fmt(t.get(k)) for k in keys), _fmt(t.get("metric")), str(t["epochs"]),
+                         t["status"], str(t.get("attempts", 1)), *(_fmt(t.get(c)) for c in _TIMING_COLUMNS),
+                         t.get("mlflow_run_id") or "-", *([_fmt(t.get("error"))[:120]] if with_error else [])])
         return rows
+
+    def summary_lines(self) -> list[str]:
+        """What a printout states under the table: failed trials and the median Tune overhead."""
+        failed = [t["trial_id"] for t in self.trials if t["status"] == "ERROR"]
+        over = self.median_trial_overhead_s
+        return [f"trials failed: {len(failed)}" + (f" ({', '.join(failed)})" if failed else ""),
+                "median Tune overhead per trial (start → first report − first epoch): "
+                + ("-" if over is None else f"{over:.1f} s")]
+
+
+_TIMING_COLUMNS = ("start_to_first_report_s", "first_epoch_s", "overhead_s")
 
 
 def _fmt(value: Any) -> str:
@@ -62,6 +82,20 @@ def _mlflow_runs_by_trial(parent_run_id: str) -> dict[str, str]:
     return {r.data.tags.get("detflow.trial_id"): r.info.run_id for r in runs if r.data.tags.get("detflow.trial_id")}
 
 
+# trial directory: ``_trial_fn_<id>_<index>_<values>_<date>``; ids are ``abcde_00001`` (basic variant
+# generator) or ``0277f262`` (searchers such as OptunaSearch)
+_TRIAL_ID = re.compile(r"^_trial_fn_([0-9a-f]+(?:_\d{5})?)_\d+_")
+
+
+def _trial_id(result) -> str:
+    """Tune's trial id: from the reported metrics, else (a trial that never reported) its directory name."""
+    reported = (result.metrics or {}).get("trial_id")
+    if reported:
+        return str(reported)
+    match = _TRIAL_ID.search(Path(result.path).name) if result.path else None
+    return match.group(1) if match else "?"
+
+
 def _trial_status(result, max_epochs: int) -> str:
     if result.error is not None:
         return "ERROR"
@@ -73,21 +107,25 @@ def collect_results(cfg: SweepConfig, grid, parent_run_id: str, exp_dir: Path, b
                     *, wall_time_s: float = 0.0) -> SweepResult:
     """Build the :class:`SweepResult` from Tune's ResultGrid and write ``best.yaml``."""
     from .runner import _base_epochs
+    from .stats import error_line, median_overhead, read_trial_stats
 
     max_epochs = cfg.scheduler.max_epochs or _base_epochs(cfg, base, source)
     mlflow_ids = _mlflow_runs_by_trial(parent_run_id)
+    stats = read_trial_stats(exp_dir)
     trials = []
     for result in grid:
         values = {k: (result.config or {}).get(k) for k in cfg.space}
-        trial_id = Path(result.path).name.split("_")[1] if result.path else "?"
-        trial_id = (result.metrics or {}).get("trial_id", trial_id)
+        trial_id = _trial_id(result)
         metric = (result.metrics or {}).get(cfg.metric)
+        seen = stats.get(trial_id, {})
         trials.append({
             "trial_id": trial_id, "label": trial_label(values, cfg.space), **values,
             "metric": float(metric) if metric is not None else float("nan"),
             "epochs": int((result.metrics or {}).get("training_iteration", 0)),
             "status": _trial_status(result, max_epochs), "mlflow_run_id": mlflow_ids.get(trial_id),
-            "error": str(result.error).splitlines()[0] if result.error else None,
+            "error": error_line(result.error), "attempts": int(seen.get("attempts", 1)),
+            "errors": list(seen.get("errors", [])),
+            **{k: seen.get(k) for k in _TIMING_COLUMNS},
         })
     best = _best_trial(trials, cfg.mode)
     best_path = None
@@ -101,11 +139,12 @@ def collect_results(cfg: SweepConfig, grid, parent_run_id: str, exp_dir: Path, b
     return SweepResult(cfg.name, parent_run_id, cfg.metric, cfg.mode, trials,
                        {k: best[k] for k in cfg.space} if best else None,
                        best["metric"] if best else None, str(best_path) if best_path else None,
-                       str(exp_dir), wall_time_s)
+                       str(exp_dir), wall_time_s, median_overhead(trials))
 
 
 def _best_trial(trials: list[dict], mode: str) -> dict | None:
-    scored = [t for t in trials if not math.isnan(t["metric"])]
+    """The best trial by metric among those that did not end in ERROR."""
+    scored = [t for t in trials if not math.isnan(t["metric"]) and t["status"] != "ERROR"]
     if not scored:
         return None
     return (max if mode == "max" else min)(scored, key=lambda t: t["metric"])
@@ -123,8 +162,35 @@ def _absolute_paths(data: dict, base_dir: Path) -> dict:
     return data
 
 
+def finalize_trial_runs(result: SweepResult) -> None:
+    """End the trials' MLflow child runs the way the trials ended.
+
+    An ERROR trial's run ends FAILED with its error as tag ``detflow.error`` (the trial's own run
+    context does so on an exception; a trial whose process died did not). A trial ASHA stopped is
+    terminated by Tune mid-training, so its run would stay RUNNING: it ends FINISHED with the tag
+    ``detflow.stopped_early``.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for t in result.trials:
+        run_id = t.get("mlflow_run_id")
+        if not run_id or t["status"] not in ("ERROR", "STOPPED_EARLY"):
+            continue
+        status = client.get_run(run_id).info.status
+        if t["status"] == "ERROR":
+            client.set_tag(run_id, "detflow.error", (t.get("error") or "unknown error")[:500])
+            if status != "FAILED":
+                client.set_terminated(run_id, status="FAILED")
+        else:
+            client.set_tag(run_id, "detflow.stopped_early", f"after epoch {t['epochs']}")
+            if status == "RUNNING":
+                client.set_terminated(run_id, status="FINISHED")
+
+
 def log_sweep_summary(cfg: SweepConfig, result: SweepResult, exp_dir: Path) -> None:
-    """Parent run: best metric and values, the trial table (CSV), best.yaml, and plots."""
+    """Parent run: best metric and values, the median per-trial Tune overhead, the trial table (CSV),
+    best.yaml, and plots; the trials' child runs end as the trials did (:func:`finalize_trial_runs`)."""
     import csv
 
     import mlflow
@@ -132,6 +198,7 @@ def log_sweep_summary(cfg: SweepConfig, result: SweepResult, exp_dir: Path) -> N
     from .. import tracking
     from .plots import plot_importances, plot_metric_vs_trial
 
+    finalize_trial_runs(result)
     rows = result.table_rows()
     table_path = exp_dir / "trials.csv"
     with table_path.open("w", newline="") as fh:
@@ -141,8 +208,11 @@ def log_sweep_summary(cfg: SweepConfig, result: SweepResult, exp_dir: Path) -> N
             mlflow.log_metric(f"best/{cfg.metric}", result.best_metric)
             mlflow.log_params({f"best.{k}": v for k, v in (result.best_values or {}).items()})
             mlflow.log_artifact(result.best_config_path)
+        if result.median_trial_overhead_s is not None:
+            mlflow.log_metric("tune/median_trial_overhead_s", result.median_trial_overhead_s)
         mlflow.log_artifact(str(table_path))
         mlflow.set_tag("detflow.trials", str(len(result.trials)))
+        mlflow.set_tag("detflow.failed_trials", str(sum(t["status"] == "ERROR" for t in result.trials)))
         tracking.log_figure(plot_metric_vs_trial(result), "search/metric_vs_trial.png")
         fig = plot_importances(cfg, exp_dir)
         if fig is not None:

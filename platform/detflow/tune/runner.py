@@ -5,6 +5,7 @@ SQL storage we own, so an interrupted sweep resumes with searcher and scheduler 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,21 @@ def _validate(cfg: SweepConfig, base: dict, source: str) -> None:
             apply_trial(base, cfg.overrides, {path: value}, f"{source}: space.{path}={value!r}")
 
 
-def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_run_id: str, trials_dir: str) -> None:
+# Where the trial's run lands: the sweep driver's store, also when the trial actor's process did not
+# inherit the driver's environment (a workflow step, a cluster started before the driver).
+_TRIAL_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")
+
+
+def _trial_env() -> dict[str, str]:
+    return {**{k: os.environ[k] for k in _TRIAL_ENV if k in os.environ}, "DETFLOW_HOME": str(state_dir())}
+
+
+def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_run_id: str, trials_dir: str,
+              env: dict[str, str] | None = None) -> None:
     """Body of one Tune trial: a full ``run_training`` of the trial's config."""
     from ray import tune
+
+    os.environ.update(env or {})
 
     from ..train import run_training
 
@@ -123,7 +136,8 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
             {"config": cfg.model_dump(mode="json"), "config_dir": str(Path(config_dir or ".").resolve())}))
     trainable = tune.with_parameters(
         _trial_fn, base=base, base_dir=str(base_path.parent), sweep=cfg.model_dump(mode="json"),
-        parent_run_id=parent, trials_dir=str(exp_dir / "trials"))
+        parent_run_id=parent, trials_dir=str(exp_dir / "trials"),
+        env=_trial_env())
     # The trial driver only waits on its Ray Train job: it holds no CPU (a token of memory instead,
     # since Tune needs a non-empty request), so max_concurrent × workers × cpus fit the cluster exactly.
     trainable = tune.with_resources(trainable, {"memory": 64 * 1024**2})
@@ -136,7 +150,11 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
 
 
 def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: str, resume: bool):
+    """A new Tuner, or the stored one on resume. A crashed trial is retried ``cfg.max_retries`` times
+    with its config (Tune's ``FailureConfig``), then recorded as ERROR; the sweep always carries on."""
     from ray import tune
+
+    from .stats import TrialStatsCallback
 
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
@@ -152,6 +170,7 @@ def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: 
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=str(exp_dir.parent),
             failure_config=tune.FailureConfig(max_failures=cfg.max_retries), verbose=1,
+            callbacks=[TrialStatsCallback(exp_dir)],
         ),
     )
 

@@ -100,6 +100,11 @@ class _Tee:
         for s in self.streams:
             s.flush()
 
+    def __getattr__(self, name: str) -> Any:
+        """Other file attributes (``encoding``, ``isatty``, ``fileno`` — Ray Tune reads them) of the
+        original stream."""
+        return getattr(self.streams[0], name)
+
 
 def _execute_step(run_fn: Callable[..., dict], params: Any, ctx: StepContext) -> dict:
     """Body of the Ray task: run the step, teeing stdout/stderr into the step's log file."""

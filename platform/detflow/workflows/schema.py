@@ -25,8 +25,8 @@ from pydantic import Field, NonNegativeInt, PositiveInt, SerializeAsAny, Validat
 from ..config.base import StrictModel
 from ..config.train import (CheckpointConfig, DatasetSplit, ModelConfig, RecipeConfig, ScalingConfig,
                             TrainLoopConfig)
-from ..nas.config import NasSearch, NasSpace, ProxyTask
-from ..tune.config import SchedulerConfig, SearchConfig, TrialResources
+from ..nas.config import NasObjective
+from ..tune.config import SweepSearch, TrialResources
 from .kinds import Ref, StepKind, get_step_kind, register_step_kind
 
 __all__ = [
@@ -169,29 +169,17 @@ class EvaluateParams(StepParams):
     input_size: PositiveInt | None = None
 
 
-class SweepParams(_TrainSections):
-    """Hyperparameter sweep (``detflow.tune``, Ray Tune + Optuna) over the step's training config;
-    ``space`` uses the sweep YAML syntax (``{uniform: [a, b]}``, ``{choice: […]}``, a fixed value)."""
+class SweepParams(SweepSearch, _TrainSections):
+    """Hyperparameter sweep (``detflow.tune``, Ray Tune + Optuna) over the step's training config: the
+    training-config sections plus a sweep YAML's search fields (:class:`~detflow.tune.config.SweepSearch`;
+    ``space`` entries are ``{uniform: [a, b]}``, ``{choice: […]}``, … or a fixed value)."""
 
-    space: dict[str, Any] = Field(min_length=1)
-    metric: str = "val/bbox_mAP"
-    mode: Literal["max", "min"] = "max"
-    num_samples: PositiveInt = 8
-    max_concurrent: PositiveInt = 2
-    search: SearchConfig = SearchConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
-    trial_resources: TrialResources = TrialResources()
+    trial_resources: TrialResources = Field(TrialResources(), description="one trial's Ray Train job")
 
 
-class NASParams(_TrainSections):
-    """SpineNet architecture search (``detflow.nas``): proxy-train sampled specs, keep the best."""
-
-    metric: str = "val/bbox_mAP"
-    mode: Literal["max", "min"] = "max"
-    num_samples: PositiveInt = 8
-    space: NasSpace = NasSpace()
-    proxy: ProxyTask = ProxyTask()
-    search: NasSearch = NasSearch()
+class NASParams(NasObjective, _TrainSections):
+    """SpineNet architecture search (``detflow.nas``): proxy-train sampled specs, keep the best. The
+    training-config sections plus a NAS YAML's search fields (:class:`~detflow.nas.config.NasObjective`)."""
 
 
 _TRAIN_RES = {"num_cpus": 0.0}  # a train-like step only drives its Ray Train / Tune job

@@ -2,11 +2,14 @@
 
 Both write the step's layered training config to ``base.yaml`` in the step directory and hand it to
 the search as its base; the output ``best_config`` is a full training YAML a ``train`` step takes
-with ``config_from: STEP``.
+with ``config_from: STEP``. The search fields of a step are those of the search's own YAML
+(:class:`~detflow.tune.config.SweepSearch`, :class:`~detflow.nas.config.NasObjective`) and pass through as is.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -14,7 +17,7 @@ from ..context import StepContext
 from ..schema import NASParams, SweepParams
 from . import deep_merge, section_overrides
 
-__all__ = ["run_sweep", "run_nas"]
+__all__ = ["run_sweep", "run_nas", "full_scale_spec"]
 
 
 def _write_base(params, ctx: StepContext) -> Path:  # noqa: ANN001
@@ -28,16 +31,18 @@ def _write_base(params, ctx: StepContext) -> Path:  # noqa: ANN001
     return path
 
 
+def _shared(params: Any, section: type) -> dict:
+    """The step's values of the fields it shares with the search config class ``section``."""
+    return {name: getattr(params, name) for name in section.model_fields}
+
+
 def run_sweep(params: SweepParams, ctx: StepContext) -> dict:
-    from ...tune import config as tune_config
+    from ...tune.config import SweepConfig, SweepSearch
     from ...tune.runner import run_sweep as sweep
 
     base = _write_base(params, ctx)
-    cfg = tune_config.SweepConfig.model_validate({
-        "name": ctx.step_id, "base": str(base), "metric": params.metric, "mode": params.mode, "space": params.space,
-        "search": params.search.model_dump(), "scheduler": params.scheduler.model_dump(),
-        "num_samples": params.num_samples, "max_concurrent": params.max_concurrent,
-        "resources": params.trial_resources.model_dump(), "storage": str(ctx.path / "sweeps")})
+    cfg = SweepConfig(**_shared(params, SweepSearch), name=ctx.step_id, base=str(base),
+                      resources=params.trial_resources, storage=str(ctx.path / "sweeps"))
     resume = (ctx.path / "sweeps").is_dir() and any((ctx.path / "sweeps").iterdir())
     result = sweep(cfg, config_dir=ctx.path, resume=resume)
     return {"best_config": result.best_config_path, "best_values": result.best_values,
@@ -45,26 +50,44 @@ def run_sweep(params: SweepParams, ctx: StepContext) -> dict:
             "sweep_run_id": result.parent_run_id}
 
 
+def full_scale_spec(best_spec: str | Path, base_model: dict, out: Path) -> Path:
+    """The searched block graph at the base model's scale, saved to ``out``.
+
+    The search trains every sample at the proxy's reduced ``filter_size_scale`` (SpineNet §4); the
+    architecture found is then built at the target model's scale settings (§3.3): those of the named
+    variant (``spinenet_49s`` …), of the base ``spec`` for ``spinenet``, else SpineNet-49's.
+    """
+    from detmodels.families.spinenet import SPINENET_VARIANTS
+    from detmodels.families.spinenet_spec import load_spec, save_spec
+
+    name = str(base_model.get("name", "spinenet"))
+    variant = SPINENET_VARIANTS.get(name.removeprefix("spinenet_"))
+    if variant is not None:
+        scale = variant.scale
+    else:
+        spec = base_model.get("spec")
+        scale = load_spec(spec).scale if spec and Path(spec).is_file() else None
+    return save_spec(dataclasses.replace(load_spec(best_spec), scale=scale), out)
+
+
 def run_nas(params: NASParams, ctx: StepContext) -> dict:
     from ...config.base import read_yaml
+    from ...errors import RuntimeFailure
     from ...nas import NasConfig, run_nas as nas
+    from ...nas.config import NasObjective
 
     base = _write_base(params, ctx)
-    cfg = NasConfig.model_validate({
-        "name": ctx.step_id, "base": str(base), "metric": params.metric, "mode": params.mode,
-        "num_samples": params.num_samples, "space": params.space.model_dump(), "proxy": params.proxy.model_dump(),
-        "search": params.search.model_dump(), "storage": str(ctx.path / "nas")})
+    cfg = NasConfig(**_shared(params, NasObjective), name=ctx.step_id, base=str(base), storage=str(ctx.path / "nas"))
     resume = (ctx.path / "nas").is_dir() and any((ctx.path / "nas").iterdir())
     result = nas(cfg, config_dir=ctx.path, resume=resume)
     if not result.best_spec_path:
-        from ...errors import RuntimeFailure
-
         raise RuntimeFailure(f"step {ctx.step_id!r}: the search produced no valid architecture")
     best = read_yaml(base) or {}
-    best.setdefault("model", {})["spec"] = result.best_spec_path
+    spec = full_scale_spec(result.best_spec_path, best.get("model") or {}, ctx.path / "best_spec.yaml")
+    # ``spec`` is read by the generic ``spinenet`` builder, not by a named variant's
+    best["model"] = {**(best.get("model") or {}), "name": "spinenet", "spec": str(spec)}
     best_path = ctx.path / "best_config.yaml"
     best_path.write_text(yaml.safe_dump(best, sort_keys=False))
-    top = result.ranked[0] if result.ranked else {}
-    metric = top.get("metric") if isinstance(top, dict) else None
-    return {"best_config": str(best_path), "spec": result.best_spec_path,
+    metric = result.ranked[0].get(cfg.metric) if result.ranked else None
+    return {"best_config": str(best_path), "spec": str(spec), "proxy_spec": result.best_spec_path,
             "metrics": {"best": metric} if isinstance(metric, (int, float)) else {}, "nas_run_id": result.parent_run_id}
