@@ -166,26 +166,28 @@ def finalize_trial_runs(result: SweepResult) -> None:
     """End the trials' MLflow child runs the way the trials ended.
 
     An ERROR trial's run ends FAILED with its error as tag ``detflow.error`` (the trial's own run
-    context does so on an exception; a trial whose process died did not). A trial ASHA stopped is
-    terminated by Tune mid-training, so its run would stay RUNNING: it ends FINISHED with the tag
-    ``detflow.stopped_early``.
+    context does so on an exception; a trial whose process died did not). Tune terminates a trial as
+    soon as the scheduler says stop — mid-training for an ASHA stop (tag ``detflow.stopped_early``),
+    or right after the last report at ``max_t`` — before the trial closes its run: every run still
+    RUNNING once the sweep is over ends FINISHED.
     """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     for t in result.trials:
         run_id = t.get("mlflow_run_id")
-        if not run_id or t["status"] not in ("ERROR", "STOPPED_EARLY"):
+        if not run_id:
             continue
         status = client.get_run(run_id).info.status
         if t["status"] == "ERROR":
             client.set_tag(run_id, "detflow.error", (t.get("error") or "unknown error")[:500])
             if status != "FAILED":
                 client.set_terminated(run_id, status="FAILED")
-        else:
+            continue
+        if t["status"] == "STOPPED_EARLY":
             client.set_tag(run_id, "detflow.stopped_early", f"after epoch {t['epochs']}")
-            if status == "RUNNING":
-                client.set_terminated(run_id, status="FINISHED")
+        if status == "RUNNING":
+            client.set_terminated(run_id, status="FINISHED")
 
 
 def log_sweep_summary(cfg: SweepConfig, result: SweepResult, exp_dir: Path) -> None:
