@@ -1,6 +1,8 @@
 """`detflow config validate` and the config error format: FILE: dotted.path: expected …, got …."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from torch import nn
@@ -144,3 +146,12 @@ def test_config_kind_registry(in_tmp, capsys, monkeypatch):
     assert _run(capsys, "t.yaml", "--print-config") == (0, "# kind: tiny\nsteps:\n- a\n- b\nok\n", "")
     code, _, err = _run(capsys, "t.yaml", "--kind", "train")
     assert code == 2 and "t.yaml: steps: unknown key" in err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "workflows" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_training_configs_validate(path):
+    from detflow.config.base import load_config
+
+    cfg = load_config(TrainConfig, path)
+    assert cfg.model.name in detmodels.list_models() and cfg.data.image_size > 0
