@@ -168,8 +168,8 @@ def finalize_trial_runs(result: SweepResult) -> None:
     An ERROR trial's run ends FAILED with its error as tag ``detflow.error`` (the trial's own run
     context does so on an exception; a trial whose process died did not). Tune terminates a trial as
     soon as the scheduler says stop — mid-training for an ASHA stop (tag ``detflow.stopped_early``),
-    or right after the last report at ``max_t`` — before the trial closes its run: every run still
-    RUNNING once the sweep is over ends FINISHED.
+    or right after the last report at ``max_t`` — before the trial closes its run (which stays
+    RUNNING, or ends FAILED on the interruption): the run of every trial that did not fail ends FINISHED.
     """
     from mlflow.tracking import MlflowClient
 
@@ -186,7 +186,7 @@ def finalize_trial_runs(result: SweepResult) -> None:
             continue
         if t["status"] == "STOPPED_EARLY":
             client.set_tag(run_id, "detflow.stopped_early", f"after epoch {t['epochs']}")
-        if status == "RUNNING":
+        if status != "FINISHED":  # RUNNING, or FAILED by the interruption of a stopped trial
             client.set_terminated(run_id, status="FINISHED")
 
 
