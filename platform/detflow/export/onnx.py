@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# The dynamo exporter logs one "torchvision is not installed" warning per torchvision op it would
+# register; detflow never needs them (NMS is ours), so keep them out of step logs.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 OUTPUT_NAMES = ("boxes", "scores")
 
