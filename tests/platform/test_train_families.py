@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -74,22 +73,6 @@ def test_ray_train_log_level_default_override_and_bad_value(monkeypatch):
 
 
 # --------------------------------------------------------------------------- end to end on Ray
-@pytest.fixture(scope="session")
-def ray_families(tmp_path_factory):
-    home = tmp_path_factory.mktemp("detflow_home")
-    os.environ.update(DETFLOW_HOME=str(home), MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
-                      RAY_AUTH_MODE="disabled")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield home
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def synth16(tmp_path_factory):
     from detflow.data import generate_synthetic
@@ -139,7 +122,7 @@ def _metric_history(run_id: str, key: str) -> dict[int, float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", list(FAMILY_RUNS))
-def test_family_trains_through_detflow_train_on_ray(ray_families, synth16, model, tmp_path, capsys):
+def test_family_trains_through_detflow_train_on_ray(ray_session, synth16, model, tmp_path, capsys):
     """``detflow train CONFIG --json`` on Ray: finite losses that fall from epoch 1 to epoch 2, a
     checkpoint of the right model, one MLflow run with each epoch's metrics once."""
     from detflow.cli import main

@@ -19,22 +19,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    home = tmp_path_factory.mktemp("detflow_home")
-    os.environ.update(DETFLOW_HOME=str(home), MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
-                      RAY_AUTH_MODE="disabled")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield home
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def synth(tmp_path_factory):
     from detflow.data import generate_synthetic
 
