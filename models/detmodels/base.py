@@ -35,6 +35,8 @@ class Detector(nn.Module, abc.ABC):
             DDP then has to search the autograd graph for them each step
             (``find_unused_parameters=True``); families keep it False by making every parameter
             reach the loss (a ``0 *`` term when a batch has no positives).
+        distill_temperature: the family's default KD temperature (1 for the generic logit KD).
+        supports_feature_distill: ``forward`` can add the neck features (``"feats"``) for feature KD.
     Instance attributes:
         num_classes: number of foreground classes.
         strides: output strides of the head levels, e.g. ``(8, 16, 32)``.
@@ -44,6 +46,8 @@ class Detector(nn.Module, abc.ABC):
     task: str = "bbox"
     input_spec: InputSpec = InputSpec()
     has_unused_train_params: bool = False
+    distill_temperature: float = 1.0
+    supports_feature_distill: bool = False
 
     def __init__(self, num_classes: int, strides: Sequence[int]):
         super().__init__()
@@ -51,6 +55,7 @@ class Detector(nn.Module, abc.ABC):
         self.strides = tuple(int(s) for s in strides)
         self._epoch = 0
         self._max_epochs = 1
+        self.distill_feat = False
 
     # ----------------------------------------------------------------- required
     @abc.abstractmethod
@@ -86,20 +91,42 @@ class Detector(nn.Module, abc.ABC):
         """Told by the training loop at each epoch start (e.g. ATSS warm-up, distillation decay)."""
         self._epoch, self._max_epochs = int(epoch), max(int(max_epochs), 1)
 
+    # ----------------------------------------------------------------- distillation
+    def configure_distillation(self, *, temperature: float | None = None, feature: bool = False) -> None:
+        """Set on the student and on the teacher before distilling: the KD temperature (``None`` keeps
+        the family's default) and whether ``forward`` also returns the features for feature KD."""
+        if feature and not self.supports_feature_distill:
+            raise ValueError(f"{type(self).__name__}: feature distillation is not available for this family; "
+                             "expected distill.feature: false")
+        if temperature is not None:
+            if temperature <= 0:
+                raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+            self.distill_temperature = float(temperature)
+        self.distill_feat = bool(feature)
+
+    def as_teacher(self) -> "Detector":
+        """This model, frozen in eval mode, as a distillation teacher. Families whose
+        :meth:`distill_loss` reads training-only outputs of the teacher (YOLOv6's DLD distributions)
+        keep emitting them here."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
     def distill_loss(
         self, student: RawOutputs, teacher: RawOutputs, targets: Sequence[Target], weight: float = 1.0
     ) -> dict[str, Tensor]:
         """Knowledge-distillation terms against a teacher's raw outputs.
 
-        The default is logit KD on the class scores (sigmoid-BCE to the teacher's probabilities)
-        plus an L1 term on the box regression maps, for families without their own recipe.
-        Families override it (YOLOv6: KL on class scores and DFL distributions at T=20).
+        The default is logit KD on the class scores (sigmoid-BCE of ``s/T`` to the teacher's
+        ``sigmoid(t/T)``, × T²; T = :attr:`distill_temperature`) plus an L1 term on the box regression
+        maps, for families without their own recipe. Families override it (YOLOv6 §2.4: KL on class
+        scores and DFL distributions at T = 20).
         """
+        temp = self.distill_temperature
         cls_terms, box_terms = [], []
         for s, t in zip(student["cls"], teacher["cls"]):
-            cls_terms.append(
-                nn.functional.binary_cross_entropy_with_logits(s, t.detach().sigmoid(), reduction="mean")
-            )
+            cls_terms.append(temp**2 * nn.functional.binary_cross_entropy_with_logits(
+                s / temp, (t.detach() / temp).sigmoid(), reduction="mean"))
         for s, t in zip(student["box"], teacher["box"]):
             box_terms.append((s - t.detach()).abs().mean())
         return {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["RAY_ENV_DEFAULTS", "RAY_TRAIN_QUIET_ENV", "RAY_TRAIN_LOG_LEVEL_ENV", "apply_ray_env_defaults",
+__all__ = ["RAY_ENV_DEFAULTS", "LOCAL_RAY_ENV_DEFAULTS", "RAY_TRAIN_QUIET_ENV", "RAY_TRAIN_LOG_LEVEL_ENV", "apply_ray_env_defaults",
            "init_ray", "quiet_ray_train_worker_logs", "ray_train_log_level", "release_finished_worker_groups",
            "worker_group_janitor"]
 
@@ -14,6 +14,10 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
 }
 
+# Only for a local Ray that detflow starts itself: Train V2's preemption watcher follows node drains (spot
+# instances being reclaimed), which a one-machine cluster never has; each run would start one more actor
+# and print an "E … core_worker.cc … PreemptionWatcher … max_restarts > 0" line. Clusters keep it.
+LOCAL_RAY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 # Ray Train workers patch ``print`` to log through the root logger, which reaches the console even
 # inside ``contextlib.redirect_stdout`` (pycocotools' "creating index…" then floods the output):
@@ -69,6 +73,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, **kwarg
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **kwargs)
     else:
+        for key, value in LOCAL_RAY_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         # The dashboard serves the State API that Ray Train's PlacementGroupCleaner polls: without it
         # a finished run's worker placement group is never released (trials then starve in a sweep).
         ray.init(num_cpus=num_cpus, include_dashboard=kwargs.pop("include_dashboard", True),

@@ -18,8 +18,10 @@ Example::
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +188,8 @@ def download_dir(uri: str, local_dir: str | os.PathLike, *, client: Any = None) 
 
 def materialize(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """A local directory with the contents of ``uri``: a local path is returned as is (must exist);
-    ``s3://…`` is downloaded into ``cache_dir`` (default: a fresh temp dir)."""
+    ``s3://…`` is downloaded into ``cache_dir``, or by default into a temp dir that is reused for the same
+    URI within this process and removed when it exits (checkpoint directories never change once written)."""
     text = str(uri)
     if not is_remote(text):
         path = Path(text.removeprefix("file://")).expanduser()
@@ -195,8 +198,30 @@ def materialize(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = No
         return path
     if not text.startswith(("s3://", "s3a://")):
         raise UserInputError(f"{redact(text)}: only local paths and s3:// URIs can be materialized")
-    dest = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="detflow-s3-"))
-    return download_dir(text, dest)
+    if cache_dir is not None:
+        return download_dir(text, cache_dir)
+    cached = _DOWNLOADS.get(text)
+    if cached is not None and cached.is_dir():
+        return cached
+    dest = Path(tempfile.mkdtemp(prefix="detflow-s3-"))
+    try:
+        download_dir(text, dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    if not _DOWNLOADS:
+        atexit.register(_remove_downloads)
+    _DOWNLOADS[text] = dest
+    return dest
+
+
+_DOWNLOADS: dict[str, Path] = {}
+
+
+def _remove_downloads() -> None:
+    for path in _DOWNLOADS.values():
+        shutil.rmtree(path, ignore_errors=True)
+    _DOWNLOADS.clear()
 
 
 def redact(text: Any, env: Mapping[str, str] | None = None) -> str:

@@ -225,7 +225,7 @@ def test_dld_loss_keys_and_distill_class_weights():
     assert set(losses) == {"loss_cls", "loss_iou", "loss_dfl"}
     weights = {s: cfg.distill_class_weight for s, cfg in YOLOV6_CONFIGS.items() if s in "nsml"}
     assert weights == {"n": 1.0, "s": 1.0, "m": 0.8, "l": 2.0}
-    assert n.temperature == 20.0
+    assert n.distill_temperature == 20.0
 
 
 def test_p6_rejects_training_auxiliaries_and_warms_up_with_atss():
@@ -245,6 +245,31 @@ def test_feature_distillation_term():
     assert same["loss_kd_cls"].item() == pytest.approx(0.0, abs=1e-4)
     other = {**out, "feats": [torch.randn_like(f) for f in out["feats"]]}
     assert model.distill_loss(out, other, _targets())["loss_kd_feat"].item() > 0
+
+
+def test_dld_teacher_gives_its_distributions_to_the_dfl_kd_term():
+    teacher, student = _model("yolov6_n", head={"dld": True}), _model("yolov6_n", head={"dld": True})
+    x = torch.rand(2, 3, 64, 64)
+    assert "box_dfl" not in teacher.eval()(x)          # plain inference never computes the DLD branch
+    teacher.as_teacher()
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    with torch.no_grad():
+        t_out = teacher(x)
+    assert [m.shape[1] for m in t_out["box_dfl"]] == [68, 68, 68]
+    with torch.no_grad():  # make the two DLD branches disagree, then the DFL KD term must see it
+        for conv in teacher.head.reg_preds_dfl:
+            conv.weight.normal_(0, 0.5)
+        t_out = teacher(x)
+    losses = student.distill_loss(student(x), t_out, _targets())
+    assert losses["loss_kd_dfl"].item() > 0
+
+
+def test_configure_distillation_sets_temperature_and_features():
+    model = _model("yolov6_n")
+    model.configure_distillation(temperature=4.0, feature=True)
+    assert model.distill_temperature == 4.0 and "feats" in model(torch.rand(1, 3, 64, 64))
+    model.configure_distillation(temperature=None, feature=False)   # None keeps the current value
+    assert model.distill_temperature == 4.0 and "feats" not in model(torch.rand(1, 3, 64, 64))
 
 
 def test_cosine_distill_weight():

@@ -72,6 +72,16 @@ def test_ray_train_log_level_default_override_and_bad_value(monkeypatch):
         ray_train_log_level()
 
 
+def test_local_ray_env_switches_are_ray_trains_own():
+    """The variables detflow sets for a local Ray are the ones this Ray version reads."""
+    from ray.train.v2._internal import constants
+
+    from detflow.ray_env import LOCAL_RAY_ENV_DEFAULTS, RAY_TRAIN_QUIET_ENV
+
+    assert constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR in LOCAL_RAY_ENV_DEFAULTS
+    assert constants.ENABLE_PRINT_PATCH_ENV_VAR in RAY_TRAIN_QUIET_ENV
+
+
 # --------------------------------------------------------------------------- end to end on Ray
 @pytest.fixture(scope="module")
 def synth16(tmp_path_factory):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def test_settings_come_from_the_standard_variables(s3, monkeypatch):
 
 def test_upload_download_materialize(s3, tmp_path, monkeypatch):
     from detflow.errors import UserInputError
+    from detflow import storage
     from detflow.storage import download_dir, materialize, upload_dir
 
     for name, value in s3.env().items():
@@ -78,11 +80,17 @@ def test_upload_download_materialize(s3, tmp_path, monkeypatch):
         assert (back / rel).read_bytes() == (src / rel).read_bytes()
     local = materialize(f"s3://{RUNS_BUCKET}/io/ckpt")
     assert json.loads((local / "meta.json").read_text()) == {"epoch": 3}
+    assert materialize(f"s3://{RUNS_BUCKET}/io/ckpt") == local  # downloaded once per process
     assert materialize(src) == src  # local paths pass through
 
+    before = set(Path(tempfile.gettempdir()).glob("detflow-s3-*"))
     with pytest.raises(UserInputError, match="no objects under this prefix") as err:
         materialize(f"s3://{RUNS_BUCKET}/io/missing")
     assert s3.secret_key not in str(err.value)
+    assert set(Path(tempfile.gettempdir()).glob("detflow-s3-*")) == before  # a failed download leaves nothing
+
+    storage._remove_downloads()  # what runs at exit
+    assert not local.exists()
 
 
 def test_failed_transfer_message_has_no_credentials(s3, tmp_path, monkeypatch):

@@ -191,6 +191,7 @@ class YOLOv6(Detector):
 
     family = "yolov6"
     input_spec = InputSpec(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), channel_order="RGB")
+    supports_feature_distill = True
 
     def __init__(self, cfg: YOLOv6Config, num_classes: int = 80, *, reg_max: int | None = None,
                  anchor_aided: bool = False, dld: bool = False, distill_feat: bool = False,
@@ -199,7 +200,7 @@ class YOLOv6(Detector):
         super().__init__(num_classes, cfg.strides)
         self.cfg = cfg
         self.reg_max = cfg.reg_max if reg_max is None else int(reg_max)
-        self.temperature = float(temperature)
+        self.distill_temperature = float(temperature)
         self.distill_class_weight = cfg.distill_class_weight if distill_class_weight is None else distill_class_weight
         self.distill_feat = distill_feat
         if cfg.p6 and (anchor_aided or dld):
@@ -219,7 +220,7 @@ class YOLOv6(Detector):
     def forward(self, images: Tensor) -> RawOutputs:
         feats = self.neck(self.backbone(images))
         out: RawOutputs = self.head(feats)
-        if self.distill_feat:  # set it on the teacher too (``teacher.distill_feat = True``)
+        if self.distill_feat:  # set on the student and the teacher by :meth:`configure_distillation`
             out["feats"] = list(feats)
         return out
 
@@ -238,6 +239,13 @@ class YOLOv6(Detector):
         h, w = outputs["cls"][0].shape[-2:]
         input_hw = (h * self.strides[0], w * self.strides[0])
         return dense_postprocess(boxes, scores, input_hw, image_sizes, score_thr, nms_iou, max_det, scale_factors)
+
+    def as_teacher(self) -> "YOLOv6":
+        """Frozen eval-mode teacher that still returns its DLD distributions (``box_dfl``) when it has
+        the auxiliary branch: the DFL KD term of a DLD student reads them (YOLOv6 §2.4)."""
+        super().as_teacher()
+        self.head.emit_dld_in_eval = True
+        return self
 
     def distill_loss(self, student: RawOutputs, teacher: RawOutputs, targets: Sequence[Target],
                      weight: float = 1.0) -> dict[str, Tensor]:

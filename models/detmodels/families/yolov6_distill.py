@@ -68,7 +68,7 @@ def yolov6_distill_loss(model: "YOLOv6", student: dict, teacher: dict, targets: 
       ×T², weighted like the DFL loss, × 0.5 × ``weight``; zero when either side lacks DFL logits.
     * ``loss_kd_feat`` (both outputs carry ``feats``): channel-wise KD × 10 × ``weight``.
     """
-    t = model.temperature
+    t = model.distill_temperature
     s_cls, t_cls = flatten_levels(student["cls"]), flatten_levels(teacher["cls"])
     kd_cls = kl_at_temperature(s_cls.sigmoid().flatten(0, 1), t_cls.sigmoid().flatten(0, 1), t).sum() * t**2
     losses = {"loss_kd_cls": weight * model.distill_class_weight * LOSS_WEIGHTS["cls"] * kd_cls}

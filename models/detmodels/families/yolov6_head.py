@@ -58,6 +58,7 @@ class EfficientDecoupledHead(nn.Module):
         self.cls_preds_ab = _preds(in_channels, num_classes * num_anchors_ab) if anchor_aided else None
         self.reg_preds_ab = _preds(in_channels, 4 * num_anchors_ab) if anchor_aided else None
         self.reg_preds_dfl = _preds(in_channels, 4 * (dld_reg_max + 1)) if dld else None
+        self.emit_dld_in_eval = False  # a distillation teacher's DLD branch (YOLOv6.as_teacher)
         self.init_predictors()
 
     @property
@@ -83,7 +84,7 @@ class EfficientDecoupledHead(nn.Module):
         aux = self.training
         if aux and self.anchor_aided:
             out["cls_ab"], out["box_ab"] = [], []
-        if aux and self.dld:
+        if self.dld and (aux or self.emit_dld_in_eval):
             out["box_dfl"] = []
         for i, x in enumerate(feats):
             x = self.stems[i](x)

@@ -84,8 +84,12 @@ def _base_config(model: str, data: Any, image_size: int, epochs: int, batch_size
         "data": {"train": {"annotations": str(data.train_json), "images": str(data.images_dir)},
                  "val": {"annotations": str(data.val_json), "images": str(data.images_dir)},
                  "image_size": image_size},
-        "recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 20}, "mixup": {"max_cached_images": 10}},
-        "train": {"epochs": epochs, "batch_size": batch_size, "schedule": {"warmup_iters": 1}},
+        # the short-budget recipe of workflows/configs/rtmdet_tiny_synth.yaml, so that trials learn in a few epochs
+        "recipe": {"name": "rtmdet", "ratio_range": [0.5, 1.5], "mosaic": {"max_cached_images": 20},
+                   "mixup": {"max_cached_images": 10}},
+        "train": {"epochs": epochs, "batch_size": batch_size, "eval_interval": 1,
+                  "optimizer": {"lr": 0.003, "scale_lr_by_batch": False},
+                  "schedule": {"warmup_iters": 20, "warmup_epochs": 0}},
         "scaling": {"workers": 1, "cpus_per_worker": 1},
         "checkpoint": {"every": 1, "keep_last": 1, "max_failures": 0},
     }
@@ -115,7 +119,7 @@ def _row(scheduler: str, result: Any, wall_time_s: float) -> SearchBenchRow:
         median_overhead_s=result.median_trial_overhead_s, parent_run_id=result.parent_run_id)
 
 
-def run_search_bench(*, trials: int = 16, epochs: int = 4, images: int = 48, image_size: int = 128,
+def run_search_bench(*, trials: int = 16, epochs: int = 6, images: int = 96, image_size: int = 160,
                      max_concurrent: int = 2, batch_size: int = 4, model: str = "rtmdet_tiny",
                      metric: str = "val/bbox_mAP50", mode: str = "max",
                      print_fn: Callable[[str], None] | None = print) -> SearchBenchResult:

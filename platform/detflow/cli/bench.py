@@ -75,9 +75,9 @@ def bench_data_cmd(
 @bench_app.command("search")
 def bench_search_cmd(
     trials: int = typer.Option(16, "--trials", min=1, help="Trials per sweep."),
-    epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs per trial (ASHA's maximum)."),
-    images: int = typer.Option(48, "--images", min=2, help="Synthetic training images (+ a quarter for val)."),
-    image_size: int = typer.Option(128, "--image-size", min=32, help="Input size (synthetic images are this size)."),
+    epochs: int = typer.Option(6, "--epochs", min=1, help="Epochs per trial (ASHA's maximum)."),
+    images: int = typer.Option(96, "--images", min=2, help="Synthetic training images (+ a quarter for val)."),
+    image_size: int = typer.Option(160, "--image-size", min=32, help="Input size (synthetic images are this size)."),
     max_concurrent: int = typer.Option(2, "--max-concurrent", min=1, help="Trials at a time (1 CPU each)."),
     metric: str = typer.Option("val/bbox_mAP50", "--metric", help="Metric the sweeps optimise."),
     mode: str = typer.Option("max", "--mode", help="max or min."),

@@ -199,9 +199,10 @@ class DistillConfig(StrictModel):
 
     teacher: str = Field(description="teacher checkpoint directory (a workflow fills it from `teacher: STEP`)")
     weight: float = Field(1.0, ge=0)
-    temperature: float = Field(20.0, gt=0)
+    temperature: float | None = Field(None, gt=0, description="KD temperature; default: the family's (YOLOv6 20, "
+                                      "the generic logit KD of the other families 1)")
     decay: Literal["cosine", "none"] = "cosine"
-    feature: bool = Field(False, description="add channel-wise feature distillation")
+    feature: bool = Field(False, description="add channel-wise feature distillation (YOLOv6)")
 
 
 class TrainConfig(StrictModel):

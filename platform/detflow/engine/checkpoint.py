@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -171,19 +170,14 @@ def prune_checkpoints(root: str | os.PathLike, keep_last: int, protect: tuple[st
 
 # --------------------------------------------------------------------------- reading
 def local_checkpoint(path: str | os.PathLike) -> Path:
-    """A local directory for ``path``; ``s3://`` and other URIs are downloaded to a temp dir first."""
-    text = str(path)
-    if "://" not in text:
-        p = Path(text).expanduser()
-        if not is_checkpoint(p):
-            raise UserInputError(f"{p}: not a detflow checkpoint directory (expected {MODEL_FILE}, {CONFIG_FILE}, {META_FILE})")
-        return p
-    import pyarrow.fs as pafs
+    """A local directory for ``path``; an ``s3://`` URI is downloaded once per process
+    (:func:`detflow.storage.materialize`) and the copy removed at exit."""
+    from ..storage import materialize
 
-    fs, remote = pafs.FileSystem.from_uri(text)
-    local = Path(tempfile.mkdtemp(prefix="detflow-ckpt-"))
-    pafs.copy_files(remote, str(local), source_filesystem=fs)
-    return local_checkpoint(local)
+    p = materialize(path) if "://" in str(path) else Path(path).expanduser()
+    if not is_checkpoint(p):
+        raise UserInputError(f"{path}: not a detflow checkpoint directory (expected {MODEL_FILE}, {CONFIG_FILE}, {META_FILE})")
+    return p
 
 
 def load_checkpoint_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

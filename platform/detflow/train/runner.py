@@ -103,6 +103,23 @@ def check_datasets(cfg: TrainConfig) -> None:
             check_coco(split.annotations, split.images).raise_if_errors()
 
 
+def check_distill(cfg: TrainConfig) -> None:
+    """Refuse a ``distill`` section whose teacher is not a readable checkpoint, or that asks for feature
+    distillation from a family without it (one-line UserInputError / ConfigError)."""
+    if cfg.distill is None:
+        return
+    import detmodels
+
+    from ..engine import checkpoint as ckpt_io
+    from ..errors import ConfigError
+
+    ckpt_io.read_meta(cfg.distill.teacher)
+    if cfg.distill.feature:
+        model = detmodels.create_model(cfg.model.name, num_classes=1, **cfg.model.builder_kwargs())
+        if not model.supports_feature_distill:
+            raise ConfigError([f"distill.feature: {cfg.model.name} has no feature distillation; expected false"])
+
+
 # --------------------------------------------------------------------------- run directories
 def _fs(storage: str):
     import pyarrow.fs as pafs
@@ -276,6 +293,7 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         cfg = TrainConfig.model_validate(marker["config"])  # the run continues with its own config
     else:
         check_datasets(cfg)
+        check_distill(cfg)
         name, run_id = _new_run_name(cfg.storage, cfg.name), None
     uri = tracking.configure()
     all_tags = {"detflow.kind": "train", "detflow.model": cfg.model.name, "detflow.run_dir": _join(cfg.storage, name),

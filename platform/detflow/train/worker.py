@@ -90,6 +90,18 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     return model
 
 
+def build_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """The frozen teacher of ``cfg.distill`` (EMA weights of its checkpoint), with the student and the
+    teacher both set to the section's temperature and feature switch; ``None`` without distillation."""
+    d = cfg.distill
+    if d is None:
+        return None
+    teacher = ckpt_io.load_checkpoint_model(d.teacher)[0].to(device)
+    for model in (student, teacher):
+        model.configure_distillation(temperature=d.temperature, feature=d.feature)
+    return teacher.as_teacher()
+
+
 def _build_loop(cfg: TrainConfig, model: torch.nn.Module, recipe: Any, steps: int, world: int,
                 device: torch.device, teacher: torch.nn.Module | None, progress: bool) -> TrainLoop:
     opt, sched, ema_opts = recipe_settings(cfg, recipe)
@@ -147,9 +159,7 @@ class _WorkerRun:
         self.data = build_train_data(self.cfg, model.input_spec, rank=self.rank, world=self.world)
         if self.cfg.train.sync_bn and self.world > 1 and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        teacher = None
-        if self.cfg.distill is not None:
-            teacher = ckpt_io.load_checkpoint_model(self.cfg.distill.teacher)[0].to(self.device).eval()
+        teacher = build_teacher(self.cfg, model, self.device)
         self.loop = _build_loop(self.cfg, model, self.data.recipe, self.data.steps_per_epoch, self.world,
                                 self.device, teacher, progress=bool(config.get("progress")) and self.rank == 0)
         # DDP wrapping after the EMA copy was taken from the bare module

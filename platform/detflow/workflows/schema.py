@@ -110,9 +110,9 @@ class DistillParams(_TrainSections):
 
     teacher: CheckpointRef
     weight: float = Field(1.0, ge=0)
-    temperature: float = Field(20.0, gt=0)
+    temperature: float | None = Field(None, gt=0, description="default: the family's (YOLOv6 20, others 1)")
     decay: Literal["cosine", "none"] = "cosine"
-    feature: bool = False
+    feature: bool = Field(False, description="channel-wise feature distillation (YOLOv6)")
 
 
 class QATParams(StepParams):
