@@ -118,7 +118,7 @@ def test_bench_search_cli_runs_both_sweeps_at_the_smallest_scale(tmp_path):
                         "--images", "8", "--image-size", "64", "--json"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+    result = json.loads(r.stdout)  # --json: nothing but the JSON on stdout (Tune runs silent)
     asha, none = result["rows"]
     assert (asha["scheduler"], none["scheduler"]) == ("asha", "none")
     assert none["trials"] == asha["trials"] == 2 and none["failed"] == asha["failed"] == 0

@@ -147,6 +147,6 @@ def run_search_bench(*, trials: int = 16, epochs: int = 6, images: int = 96, ima
             cfg = _sweep_config(f"bench-search-{scheduler}-{stamp}", scheduler, trials=trials,
                                 max_concurrent=max_concurrent, metric=metric, mode=mode, storage=root / "sweeps")
             start = time.perf_counter()
-            result = run_sweep(cfg, config_dir=root)
+            result = run_sweep(cfg, config_dir=root, verbose=1 if print_fn else 0)
             rows.append(_row(scheduler, result, time.perf_counter() - start))
     return SearchBenchResult(model, metric, mode, trials, epochs, images, image_size, max_concurrent, rows)

@@ -24,7 +24,7 @@ def sweep_cmd(
     from ..tune import find_sweep, load_sweep_config, run_sweep
 
     cfg, config_dir = _config_or_resumed("sweep", config, set_, resume, load_sweep_config, find_sweep)
-    result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address)
+    result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address, verbose=0 if as_json else 1)
     if as_json:
         typer.echo(json.dumps({
             "name": result.name, "parent_run_id": result.parent_run_id, "metric": result.metric,

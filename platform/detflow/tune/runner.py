@@ -111,8 +111,9 @@ def _base_epochs(cfg: SweepConfig, base: dict, source: str) -> int:
 
 
 def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume: bool = False,
-              ray_address: str | None = None) -> SweepResult:
-    """Run (or resume) the sweep ``cfg``; returns the trial table, best config and parent run id."""
+              ray_address: str | None = None, verbose: int = 1) -> SweepResult:
+    """Run (or resume) the sweep ``cfg``; returns the trial table, best config and parent run id.
+    ``verbose``: Ray Tune's console status (0 silent, e.g. for ``--json``; 1 trial tables)."""
     from ray import tune
 
     base_path = resolve_path(cfg.base, config_dir)
@@ -141,7 +142,7 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     # The trial driver only waits on its Ray Train job: it holds no CPU (a token of memory instead,
     # since Tune needs a non-empty request), so max_concurrent × workers × cpus fit the cluster exactly.
     trainable = tune.with_resources(trainable, {"memory": 64 * 1024**2})
-    tuner = _make_tuner(cfg, exp_dir, trainable, base, source, resume)
+    tuner = _make_tuner(cfg, exp_dir, trainable, base, source, resume, verbose)
     started = time.time()
     grid = tuner.fit()
     result = collect_results(cfg, grid, parent, exp_dir, base, source, wall_time_s=time.time() - started)
@@ -149,7 +150,7 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     return result
 
 
-def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: str, resume: bool):
+def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: str, resume: bool, verbose: int = 1):
     """A new Tuner, or the stored one on resume. A crashed trial is retried ``cfg.max_retries`` times
     with its config (Tune's ``FailureConfig``), then recorded as ERROR; the sweep always carries on."""
     from ray import tune
@@ -164,12 +165,12 @@ def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: 
         param_space=tune_space,
         tune_config=tune.TuneConfig(
             metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples if cfg.search.name != "grid" else 1,
+            # the searcher limits concurrency itself (ConcurrencyLimiter / BasicVariantGenerator)
             search_alg=_searcher(cfg, exp_dir, tune_space), scheduler=_scheduler(cfg, _base_epochs(cfg, base, source)),
-            max_concurrent_trials=cfg.max_concurrent,
         ),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=str(exp_dir.parent),
-            failure_config=tune.FailureConfig(max_failures=cfg.max_retries), verbose=1,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_retries), verbose=verbose,
             callbacks=[TrialStatsCallback(exp_dir)],
         ),
     )
