@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from .output import json_stdout
+
 __all__ = ["register", "bench_app"]
 
 bench_app = typer.Typer(help="Benchmarks: training throughput, data pipelines.\n\nExample: detflow bench train --workers 1,2",
@@ -46,9 +48,10 @@ def bench_train_cmd(
     """
     from ..bench.train_bench import run_train_bench
 
-    result = run_train_bench(model, _int_list(workers), image_size=image_size, images=images,
-                             batch_size=batch_size, steps=steps, epochs=epochs,
-                             print_fn=None if as_json else typer.echo)
+    with json_stdout(as_json):
+        result = run_train_bench(model, _int_list(workers), image_size=image_size, images=images,
+                                 batch_size=batch_size, steps=steps, epochs=epochs,
+                                 print_fn=None if as_json else typer.echo)
     typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
 
 
@@ -86,16 +89,17 @@ def bench_search_cmd(
     """The same TPE sweep of rtmdet_tiny (soft-centre α/β, mosaic cache length, neck expansion ratio)
     with ASHA vs without early stopping: best metric, trial-epochs, wall time, Tune overhead per trial.
 
-    Example: detflow bench search --trials 16 --epochs 4 --images 48 --image-size 128
+    Example: detflow bench search --trials 16 --epochs 6 --images 96 --image-size 160
     """
     from ..bench.search_bench import run_search_bench
     from ..errors import UserInputError
 
     if mode not in ("max", "min"):
         raise UserInputError(f"--mode: expected max or min, got {mode!r}")
-    result = run_search_bench(trials=trials, epochs=epochs, images=images, image_size=image_size,
-                              max_concurrent=max_concurrent, metric=metric, mode=mode,
-                              print_fn=None if as_json else typer.echo)
+    with json_stdout(as_json):
+        result = run_search_bench(trials=trials, epochs=epochs, images=images, image_size=image_size,
+                                  max_concurrent=max_concurrent, metric=metric, mode=mode,
+                                  print_fn=None if as_json else typer.echo)
     typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
 
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from .output import json_stdout
+
 __all__ = ["register"]
 
 
@@ -24,7 +26,9 @@ def sweep_cmd(
     from ..tune import find_sweep, load_sweep_config, run_sweep
 
     cfg, config_dir = _config_or_resumed("sweep", config, set_, resume, load_sweep_config, find_sweep)
-    result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address, verbose=0 if as_json else 1)
+    with json_stdout(as_json):
+        result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address,
+                           verbose=0 if as_json else 1)
     if as_json:
         typer.echo(json.dumps({
             "name": result.name, "parent_run_id": result.parent_run_id, "metric": result.metric,
@@ -77,7 +81,8 @@ def nas_cmd(
     from ..nas import find_nas, load_nas_config, run_nas
 
     cfg, config_dir = _config_or_resumed("nas", config, set_, resume, load_nas_config, find_nas)
-    result = run_nas(cfg, config_dir=config_dir, resume=bool(resume))
+    with json_stdout(as_json):
+        result = run_nas(cfg, config_dir=config_dir, resume=bool(resume))
     if as_json:
         typer.echo(json.dumps(dataclasses_asdict(result), default=str))
         return

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from .output import json_stdout
+
 __all__ = ["register", "train_cmd", "predict_cmd"]
 
 
@@ -35,7 +37,8 @@ def train_cmd(
     cfg = load_config(TrainConfig, config, overrides)
     if resume and latest_run(cfg, config.resolve().parent) is None:
         raise UserInputError(f"{config}: --resume: no run of {cfg.name!r} to resume in its storage; start it without --resume")
-    result = run_training(cfg, config_dir=config.resolve().parent, resume=resume, progress=not as_json)
+    with json_stdout(as_json):
+        result = run_training(cfg, config_dir=config.resolve().parent, resume=resume, progress=not as_json)
     if as_json:
         payload = {k: v for k, v in result.to_dict().items() if k != "history"}
         typer.echo(json.dumps(payload, default=str))

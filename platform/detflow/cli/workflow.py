@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import RuntimeFailure
+from .output import json_stdout
 
 __all__ = ["register"]
 
@@ -67,8 +68,9 @@ def run(
                           ", ".join(f"{k}={v:g}" for k, v in r["resources"].items()), json.dumps(r["with"])[:80])
         _console().print(table)
         return
-    result = sdk.run(workflow, overrides=set_ or [], address=address, state_url=state_url, run_id=run_id,
-                     lineage=not no_lineage)
+    with json_stdout(as_json):
+        result = sdk.run(workflow, overrides=set_ or [], address=address, state_url=state_url, run_id=run_id,
+                         lineage=not no_lineage)
     _finish(result, as_json)
 
 
@@ -147,7 +149,9 @@ def resume(
     """
     from .. import sdk
 
-    _finish(sdk.resume(run_id, address=address, state_url=state_url, lineage=not no_lineage), as_json)
+    with json_stdout(as_json):
+        result = sdk.resume(run_id, address=address, state_url=state_url, lineage=not no_lineage)
+    _finish(result, as_json)
 
 
 def cancel(
