@@ -115,7 +115,10 @@ def check_distill(cfg: TrainConfig) -> None:
 
     ckpt_io.read_meta(cfg.distill.teacher)
     if cfg.distill.feature:
-        model = detmodels.create_model(cfg.model.name, num_classes=1, **cfg.model.builder_kwargs())
+        import torch
+
+        with torch.device("meta"):  # only the class is needed: no weights are allocated or initialised
+            model = detmodels.create_model(cfg.model.name, num_classes=1, **cfg.model.builder_kwargs())
         if not model.supports_feature_distill:
             raise ConfigError([f"distill.feature: {cfg.model.name} has no feature distillation; expected false"])
 
