@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
+# Ray token authentication, stated rather than left to the default (Ray 2.60 does the same for a local
+# ray.init(), with a warning at every start): Ray writes a token to ~/.ray/auth_token on
+# first use. The local dashboard listens on 127.0.0.1.
+export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=token
 exec .venv/bin/detflow run workflows/quickstart.yaml "$@"

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/services.sh
 out=$(mktemp -d /tmp/detflow-screenshots-XXXXXX)
+# RAY_AUTH_MODE=disabled as in scripts/test.sh: this runs the test suite's fixtures, which start their
+# Ray without token authentication (tests/services/conftest.py sets the same).
 export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 DETFLOW_SCREENSHOT_DIR="$out" .venv/bin/python -m pytest -q -p no:cacheprovider tests/services/test_mlflow_ui.py "$@"
 mkdir -p docs/img

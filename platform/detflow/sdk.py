@@ -5,28 +5,36 @@ Example::
     import detflow
     result = detflow.run("workflows/quickstart.yaml")          # runs here, on a local Ray
     print(result.status, result.outputs("bench")["table_md"])
-    run_id = detflow.submit("workflows/rtmdet.yaml", address="http://head:8265")   # returns at once
+    run_id = detflow.submit("workflows/rtmdet.yaml", address="http://head:8265",   # returns at once
+                            state_url="postgresql+psycopg://detflow@db/detflow")   # a DB the cluster reaches
     detflow.status(run_id).steps["train"]["status"]
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import shlex
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import yaml
 
-from .errors import UserInputError
+from .config.base import read_yaml
+from .errors import RuntimeFailure, UserInputError
+from .storage import is_remote, redact, strip_credentials
 from .workflows.engine import RunResult, cancel_run, driver_lost, new_run_id, resume_workflow, run_dir, run_workflow
+from .workflows.lease import LeaseInfo
 from .workflows.lint import load_workflow
 from .workflows.schema import Workflow
 from .workflows.state import RunStatus, StateStore
 
-__all__ = ["run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs"]
+__all__ = ["run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "prepare_job", "JobSpec",
+           "cluster_state_url", "cluster_python", "CLUSTER_PYTHON_ENV"]
 
 
 def _load(workflow: str | os.PathLike | Workflow, overrides: Iterable[str]) -> tuple[Workflow, str | None]:
@@ -64,39 +72,165 @@ def plan(workflow: str | os.PathLike | Workflow, *, overrides: Iterable[str] = (
     return rows
 
 
+CLUSTER_PYTHON_ENV = "DETFLOW_CLUSTER_PYTHON"
+# Keys whose values are config files a step reads: uploaded with a submitted job (working_dir).
+CONFIG_KEYS = ("config", "spec")
+# Keys whose values are data or storage locations: never uploaded; a local one must be shared storage.
+DATA_KEYS = ("annotations", "images", "pretrained", "teacher", "storage")
+_DEFAULT_STATE = "sqlite:///$DETFLOW_HOME/workflows.db (the default: DETFLOW_STATE_URL is unset)"
+
+
+@dataclass
+class JobSpec:
+    """What :func:`submit` hands the Ray Jobs API; ``warnings``: local data paths the cluster must share."""
+
+    entrypoint: str
+    runtime_env: dict
+    metadata: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def cluster_state_url(state_url: str | None = None) -> str:
+    """The state URL a submitted driver gets: ``state_url`` (or ``$DETFLOW_STATE_URL``) without its
+    password; a SQLite URL (the default too) is a UserInputError, since only this machine reaches it."""
+    url = state_url or os.environ.get("DETFLOW_STATE_URL") or ""
+    if not url or url.startswith("sqlite"):
+        shown = redact(url) if url else _DEFAULT_STATE
+        raise UserInputError(f"--state-url / DETFLOW_STATE_URL: {shown} is a SQLite file only this machine can "
+                             "reach; give a database the cluster reaches too, e.g. --state-url "
+                             "postgresql+psycopg://USER@HOST/DB (nodes read the password from PGPASSWORD or ~/.pgpass)")
+    return strip_credentials(url)
+
+
+def cluster_python(python: str | None = None) -> str:
+    """The interpreter the job runs on the cluster: ``python``, ``$DETFLOW_CLUSTER_PYTHON`` or ``python``."""
+    return python or os.environ.get(CLUSTER_PYTHON_ENV) or "python"
+
+
+def prepare_job(wf: Workflow, run_id: str, job_dir: Path, *, state_url: str, python: str = "python",
+                lineage: bool = True) -> JobSpec:
+    """Write ``workflow.yaml`` and the config files it names into ``job_dir`` (the job's working_dir,
+    paths rewritten relative to it) and build the job; ``state_url`` must carry no password."""
+    staged, warnings = _stage_workflow(wf.to_dict(), job_dir)
+    (job_dir / "workflow.yaml").write_text(yaml.safe_dump(staged, sort_keys=False))
+    args = [*shlex.split(python), "-m", "detflow", "run", "workflow.yaml", "--run-id", run_id, "--state-url", state_url]
+    if not lineage:
+        args.append("--no-lineage")
+    return JobSpec(entrypoint=shlex.join(args), runtime_env={"working_dir": str(job_dir)},
+                   metadata={"detflow_run_id": run_id, "detflow_workflow": wf.name}, warnings=warnings)
+
+
+def _stage_workflow(spec: dict, job_dir: Path) -> tuple[dict, list[str]]:
+    """``spec`` with every config file (``config:``, ``spec:``) copied under ``job_dir/configs`` and
+    named by its relative path there; warnings name the local data paths it keeps."""
+    spec, copies, warnings = copy.deepcopy(spec), {}, []
+    _stage_node(spec.get("defaults"), "defaults", job_dir, copies, warnings)
+    for step in spec.get("steps") or []:
+        _stage_node(step.get("with"), f"steps.{step.get('id')}.with", job_dir, copies, warnings)
+    return spec, warnings
+
+
+def _stage_node(node: Any, where: str, job_dir: Path, copies: dict[str, str], warnings: list[str]) -> None:
+    """Rewrite config-file values under ``node`` in place (see :func:`_stage_workflow`)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _stage_node(item, f"{where}[{i}]", job_dir, copies, warnings)
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if isinstance(value, str) and key in CONFIG_KEYS and not is_remote(value):
+            node[key] = _stage_config(value, f"{where}.{key}", job_dir, copies, warnings)
+        elif isinstance(value, str) and key in DATA_KEYS and Path(value).is_absolute():
+            warnings.append(f"{where}.{key}: {value} is a path on this machine; the cluster reads it at the same "
+                            "path (use shared storage or s3://)")
+        else:
+            _stage_node(value, f"{where}.{key}", job_dir, copies, warnings)
+
+
+def _stage_config(path: str, where: str, job_dir: Path, copies: dict[str, str], warnings: list[str]) -> str:
+    """Copy config file ``path`` to ``job_dir/configs/NN-name`` (once per file); returns that relative path.
+    Inside it, a nested ``spec:`` is staged too and relative data paths are made absolute (against
+    the file's directory, as the file's own relative paths mean)."""
+    source = Path(path).expanduser().resolve()
+    if str(source) in copies:
+        return copies[str(source)]
+    if not source.is_file():
+        raise UserInputError(f"{where}: {path}: no such file (a submitted job uploads the config files its steps name)")
+    rel = f"configs/{len(copies) + 1:02d}-{source.name}"
+    copies[str(source)] = rel
+    target = job_dir / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = read_yaml(source)
+    if isinstance(data, (dict, list)):
+        before = copy.deepcopy(data)
+        _stage_nested(data, source.parent, where, job_dir, copies, warnings)
+        if data != before:
+            target.write_text(yaml.safe_dump(data, sort_keys=False))
+            return rel
+    shutil.copyfile(source, target)
+    return rel
+
+
+def _stage_nested(node: Any, base: Path, where: str, job_dir: Path, copies: dict[str, str], warnings: list[str]) -> None:
+    """In a staged config file: stage ``spec:`` files, resolve relative data paths against ``base``."""
+    items = enumerate(node) if isinstance(node, list) else node.items() if isinstance(node, dict) else ()
+    for key, value in list(items):
+        if isinstance(value, str) and key in CONFIG_KEYS and not is_remote(value):
+            node[key] = _stage_config(str(base / value), f"{where} -> {key}", job_dir, copies, warnings)
+        elif isinstance(value, str) and key in DATA_KEYS and not is_remote(value):
+            node[key] = str(base / value) if not Path(value).is_absolute() else value
+            warnings.append(f"{where} -> {key}: {node[key]} is a path on this machine; the cluster reads it at "
+                            "the same path (use shared storage or s3://)")
+        else:
+            _stage_nested(value, base, where, job_dir, copies, warnings)
+
+
+def _open_store(state_url: str | None) -> StateStore:
+    """The state DB; one that cannot be reached is a one-line RuntimeFailure naming it (redacted)."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return StateStore(state_url)
+    except OperationalError as exc:
+        url = state_url or os.environ.get("DETFLOW_STATE_URL") or ""
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise RuntimeFailure(f"--state-url / DETFLOW_STATE_URL: cannot reach the state database {redact(url)}: "
+                             f"{redact(reason)}") from None
+
+
 def submit(workflow: str | os.PathLike, *, address: str, overrides: Iterable[str] = (), state_url: str | None = None,
-           run_id: str | None = None, lineage: bool = True) -> str:
+           run_id: str | None = None, lineage: bool = True, python: str | None = None) -> str:
     """Validate here, then run the driver on a Ray cluster as a Ray Job; returns the run id at once.
 
-    The job runs ``python -m detflow run workflow.yaml --run-id RUN_ID`` with this interpreter's
-    absolute path and the resolved workflow uploaded as its working directory.
+    The job runs ``python -m detflow run workflow.yaml --run-id RUN_ID --state-url URL`` with the
+    cluster's interpreter (``python``, ``$DETFLOW_CLUSTER_PYTHON`` or ``python``); its working_dir holds
+    the resolved workflow and the config files it names. The state database must be one the cluster
+    reaches (not SQLite); the job gets its URL without the password, and passes no other setting:
+    MLflow, S3 and their credentials come from the nodes' own environment.
     """
-    from .workflows.engine import _forward_env
-
+    public_url = cluster_state_url(state_url)  # before anything is written
     wf, source = _load(workflow, list(overrides))
-    store = StateStore(state_url)
     run_id = run_id or new_run_id(wf.name)
-    store.create_run(run_id, wf.name, wf.to_dict(), [(s.id, s.uses) for s in wf.steps], source=source, address=address)
     job_dir = Path(tempfile.mkdtemp(prefix="detflow-submit-"))
-    (job_dir / "workflow.yaml").write_text(yaml.safe_dump(wf.to_dict(), sort_keys=False))
-    entry = f"{shlex.quote(sys.executable)} -m detflow run workflow.yaml --run-id {run_id}"
-    if not lineage:
-        entry += " --no-lineage"
-    env = {**_forward_env(), "DETFLOW_STATE_URL": store.url}
     try:
-        job_id = _submit_job(address, entry, run_id, {"working_dir": str(job_dir), "env_vars": env})
-    except Exception as exc:
-        store.update_run(run_id, status=RunStatus.FAILED, error=f"submit failed: {exc}")
-        from .errors import RuntimeFailure
-
-        raise RuntimeFailure(f"could not submit to the Ray job server at {address}: {exc}") from exc
+        job = prepare_job(wf, run_id, job_dir, state_url=public_url, python=cluster_python(python), lineage=lineage)
+        for warning in job.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        store = _open_store(state_url)
+        store.create_run(run_id, wf.name, wf.to_dict(), [(s.id, s.uses) for s in wf.steps], source=source,
+                         address=address)
+        try:
+            job_id = _submit_job(address, job, run_id)
+        except Exception as exc:  # noqa: BLE001 — recorded on the run, re-raised as one line
+            store.update_run(run_id, status=RunStatus.FAILED, error=f"submit failed: {redact(exc)}"[:1000])
+            raise RuntimeFailure(f"could not submit to the Ray job server at {redact(address)}: {redact(exc)}") from None
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)  # uploaded to the cluster by now
     store.update_run(run_id, job_id=job_id)
     return run_id
 
 
-def _submit_job(address: str, entrypoint: str, run_id: str, runtime_env: dict, wait_s: float = 90.0) -> str:
+def _submit_job(address: str, job: JobSpec, run_id: str, wait_s: float = 90.0) -> str:
     """Submit, retrying while a freshly started head has no job agent yet."""
     import time
 
@@ -106,7 +240,8 @@ def _submit_job(address: str, entrypoint: str, run_id: str, runtime_env: dict, w
     while True:
         try:
             client = JobSubmissionClient(address)
-            return client.submit_job(entrypoint=entrypoint, submission_id=run_id, runtime_env=runtime_env)
+            return client.submit_job(entrypoint=job.entrypoint, submission_id=run_id, runtime_env=job.runtime_env,
+                                     metadata=job.metadata)
         except Exception as exc:  # noqa: BLE001
             transient = "No available agent" in str(exc) or "try again" in str(exc)
             if not transient or time.time() > deadline:
@@ -114,14 +249,15 @@ def _submit_job(address: str, entrypoint: str, run_id: str, runtime_env: dict, w
             time.sleep(2.0)
 
 
-def status(run_id: str | None = None, *, state_url: str | None = None) -> RunResult:
-    """The state of run ``run_id`` (default: the latest run)."""
-    store = StateStore(state_url)
+def status(run_id: str | None = None, *, state_url: str | None = None, address: str | None = None) -> RunResult:
+    """The state of run ``run_id`` (default: the latest run). A submitted run (or any run, with
+    ``address``: the Ray Jobs API, e.g. ``http://HEAD:8265``) is first synced with its Ray job."""
+    store = _open_store(state_url)
     run_obj = store.get_run(run_id) if run_id else store.latest_run()
     if run_obj is None:
         raise UserInputError(f"no workflow run {run_id!r}" if run_id else "no workflow runs yet; start one with `detflow run WF.yaml`")
-    if run_obj.job_id and run_obj.status in (RunStatus.PENDING, RunStatus.RUNNING):
-        _sync_job(store, run_obj)
+    if (run_obj.job_id or address) and run_obj.status not in RunStatus.FINAL:
+        _sync_job(store, run_obj, address)
         run_obj = store.get_run(run_obj.id)
     result = RunResult.from_store(store, run_obj.id)
     if driver_lost(run_obj) and not run_obj.job_id:
@@ -130,28 +266,55 @@ def status(run_id: str | None = None, *, state_url: str | None = None) -> RunRes
     return result
 
 
-def _sync_job(store: StateStore, run_obj) -> None:  # noqa: ANN001
-    """A submitted run whose Ray Job ended without its driver recording an outcome (it crashed on
-    start, was stopped, the node died) is marked failed with the job's last log line."""
+def _job_target(run_obj: Any, address: str | None) -> tuple[str | None, str]:
+    """(Jobs API address, job id) of a run: ``address`` or the one it was submitted to; the job id
+    it was given (submit uses the run id)."""
+    return address or (run_obj.address if run_obj.job_id else None), run_obj.job_id or run_obj.id
+
+
+def _sync_job(store: StateStore, run_obj: Any, address: str | None = None) -> None:
+    """Reconcile a run with its ended Ray job when no driver holds the run's lease: a cancel was
+    requested → cancelled; an ``interrupted`` run stays resumable; a pending/running one whose job
+    failed or was stopped → failed with the job's last log line, whose job SUCCEEDED → a "driver lost
+    its state" error with the status kept (never failed: the driver finished, its state went elsewhere)."""
     import time
 
-    try:
-        from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-        client = JobSubmissionClient(run_obj.address)
-        job_status = client.get_job_status(run_obj.job_id)
+    address, job_id = _job_target(run_obj, address)
+    if address is None:
+        return
+    try:
+        client = _job_client(address)
+        job_status = client.get_job_status(job_id)
         if job_status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.SUCCEEDED):
             return
-        lines = [ln for ln in client.get_job_logs(run_obj.job_id).splitlines() if ln.strip()]
+        lines = [ln for ln in client.get_job_logs(job_id).splitlines() if ln.strip()]
     except Exception:  # noqa: BLE001 — the job server may be gone; keep the stored state
         return
     run_obj = store.get_run(run_obj.id)
-    if run_obj.status in RunStatus.FINAL:
+    if run_obj.status in RunStatus.FINAL or LeaseInfo.of(run_obj).live():
         return
-    detail = lines[-1] if lines else "no output"
-    store.update_run(run_obj.id, status=RunStatus.FAILED, finished_at=time.time(),
-                     error=f"Ray job {run_obj.job_id} {job_status.value.lower()}: {detail}; full log: "
-                           f"`ray job logs {run_obj.job_id} --address {run_obj.address}`")
+    hint = f"full log: `ray job logs {job_id} --address {address}`"
+    if run_obj.cancel_requested:
+        cancel_run(run_obj.id, state_url=store.url, wait_s=0)
+    elif run_obj.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+        return  # interrupted: resumable, whatever its job did
+    elif job_status == JobStatus.SUCCEEDED:
+        store.update_run(run_obj.id, error=f"driver lost its state: the Ray job SUCCEEDED but the run has no final "
+                                           f"state ({run_obj.status}); did its driver write to another state "
+                                           f"database than {redact(store.url)}? check DETFLOW_STATE_URL on the "
+                                           f"cluster; {hint}")
+    else:
+        detail = redact(lines[-1]) if lines else "no output"
+        store.update_run(run_obj.id, status=RunStatus.FAILED, finished_at=time.time(),
+                         error=f"Ray job {job_id} {job_status.value.lower()}: {detail}; {hint}"[:2000])
+
+
+def _job_client(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
 
 
 def list_runs(limit: int = 20, *, state_url: str | None = None) -> list[dict]:
@@ -166,22 +329,69 @@ def resume(run_id: str, *, address: str | None = None, state_url: str | None = N
     return resume_workflow(run_id, state_url=state_url, address=address, lineage=lineage, quiet=quiet)
 
 
-def cancel(run_id: str, *, state_url: str | None = None) -> str:
-    """Stop a run's running steps; returns the resulting run status."""
-    return cancel_run(run_id, state_url=state_url)
+def cancel(run_id: str, *, state_url: str | None = None, address: str | None = None) -> str:
+    """Stop a run's running steps; returns the resulting run status, or ``"cancel requested"`` when the
+    run's driver still holds its lease after the wait (it cancels the run when it next polls). A
+    submitted run's Ray job (on ``address``, default the one it was submitted to) is stopped too."""
+    store = _open_store(state_url)
+    run_obj = store.get_run(run_id)
+    if run_obj is None:
+        raise UserInputError(f"no workflow run {run_id!r}; list runs with `detflow status`")
+    outcome = cancel_run(run_id, state_url=state_url)
+    job_address, job_id = _job_target(run_obj, address)
+    if job_address is not None:
+        _stop_job(job_address, job_id, explicit=address is not None)
+    return outcome
 
 
-def logs(run_id: str, step: str | None = None, *, state_url: str | None = None) -> str:
-    """The driver log of a run, or one step's log (all attempts)."""
-    store = StateStore(state_url)
-    if store.get_run(run_id) is None:
+def _stop_job(address: str, job_id: str, *, explicit: bool) -> None:
+    """``stop_job`` (a no-op for an ended or unknown job); an unreachable job server named with
+    ``--address`` is a RuntimeFailure, otherwise ignored (the run may predate it)."""
+    try:
+        client = _job_client(address)
+    except Exception as exc:  # noqa: BLE001
+        if explicit:
+            raise RuntimeFailure(f"--address {redact(address)}: cannot reach the Ray job server: {redact(exc)}") from None
+        return
+    with contextlib.suppress(Exception):  # already ended, or not a job of this server
+        client.stop_job(job_id)
+
+
+def logs(run_id: str, step: str | None = None, *, state_url: str | None = None, address: str | None = None) -> str:
+    """The driver log of a run — from the Ray Jobs API for a submitted run (or with ``address``) — or
+    one step's log (all attempts; a local path or a storage URL such as ``s3://…/step.log``)."""
+    store = _open_store(state_url)
+    run_obj = store.get_run(run_id)
+    if run_obj is None:
         raise UserInputError(f"no workflow run {run_id!r}; list runs with `detflow status`")
     if step is None:
-        path = run_dir(run_id) / "driver.log"
-    else:
-        row = store.step(run_id, step)
-        if row is None:
-            names = ", ".join(s.step_id for s in store.steps(run_id))
-            raise UserInputError(f"run {run_id!r} has no step {step!r}; steps: {names}")
-        path = Path(row.log_path) if row.log_path else run_dir(run_id) / step / "step.log"
-    return path.read_text() if path.is_file() else ""
+        return _driver_log(run_obj, address)
+    row = store.step(run_id, step)
+    if row is None:
+        names = ", ".join(s.step_id for s in store.steps(run_id))
+        raise UserInputError(f"run {run_id!r} has no step {step!r}; steps: {names}")
+    return _step_log(row.log_path, started=row.started_at is not None)
+
+
+def _driver_log(run_obj: Any, address: str | None) -> str:
+    job_address, job_id = _job_target(run_obj, address)
+    if job_address is None:
+        path = run_dir(run_obj.id) / "driver.log"
+        return path.read_text() if path.is_file() else ""
+    try:
+        return _job_client(job_address).get_job_logs(job_id)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeFailure(f"cannot read the driver log of Ray job {job_id} from {redact(job_address)}: "
+                             f"{redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}") from None
+
+
+def _step_log(location: str | None, *, started: bool) -> str:
+    """The text at a step's ``log_path`` ("" before the step first ran)."""
+    from . import artifact_store
+
+    if location and artifact_store.exists(location):
+        return artifact_store.read_text(location)
+    if location and started and not artifact_store.is_uri(location):
+        raise RuntimeFailure(f"step log {location}: not on this machine (the step ran on a cluster node); set "
+                             "`defaults.storage` to shared storage such as s3://BUCKET/PREFIX to read logs anywhere")
+    return ""

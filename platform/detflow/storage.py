@@ -18,11 +18,8 @@ Example::
 """
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -187,41 +184,13 @@ def download_dir(uri: str, local_dir: str | os.PathLike, *, client: Any = None) 
 
 
 def materialize(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local directory with the contents of ``uri``: a local path is returned as is (must exist);
-    ``s3://…`` is downloaded into ``cache_dir``, or by default into a temp dir that is reused for the same
-    URI within this process and removed when it exits (checkpoint directories never change once written)."""
-    text = str(uri)
-    if not is_remote(text):
-        path = Path(text.removeprefix("file://")).expanduser()
-        if not path.exists():
-            raise UserInputError(f"{path}: no such file or directory")
-        return path
-    if not text.startswith(("s3://", "s3a://")):
-        raise UserInputError(f"{redact(text)}: only local paths and s3:// URIs can be materialized")
-    if cache_dir is not None:
-        return download_dir(text, cache_dir)
-    cached = _DOWNLOADS.get(text)
-    if cached is not None and cached.is_dir():
-        return cached
-    dest = Path(tempfile.mkdtemp(prefix="detflow-s3-"))
-    try:
-        download_dir(text, dest)
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    if not _DOWNLOADS:
-        atexit.register(_remove_downloads)
-    _DOWNLOADS[text] = dest
-    return dest
+    """A local copy of ``uri`` (:func:`detflow.artifact_store.materialize`: once per process, removed at
+    exit), or with ``cache_dir`` a download into that directory; a local path is returned as is."""
+    from . import artifact_store
 
-
-_DOWNLOADS: dict[str, Path] = {}
-
-
-def _remove_downloads() -> None:
-    for path in _DOWNLOADS.values():
-        shutil.rmtree(path, ignore_errors=True)
-    _DOWNLOADS.clear()
+    if cache_dir is not None and artifact_store.is_uri(uri):
+        return artifact_store.download(uri, cache_dir)
+    return artifact_store.materialize(uri)
 
 
 def redact(text: Any, env: Mapping[str, str] | None = None) -> str:
@@ -235,3 +204,89 @@ def redact(text: Any, env: Mapping[str, str] | None = None) -> str:
         if value and len(value) >= 4:
             out = out.replace(value, REDACTED)
     return out
+
+
+# ------------------------------------------------------------------ what may leave this process
+# A process hands settings to another (a Ray job, a step task, a Train worker, a Tune trial) only
+# through public_env(): non-secret settings, URLs without their passwords. Secrets stay in each node's
+# own environment (Kubernetes secrets, a profile …) and are read there by their standard names.
+from .tracking.store import strip_credentials  # noqa: E402  (the URL rule lives beside redact_url)
+
+# Variables whose values are credentials: never forwarded, never logged.
+CREDENTIAL_ENV = SECRET_ENV + ("PGPASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                               "MLFLOW_TRACKING_CLIENT_CERT_PATH", "DATABRICKS_TOKEN")
+# Non-secret settings a node may take from the process that starts work on it, when it has none itself.
+PUBLIC_ENV = ("MLFLOW_TRACKING_URI", "DETFLOW_STATE_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL",
+              "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_DISABLE_TELEMETRY")
+
+__all__ += ["strip_credentials", "CREDENTIAL_ENV", "PUBLIC_ENV", "secret_values", "public_env",
+            "apply_public_env", "ray_storage_from_env"]
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> set[str]:
+    """The secret values of ``env`` (default ``os.environ``): the credential variables' values and the
+    passwords inside URL values (4 characters or more: shorter ones cannot be searched for)."""
+    env = os.environ if env is None else env
+    found = {env[name] for name in CREDENTIAL_ENV if env.get(name)}
+    for value in env.values():
+        match = re.search(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/@:\s]*:(?P<password>[^/@\s]+)@", value or "")
+        if match:
+            found.add(match.group("password"))
+    return {v for v in found if len(v) >= 4}
+
+
+def public_env(env: Mapping[str, str] | None = None, names: tuple[str, ...] = PUBLIC_ENV, *,
+               keep_stripped_urls: bool = True) -> dict[str, str]:
+    """The settings among ``names`` that ``env`` (default ``os.environ``) may hand to another process:
+    never a :data:`CREDENTIAL_ENV` variable, never ``DETFLOW_HOME`` (a node uses its own), URLs with
+    their credentials stripped (:func:`strip_credentials`). ``keep_stripped_urls=False`` leaves out a
+    URL that had credentials instead: for Ray ``runtime_env`` variables, which replace the receiving
+    node's own (complete) value rather than fill a gap."""
+    env = os.environ if env is None else env
+    secrets = secret_values(env)
+    out: dict[str, str] = {}
+    for name in names:
+        value = env.get(name)
+        if not value or name in CREDENTIAL_ENV or name == "DETFLOW_HOME":
+            continue
+        public = strip_credentials(value)
+        if (public != value and not keep_stripped_urls) or any(s in public for s in secrets):
+            continue
+        out[name] = public
+    return out
+
+
+# This process's own values of PUBLIC_ENV, taken before apply_public_env first changed anything (a Ray
+# worker runs many steps: what one step set must not count as the node's own for the next).
+_NODE_ENV: dict[str, str | None] | None = None
+
+
+def apply_public_env(forwarded: Mapping[str, str]) -> None:
+    """Fill in settings this node lacks from ``forwarded`` (another process's :func:`public_env`): the
+    node's own value of a :data:`PUBLIC_ENV` variable always wins (a stripped URL never replaces its
+    complete one); values an earlier call set in this process are replaced. Credentials are ignored."""
+    global _NODE_ENV
+    if _NODE_ENV is None:
+        _NODE_ENV = {name: os.environ.get(name) for name in PUBLIC_ENV}
+    for name in PUBLIC_ENV:
+        value = _NODE_ENV.get(name) or forwarded.get(name)
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+    for name, value in forwarded.items():
+        if name not in PUBLIC_ENV and name not in CREDENTIAL_ENV and name != "DETFLOW_HOME":
+            os.environ.setdefault(name, value)
+
+
+def ray_storage_from_env(uri: str | os.PathLike) -> tuple[str, Any]:
+    """:func:`ray_storage` whose S3 filesystem carries no credentials: it is pickled into Ray (the
+    ``RunConfig`` of a Train run) and resolves them on each node from that node's own environment
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a profile, an instance role)."""
+    path, fs = ray_storage(uri)
+    if fs is None:
+        return path, fs
+    import dataclasses
+
+    endpoint_only = dataclasses.replace(s3_settings(), access_key=None, secret_key=None, session_token=None)
+    return path, _pyarrow_s3(endpoint_only)

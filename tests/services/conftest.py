@@ -7,7 +7,6 @@ A service that cannot start fails every test that needs it, with the reason (nev
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
+from cli import cli_json, run_cli  # noqa: E402,F401 — used by the tests' fixtures below
+from cluster import RayCluster  # noqa: E402
 from services import MlflowServer, PostgresCluster, SeaweedS3, ServiceUnavailable, _wait_port  # noqa: E402
 
 ARTIFACT_BUCKET = "mlflow-artifacts"
@@ -157,6 +158,51 @@ TINY_WORKFLOW = {
 
 
 @dataclass
+class ClusterServices:
+    """The two-node Ray cluster and what its nodes and a submitter use.
+
+    ``node_env``: what every node has in its own environment (S3 credentials, the tracking URI, the
+    state URL *without* its password and ``PGPASSWORD``), as Kubernetes secrets would give it.
+    ``client_env(**extra)``: a submitter's environment (the same services, no ``RAY_ADDRESS``).
+    ``secrets``: every secret value, for the tests that assert none leaks.
+    """
+
+    cluster: RayCluster
+    node_env: dict[str, str]
+    state_url: str
+    tracking_url: str
+    storage: str
+    secrets: tuple[str, ...]
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        return {**self.node_env, "DETFLOW_HOME": str(self.cluster.root / "client_home"), **extra}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory, s3, postgres, mlflow_server) -> ClusterServices:
+    """Two Ray nodes (``ray start --head`` + ``ray start --address``), 1 CPU each, custom resources
+    ``node_a`` (head, 127.0.0.2) and ``node_b`` (127.0.0.3), beside SeaweedFS (S3, storage and MLflow
+    artifacts), PostgreSQL (workflow state) and the MLflow server; stopped by PID."""
+    postgres.create_database("cluster_state")
+    s3.create_bucket("detflow-cluster")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "DETFLOW_", "MLFLOW_"))}
+    env.update(s3.env(), MLFLOW_TRACKING_URI=mlflow_server.url, MLFLOW_DISABLE_TELEMETRY="true",
+               DETFLOW_STATE_URL=postgres.url("cluster_state", with_password=False), PGPASSWORD=postgres.password,
+               RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    cluster = RayCluster(tmp_path_factory.mktemp("ray_cluster"), env)
+    try:
+        cluster.start(workers=1)
+    except ServiceUnavailable as exc:
+        cluster.stop()
+        pytest.fail(f"the two-node Ray cluster could not start: {exc}", pytrace=False)
+    try:
+        yield ClusterServices(cluster, env, env["DETFLOW_STATE_URL"], mlflow_server.url, "s3://detflow-cluster/runs",
+                              (s3.secret_key, postgres.password))
+    finally:
+        cluster.stop()
+
+
+@dataclass
 class FinishedWorkflow:
     """A ``detflow run`` that finished: its JSON result, state URL and tracking server."""
 
@@ -172,21 +218,6 @@ def state_url(postgres):
     """SQLAlchemy (psycopg 3) URL of the workflow state database on the session's PostgreSQL."""
     postgres.create_database("state")
     return postgres.url("state")
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 420) -> subprocess.CompletedProcess:
-    """``python -m detflow ARGS`` in a subprocess; raises with its output when it fails."""
-    proc = subprocess.run([sys.executable, "-m", "detflow", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode:
-        raise AssertionError(f"detflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def cli_json(stdout: str) -> dict:
-    """The indented JSON document that ends a ``--json`` command's output (after its log lines)."""
-    text = "\n" + stdout
-    return json.loads(text[text.rindex("\n{\n") + 1:])
 
 
 @pytest.fixture(scope="session")

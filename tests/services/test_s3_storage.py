@@ -61,7 +61,7 @@ def test_settings_come_from_the_standard_variables(s3, monkeypatch):
 
 def test_upload_download_materialize(s3, tmp_path, monkeypatch):
     from detflow.errors import UserInputError
-    from detflow import storage
+    from detflow import artifact_store
     from detflow.storage import download_dir, materialize, upload_dir
 
     for name, value in s3.env().items():
@@ -83,13 +83,13 @@ def test_upload_download_materialize(s3, tmp_path, monkeypatch):
     assert materialize(f"s3://{RUNS_BUCKET}/io/ckpt") == local  # downloaded once per process
     assert materialize(src) == src  # local paths pass through
 
-    before = set(Path(tempfile.gettempdir()).glob("detflow-s3-*"))
-    with pytest.raises(UserInputError, match="no objects under this prefix") as err:
+    before = set(Path(tempfile.gettempdir()).glob("detflow-artifact-*"))
+    with pytest.raises(UserInputError, match="no such file or directory") as err:
         materialize(f"s3://{RUNS_BUCKET}/io/missing")
     assert s3.secret_key not in str(err.value)
-    assert set(Path(tempfile.gettempdir()).glob("detflow-s3-*")) == before  # a failed download leaves nothing
+    assert set(Path(tempfile.gettempdir()).glob("detflow-artifact-*")) == before  # a failed download leaves nothing
 
-    storage._remove_downloads()  # what runs at exit
+    artifact_store.clear_cache()  # what runs at exit (and when a step ends)
     assert not local.exists()
 
 

@@ -138,8 +138,10 @@ class PostgresCluster:
     password: str = "detflow-test-pw"
     proc_pid: int | None = None
 
-    def url(self, db: str = "detflow", driver: str = "psycopg") -> str:
-        return f"postgresql+{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
+    def url(self, db: str = "detflow", driver: str = "psycopg", *, with_password: bool = True) -> str:
+        """SQLAlchemy URL; ``with_password=False`` leaves the password to ``PGPASSWORD`` / ``.pgpass``."""
+        secret = f":{self.password}" if with_password else ""
+        return f"postgresql+{driver}://{self.user}{secret}@127.0.0.1:{self.port}/{db}"
 
     def plain_url(self, db: str = "detflow") -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"

@@ -1,6 +1,7 @@
 """The ``detflow`` command line: one Typer app; each area registers its commands from its own module.
 
-Exit codes: 0 success, 2 bad input (config, dataset, arguments, checkpoint), 1 runtime failure.
+Exit codes: 0 success, 2 bad input (config, dataset, arguments, checkpoint), 1 runtime failure,
+130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (both handled like Ctrl-C, see :mod:`detflow.signals`).
 """
 from __future__ import annotations
 
@@ -53,7 +54,20 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning detflow errors into one-line messages and exit codes."""
+    """Entry point: run the app with SIGTERM and SIGHUP handled like Ctrl-C; an interrupted command
+    exits ``128 + signal`` after its cleanup and with this process's Ray shut down."""
+    from ..signals import interrupt_on_signals, shutdown_ray
+
+    with interrupt_on_signals() as interrupt:
+        code = _run(argv)
+        if code == 130:  # typer's code for a KeyboardInterrupt that ended the command
+            shutdown_ray()
+            code = interrupt.exit_code or code
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the app, turning detflow errors into one-line messages and exit codes."""
     try:
         # Without standalone mode click *returns* the code of a ``typer.Exit(code)`` (and of --help: 0).
         code = app(args=argv, standalone_mode=False)

@@ -27,8 +27,12 @@ def sweep_cmd(
 
     cfg, config_dir = _config_or_resumed("sweep", config, set_, resume, load_sweep_config, find_sweep)
     with json_stdout(as_json):
-        result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address,
-                           verbose=0 if as_json else 1)
+        try:
+            result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address,
+                               verbose=0 if as_json else 1)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (see detflow.signals)
+            _end_interrupted_trials(cfg)
+            raise
     if as_json:
         typer.echo(json.dumps({
             "name": result.name, "parent_run_id": result.parent_run_id, "metric": result.metric,
@@ -36,6 +40,31 @@ def sweep_cmd(
             "best_config": result.best_config_path, "trials": result.trials}, default=str))
         return
     _print_table(result)
+
+
+def _end_interrupted_trials(cfg) -> None:
+    """After an interrupted sweep: stop Ray (the trial workers with it), then end the trials' MLflow
+    runs they left RUNNING as KILLED. ``detflow sweep --resume NAME`` continues the sweep."""
+    from ..signals import shutdown_ray
+    from ..tune.runner import _STATE_FILE, sweep_dir
+
+    shutdown_ray()
+    state = sweep_dir(cfg) / _STATE_FILE
+    if not state.exists():
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from ..tracking import configure
+
+        parent = json.loads(state.read_text())["parent_run_id"]
+        client = MlflowClient(configure())
+        experiment = client.get_run(parent).info.experiment_id
+        query = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+        for run in client.search_runs([experiment], query):
+            client.set_terminated(run.info.run_id, "KILLED")
+    except Exception as exc:  # noqa: BLE001 — the interrupt matters more than this bookkeeping
+        typer.echo(f"warning: could not end the interrupted trials' MLflow runs: {exc}", err=True)
 
 
 def _config_or_resumed(command: str, config, overrides, resume, load, find):

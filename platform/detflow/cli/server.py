@@ -1,8 +1,11 @@
 """``detflow ui``: the MLflow UI on detflow's tracking store, bound to the loopback interface;
-``detflow server``: a team MLflow tracking server (SQL backend store + proxied artifact destination)."""
+``detflow server``: a team MLflow tracking server (SQL backend store + proxied artifact destination).
+
+Both run ``mlflow`` in its own process group; Ctrl-C, SIGTERM or SIGHUP stop the whole group
+(``mlflow`` and its uvicorn/gunicorn workers) before the command returns.
+"""
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import typer
@@ -39,11 +42,13 @@ def ui_cmd(
     cmd = ui_command_line(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     typer.echo(f"MLflow UI for {redact_url(uri)}: {url}  (Ctrl-C to stop)", err=False)
+    from ..signals import run_process_group
+
     try:
-        code = subprocess.call(cmd)
+        code = run_process_group(cmd)
     except KeyboardInterrupt:
         return
-    if code not in (0, -2, 130):
+    if code not in (0, -2, -15, 130, 143):
         raise RuntimeFailure(f"mlflow ui exited with code {code}")
 
 
@@ -81,11 +86,13 @@ def server_cmd(
     typer.echo(f"  backend store: {redact(backend_store_uri)}")
     typer.echo(f"  artifacts:     {redact(artifacts_destination)}")
     typer.echo(f"  clients:       export MLFLOW_TRACKING_URI={server_url(host, port)}")
+    from ..signals import run_process_group
+
     try:
-        code = subprocess.call(cmd, env=server_env(spec))
+        code = run_process_group(cmd, env=server_env(spec))
     except KeyboardInterrupt:
         return
-    if code not in (0, -2, -15, 130):
+    if code not in (0, -2, -15, 130, 143):
         raise RuntimeFailure(f"mlflow server exited with code {code} (backend {redact(backend_store_uri)})")
 
 

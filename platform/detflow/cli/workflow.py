@@ -39,6 +39,12 @@ def _finish(result, as_json: bool) -> None:  # noqa: ANN001
                              f"`detflow resume {result.run_id}`")
 
 
+def _resources_text(resources: dict) -> str:
+    """``num_cpus=1, node_b=0.001``: a step's Ray resources, custom ones flattened."""
+    flat = {**{k: v for k, v in resources.items() if k != "resources"}, **resources.get("resources", {})}
+    return ", ".join(f"{k}={v:g}" for k, v in flat.items())
+
+
 def run(
     workflow: str = typer.Argument(..., help="Workflow YAML."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override, e.g. steps.train.with.train.epochs=3."),
@@ -65,7 +71,7 @@ def run(
             table.add_column(col)
         for r in rows:
             table.add_row(r["step"], r["kind"], ", ".join(r["needs"]) or "—", r["cache"],
-                          ", ".join(f"{k}={v:g}" for k, v in r["resources"].items()), json.dumps(r["with"])[:80])
+                          _resources_text(r["resources"]), json.dumps(r["with"])[:80])
         _console().print(table)
         return
     with json_stdout(as_json):
@@ -79,20 +85,29 @@ def submit(
     address: str = typer.Option(..., "--address", help="Ray job server, e.g. http://HEAD:8265."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override, e.g. defaults.image_size=256."),
     no_lineage: bool = typer.Option(False, "--no-lineage", help="Do not track in MLflow."),
-    state_url: Optional[str] = _STATE,
+    python: Optional[str] = typer.Option(None, "--python", help="Interpreter on the cluster that has detflow "
+                                         "(default $DETFLOW_CLUSTER_PYTHON or `python`)."),
+    state_url: Optional[str] = typer.Option(None, "--state-url", help="State DB the cluster reaches, e.g. "
+                                            "postgresql+psycopg://USER@HOST/DB (default $DETFLOW_STATE_URL; not "
+                                            "SQLite); the job gets it without its password."),
 ) -> None:
     """Run the workflow driver on a Ray cluster as a Ray Job; prints the run id at once.
 
-    Example: detflow submit workflows/rtmdet.yaml --address http://127.0.0.1:8265
+    Uploads the workflow and the config files it names; data and storage must be shared (s3://…).
+
+    Example: detflow submit workflows/rtmdet.yaml --address http://HEAD:8265 --state-url postgresql+psycopg://detflow@db/detflow
     """
     from .. import sdk
 
-    typer.echo(sdk.submit(workflow, address=address, overrides=set_ or [], state_url=state_url, lineage=not no_lineage))
+    typer.echo(sdk.submit(workflow, address=address, overrides=set_ or [], state_url=state_url,
+                          lineage=not no_lineage, python=python))
 
 
 def status(
     run_id: Optional[str] = typer.Argument(None, help="Run id (default: list recent runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray job server (http://HEAD:8265) to sync "
+                                          "the run with (default: the one it was submitted to)."),
     state_url: Optional[str] = _STATE,
 ) -> None:
     """Steps of a run with status, duration and key metrics; without RUN_ID, the recent runs.
@@ -115,7 +130,7 @@ def status(
                           time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), (r["error"] or "")[:60])
         _console().print(table)
         return
-    result = sdk.status(run_id, state_url=state_url)
+    result = sdk.status(run_id, state_url=state_url, address=address)
     if as_json:
         typer.echo(json.dumps(run_json(result), indent=2, default=str))
     else:
@@ -125,15 +140,17 @@ def status(
 def logs(
     run_id: str = typer.Argument(..., help="Run id."),
     step: Optional[str] = typer.Argument(None, help="Step id (default: the driver log)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray job server (http://HEAD:8265) to read "
+                                          "the driver log from (default: the one the run was submitted to)."),
     state_url: Optional[str] = _STATE,
 ) -> None:
-    """Print the driver log of a run, or one step's log.
+    """Print the driver log of a run (a submitted run's from the Ray Jobs API), or one step's log.
 
     Example: detflow logs quickstart-20260101-120000-ab12 train
     """
     from .. import sdk
 
-    typer.echo(sdk.logs(run_id, step, state_url=state_url), nl=False)
+    typer.echo(sdk.logs(run_id, step, state_url=state_url, address=address), nl=False)
 
 
 def resume(
@@ -156,15 +173,18 @@ def resume(
 
 def cancel(
     run_id: str = typer.Argument(..., help="Run id to stop."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray job server (http://HEAD:8265) whose job "
+                                          "to stop (default: the one the run was submitted to)."),
     state_url: Optional[str] = _STATE,
 ) -> None:
-    """Stop a running workflow: running steps are cancelled, pending ones will not start.
+    """Stop a running workflow: running steps are cancelled, pending ones will not start; a submitted
+    run's Ray job is stopped.
 
     Example: detflow cancel quickstart-20260101-120000-ab12
     """
     from .. import sdk
 
-    typer.echo(f"{run_id}: {sdk.cancel(run_id, state_url=state_url)}")
+    typer.echo(f"{run_id}: {sdk.cancel(run_id, state_url=state_url, address=address)}")
 
 
 def register(app: typer.Typer) -> None:

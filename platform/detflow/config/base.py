@@ -32,8 +32,11 @@ class StrictModel(BaseModel):
 
 
 def read_yaml(path: str | Path) -> Any:
-    """``yaml.safe_load`` a file; a missing file or a YAML syntax error is a one-line ConfigError."""
-    path = Path(path)
+    """``yaml.safe_load`` a file (a local path, or a stored location read through a local copy); a
+    missing file or a YAML syntax error is a one-line ConfigError."""
+    from ..artifact_store import is_uri, materialize
+
+    path = materialize(path) if is_uri(path) else Path(path)
     try:
         text = path.read_text()
     except OSError as exc:

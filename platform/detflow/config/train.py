@@ -93,8 +93,10 @@ class ModelConfig(StrictModel):
                 kwargs[section] = values
         if self.head:
             kwargs["head"] = dict(self.head)
-        if self.spec:
-            kwargs["spec"] = self.spec
+        if self.spec:  # a stored spec (a NAS step's output) is read through a local copy
+            from ..artifact_store import local_path
+
+            kwargs["spec"] = str(local_path(self.spec))
         return kwargs
 
 

@@ -218,8 +218,10 @@ def check_coco(annotations: str | Path, images_dir: str | Path | None, *, check_
     (> 1 px), unknown category or image ids, polygons with an odd coordinate count or < 3 points,
     bad RLE. Warnings: images without annotations. Crowd annotations are counted, not rejected.
     """
-    path = Path(annotations)
-    report = CheckReport(path=str(path))
+    from ..artifact_store import local_path  # a stored dataset is checked through a local copy
+
+    report = CheckReport(path=str(annotations))
+    path, images_dir = local_path(annotations), local_path(images_dir)
     data = _load_json(path, report)
     if data is None or not _check_structure(data, report):
         return report

@@ -38,7 +38,9 @@ def load_coco(annotations: str | Path):
     """
     from pycocotools.coco import COCO
 
-    path = Path(annotations)
+    from ..artifact_store import local_path
+
+    path = local_path(annotations)
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
     try:
@@ -96,8 +98,10 @@ class CocoDataset:
     def __init__(self, annotations: str | Path, images_dir: str | Path, *,
                  transforms: Callable[[Sample], Any] | None = None, with_masks: bool = False,
                  filter_empty: bool = False):
-        self.annotations = Path(annotations)
-        self.images_dir = Path(images_dir)
+        from ..artifact_store import local_path  # stored datasets (a synth step's output) are read locally
+
+        self.annotations = local_path(annotations)
+        self.images_dir = local_path(images_dir)
         self.coco = load_coco(self.annotations)
         self.with_masks = with_masks
         self.transforms = transforms

@@ -12,7 +12,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def count_images(images_dir: str | Path) -> int:
-    """Image files (by suffix) under ``images_dir``, recursively; 0 when the directory is missing."""
+    """Image files (by suffix) under ``images_dir`` (a path or a stored location, listed without
+    downloading), recursively; 0 when the directory is missing."""
+    from ..artifact_store import is_uri, list_files
+
+    if is_uri(images_dir):
+        return sum(1 for name in list_files(images_dir) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
     root = Path(images_dir)
     if not root.is_dir():
         return 0
@@ -24,7 +29,9 @@ def dataset_fingerprint(annotations: str | Path, images_dir: str | Path) -> str:
 
     The hash covers the annotation file's bytes; ``N`` counts image files under ``images_dir``.
     """
-    path = Path(annotations)
+    from ..artifact_store import local_path
+
+    path = local_path(annotations)
     digest = hashlib.sha256()
     try:
         with path.open("rb") as f:

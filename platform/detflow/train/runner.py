@@ -85,8 +85,10 @@ def resolve_train_config(cfg: TrainConfig, config_dir: str | os.PathLike | None 
 
 
 def _count_categories(annotations: str) -> int:
+    from ..artifact_store import local_path
+
     try:
-        cats = json.loads(Path(annotations).read_text()).get("categories") or []
+        cats = json.loads(local_path(annotations).read_text()).get("categories") or []
     except (OSError, ValueError, AttributeError) as exc:
         raise DataError(f"{annotations}: data.train.annotations: expected a readable COCO JSON file ({exc})") from None
     if not cats:
@@ -125,12 +127,11 @@ def check_distill(cfg: TrainConfig) -> None:
 
 # --------------------------------------------------------------------------- run directories
 def _fs(storage: str):
-    import pyarrow.fs as pafs
+    from .. import artifact_store
 
-    if _is_uri(storage):
-        return pafs.FileSystem.from_uri(storage)
-    Path(storage).mkdir(parents=True, exist_ok=True)
-    return pafs.LocalFileSystem(), storage
+    if not _is_uri(storage):
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    return artifact_store.filesystem(storage)
 
 
 def _write_marker(storage: str, name: str, payload: dict) -> None:
@@ -198,12 +199,17 @@ def _ensure_ray() -> None:
 
 
 def _worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
+    """``runtime_env`` variables of the Train workers: non-secret settings only. The workers log to the
+    MLflow store the run was created in (``tracking_uri``), unless that URI carries credentials: then it
+    is left out and each worker uses its node's own ``MLFLOW_TRACKING_URI`` (a runtime_env variable
+    replaces the node's value, and a URL stripped of its password would replace a working one)."""
     from ..ray_env import RAY_TRAIN_LOG_LEVEL_ENV, RAY_TRAIN_QUIET_ENV
+    from ..storage import public_env
     from .worker import FIND_UNUSED_ENV, PID_DIR_ENV
 
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "DETFLOW_HOME": str(state_dir()),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": str(max(int(cfg.scaling.cpus_per_worker), 1)),
-           **RAY_TRAIN_QUIET_ENV}
+    tracking = public_env({"MLFLOW_TRACKING_URI": tracking_uri}, ("MLFLOW_TRACKING_URI",), keep_stripped_urls=False)
+    env = {**tracking, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "OMP_NUM_THREADS": str(max(int(cfg.scaling.cpus_per_worker), 1)), **RAY_TRAIN_QUIET_ENV}
     for key in (PID_DIR_ENV, FIND_UNUSED_ENV, RAY_TRAIN_LOG_LEVEL_ENV):
         if os.environ.get(key):
             env[key] = os.environ[key]
@@ -225,9 +231,10 @@ def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri:
 
         callbacks.append(TuneReportCallback())
     from ..ray_env import ray_train_log_level
-    from ..storage import ray_storage
+    from ..storage import ray_storage_from_env
 
-    storage_path, storage_fs = ray_storage(cfg.storage)  # s3:// carries its endpoint and credentials
+    # s3:// carries its endpoint; each node reads the credentials from its own environment
+    storage_path, storage_fs = ray_storage_from_env(cfg.storage)
     run_config = ray.train.RunConfig(
         name=name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=callbacks or None,
         failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),

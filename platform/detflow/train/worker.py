@@ -244,6 +244,11 @@ class _WorkerRun:
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``{"cfg": resolved TrainConfig dict, "run_id": MLflow run or
     None, "best_dir": where rank 0 publishes the best checkpoint, "progress": bool}``."""
-    run = _WorkerRun(config)
-    for epoch in range(run.start_epoch, run.cfg.train.epochs):
-        run.run_epoch(epoch)
+    from ..artifact_store import clear_cache
+
+    try:
+        run = _WorkerRun(config)
+        for epoch in range(run.start_epoch, run.cfg.train.epochs):
+            run.run_epoch(epoch)
+    finally:  # a worker is killed, not exited, when its run ends: remove the dataset copies now
+        clear_cache()

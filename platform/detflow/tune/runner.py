@@ -5,7 +5,6 @@ SQL storage we own, so an interrupted sweep resumes with searcher and scheduler 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,22 @@ _TRIAL_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")
 
 
 def _trial_env() -> dict[str, str]:
-    return {**{k: os.environ[k] for k in _TRIAL_ENV if k in os.environ}, "DETFLOW_HOME": str(state_dir())}
+    """The sweep driver's settings a trial fills in where its node has none (a trial argument): no
+    credentials, the tracking URI without a password, no ``DETFLOW_HOME`` (a node uses its own)."""
+    from ..storage import public_env
+
+    return public_env(names=_TRIAL_ENV)
+
+
+def _public_sweep(cfg: SweepConfig) -> dict:
+    """The sweep config as trials receive it: the Optuna storage URL (used by the driver's searcher
+    only) without its password."""
+    from ..storage import strip_credentials
+
+    data = cfg.model_dump(mode="json")
+    if data.get("search", {}).get("storage"):
+        data["search"]["storage"] = strip_credentials(data["search"]["storage"])
+    return data
 
 
 def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_run_id: str, trials_dir: str,
@@ -54,7 +68,9 @@ def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_ru
     """Body of one Tune trial: a full ``run_training`` of the trial's config."""
     from ray import tune
 
-    os.environ.update(env or {})
+    from ..storage import apply_public_env
+
+    apply_public_env(env or {})  # the node's own settings win
 
     from ..train import run_training
 
@@ -136,7 +152,7 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
         (exp_dir / "sweep.json").write_text(json.dumps(
             {"config": cfg.model_dump(mode="json"), "config_dir": str(Path(config_dir or ".").resolve())}))
     trainable = tune.with_parameters(
-        _trial_fn, base=base, base_dir=str(base_path.parent), sweep=cfg.model_dump(mode="json"),
+        _trial_fn, base=base, base_dir=str(base_path.parent), sweep=_public_sweep(cfg),
         parent_run_id=parent, trials_dir=str(exp_dir / "trials"),
         env=_trial_env())
     # The trial driver only waits on its Ray Train job: it holds no CPU (a token of memory instead,

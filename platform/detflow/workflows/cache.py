@@ -4,7 +4,7 @@ A step's key is the SHA-256 of: its kind, its resolved parameters (with ``defaul
 version, the keys of the steps it needs (so a change upstream re-keys every descendant), and a
 content fingerprint of each external file or directory it reads (annotation files are hashed;
 image directories by file names, sizes and modification times). Outputs are reused only while
-every artifact path they list still exists.
+every artifact they list still exists in its storage (a local path or an object-store URL).
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, artifact_store
 from .schema import Workflow
 
 __all__ = ["topological_order", "step_keys", "path_fingerprint", "outputs_exist", "artifact_paths"]
 
-# Output keys whose values are local paths (or lists/dicts of them).
+# Output keys whose values are stored locations (or lists/dicts of them).
 ARTIFACT_KEYS = {"checkpoint", "last_checkpoint", "config", "onnx", "table_csv", "table_md", "plot",
                  "train_json", "val_json", "images_dir", "best_config", "spec", "dataset", "path"}
 _FILE_KEYS = {"annotations", "images", "config", "spec", "pretrained"}
@@ -93,17 +93,20 @@ def step_keys(wf: Workflow) -> dict[str, str]:
 
 
 def artifact_paths(outputs: dict) -> list[str]:
-    """Local artifact paths listed in a step's outputs (top-level artifact keys; a mapping or list
-    under such a key, like ``dataset``, contributes its string values)."""
+    """Artifact locations (paths or URLs) listed in a step's outputs (top-level artifact keys; a
+    mapping or list under such a key, like ``dataset``, contributes its string values)."""
     paths: list[str] = []
     for key, value in outputs.items():
         if key not in ARTIFACT_KEYS:
             continue
         values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
-        paths.extend(v for v in values if isinstance(v, str) and "://" not in v)
+        paths.extend(v for v in values if isinstance(v, str))
     return paths
 
 
 def outputs_exist(outputs: dict) -> bool:
-    """True when every artifact path in ``outputs`` still exists."""
-    return all(os.path.exists(p) for p in artifact_paths(outputs))
+    """True when every artifact in ``outputs`` still exists in its storage (unreachable storage: False)."""
+    try:
+        return all(artifact_store.exists(p) for p in artifact_paths(outputs))
+    except Exception:  # noqa: BLE001 — an unreadable cache entry is a miss, never a failed run
+        return False

@@ -4,36 +4,38 @@ Each ready step (all ``needs`` succeeded or cached) is first looked up in the ca
 artifacts still present); otherwise it runs as a Ray task with the step's resources. Independent
 steps run in parallel. A failed attempt is retried ``retries`` times with exponential backoff; a
 step that still fails marks its descendants ``not_run`` and the run ``failed`` (independent branches
-finish). ``detflow cancel`` sets a flag the driver polls: running tasks are cancelled (forced) and
-pending steps marked ``cancelled``. ``resume`` re-drives a run: finished steps are kept, the rest run
-again (a training step finds its own checkpoints in its step directory).
+finish). Each step stores its outputs under ``<storage>/<run_id>/<step_id>/`` (:mod:`.execute`), so a
+step may run on any node. The driver holds the run's lease (:mod:`.lease`) and fences every state
+update with its token. ``detflow cancel`` sets a flag the driver polls: running tasks are cancelled
+(forced) and pending steps marked ``cancelled``. ``resume`` re-drives a run: finished steps are kept,
+the rest run again (a training step finds its own checkpoints in its step's storage).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
 import json
-import os
 import secrets
-import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .. import artifact_store
 from ..errors import RuntimeFailure, UserInputError
 from ..paths import state_dir
 from .cache import outputs_exist, step_keys, topological_order
 from .context import StepContext
+from .execute import execute_step
+from .lease import DriverLease, LeaseHeld, LeaseInfo, LeaseLost
 from .schema import Workflow
 from .state import RunStatus, StateStore, StepStatus
 
-__all__ = ["run_workflow", "resume_workflow", "new_run_id", "RunResult", "run_dir", "ray_session", "cancel_run",
-           "driver_lost"]
+__all__ = ["workflow_storage", "run_workflow", "resume_workflow", "new_run_id", "RunResult", "run_dir", "ray_session", "cancel_run",
+           "driver_lost", "CANCEL_REQUESTED"]
 
-HEARTBEAT_S = 5.0
 POLL_S = 0.5
+CANCEL_REQUESTED = "cancel requested"  # cancel_run: the run's live driver was asked to cancel and has not yet
 
 
 def new_run_id(workflow: str) -> str:
@@ -42,7 +44,14 @@ def new_run_id(workflow: str) -> str:
 
 
 def run_dir(run_id: str) -> Path:
+    """The driver's local directory of a run (its ``driver.log``)."""
     return state_dir() / "workflows" / run_id
+
+
+def workflow_storage(wf: Workflow) -> str:
+    """Where the run's steps store their outputs (``<this>/<run_id>/<step_id>/``): ``defaults.storage``,
+    else ``$DETFLOW_HOME/workflows`` of the driver (one machine, or a shared filesystem mounted there)."""
+    return wf.defaults.storage or str(state_dir() / "workflows")
 
 
 @dataclass
@@ -86,46 +95,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
-class _Tee:
-    def __init__(self, *streams: Any):
-        self.streams = streams
-
-    def write(self, data: str) -> int:
-        for s in self.streams:
-            s.write(data)
-            s.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        for s in self.streams:
-            s.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        """Other file attributes (``encoding``, ``isatty``, ``fileno`` — Ray Tune reads them) of the
-        original stream."""
-        return getattr(self.streams[0], name)
-
-
-def _execute_step(run_fn: Callable[..., dict], params: Any, ctx: StepContext) -> dict:
-    """Body of the Ray task: run the step, teeing stdout/stderr into the step's log file."""
-    ctx.apply_env()
-    ctx.path  # create the step dir
-    with open(ctx.log_path, "a", buffering=1) as log:
-        log.write(f"--- {ctx.step_id} attempt {ctx.attempt} ({_dt.datetime.now():%Y-%m-%d %H:%M:%S})\n")
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
-        try:
-            outputs = run_fn(params, ctx)
-        except BaseException:
-            log.write(traceback.format_exc())
-            raise
-        finally:
-            sys.stdout, sys.stderr = out, err
-    outputs = dict(outputs or {})
-    json.dumps(outputs)  # outputs must be JSON (they go to the state DB)
-    return outputs
-
-
 def _error_text(exc: BaseException) -> tuple[str, bool]:
     """(one-line error, retriable?) — bad user input is not retried."""
     cause = getattr(exc, "cause", None) or exc
@@ -145,17 +114,19 @@ class _Driver:
         self.running: dict[Any, str] = {}
         self.next_at: dict[str, float] = {}
         self.attempts: dict[str, int] = {sid: 0 for sid in self.order}
-        self.last_beat = 0.0
+        self.storage_root = workflow_storage(wf)
         import ray
 
-        self.remote = ray.remote(_execute_step)
+        self.remote = ray.remote(execute_step)
 
     # state helpers
     def status(self, sid: str) -> str:
         return self.rows[sid].status
 
     def set(self, sid: str, **fields: Any) -> None:
-        self.store.update_step(self.run_id, sid, **fields)
+        """Update a step's row, fenced by the driver's lease token (LeaseLost once it was taken over)."""
+        lease = getattr(self, "lease", None)
+        self.store.update_step(self.run_id, sid, token=lease.token if lease else None, **fields)
         row = self.rows[sid]
         for key, value in fields.items():
             setattr(row, key, json.dumps(value) if key == "outputs" and not isinstance(value, str) else value)
@@ -176,7 +147,9 @@ class _Driver:
         return {u: self.rows[u].outputs_dict for u in self.order if u in ups and self.rows[u].status in StepStatus.DONE}
 
     def run(self) -> None:
+        """Launch ready steps and collect finished ones until none is left; checks the lease before each round."""
         while True:
+            self.heartbeat()
             if self.store.cancel_requested(self.run_id):
                 self.cancel()
                 return
@@ -185,7 +158,6 @@ class _Driver:
             if not self.running and not self.next_at:
                 return
             self.collect()
-            self.heartbeat()
 
     def propagate_not_run(self) -> None:
         bad = {StepStatus.FAILED, StepStatus.NOT_RUN, StepStatus.CANCELLED}
@@ -229,19 +201,18 @@ class _Driver:
             return
         self.attempts[sid] += 1
         attempt = self.attempts[sid]
-        workdir = run_dir(self.run_id) / sid
         child = self.rows[sid].mlflow_run_id or self.call_lineage("start_step", step, self.keys[sid])
         ctx = StepContext(
-            run_id=self.run_id, step_id=sid, kind=step.uses, workflow=self.wf.name, workdir=str(workdir),
+            run_id=self.run_id, step_id=sid, kind=step.uses, workflow=self.wf.name,
+            storage=artifact_store.join(self.storage_root, self.run_id, sid),
             defaults=self.wf.defaults.model_dump(mode="json", exclude_none=True), inputs=self.inputs_for(sid),
             attempt=attempt, mlflow_run_id=child, tags=self.call_lineage("step_tags", step) or {},
-            env=_forward_env(), log_path=str(workdir / "step.log"))
-        workdir.mkdir(parents=True, exist_ok=True)
+            env=_forward_env())
         options = {**step.ray_resources(), "max_retries": 0, "name": f"{self.wf.name}.{sid}"}
         ref = self.remote.options(**options).remote(run_fn, step.with_, ctx)
         self.running[ref] = sid
         self.set(sid, status=StepStatus.RUNNING, attempts=self.rows[sid].attempts + 1, cache_key=self.keys[sid],
-                 started_at=time.time(), finished_at=None, log_path=ctx.log_path, mlflow_run_id=child)
+                 started_at=time.time(), finished_at=None, log_path=ctx.log_uri, mlflow_run_id=child)
         self.log(f"{sid}: running ({step.uses}, attempt {attempt}/{step.retries + 1})")
 
     def collect(self) -> None:
@@ -279,24 +250,31 @@ class _Driver:
         self.log(f"{sid}: FAILED: {text}")
         self.call_lineage("step_failed", step, self.rows[sid].mlflow_run_id, text)
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "cancelled", record: bool = True) -> None:
+        """Stop the running Ray tasks (forced). With ``record``, running and pending steps become
+        ``cancelled`` (error ``reason``) and the running steps' MLflow runs end KILLED; without it (the
+        lease was lost: the run belongs to another driver) nothing is written."""
         import ray
 
         for ref, sid in list(self.running.items()):
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True, recursive=True)
-            self.set(sid, status=StepStatus.CANCELLED, finished_at=time.time(), error="cancelled")
-            self.call_lineage("step_failed", self.wf.step(sid), self.rows[sid].mlflow_run_id, "cancelled")
+            if record:
+                self.set(sid, status=StepStatus.CANCELLED, finished_at=time.time(), error=reason)
+                self.call_lineage("step_failed", self.wf.step(sid), self.rows[sid].mlflow_run_id, "cancelled")
         self.running.clear()
+        if not record:
+            return
         for sid in self.order:
             if self.status(sid) == StepStatus.PENDING:
-                self.set(sid, status=StepStatus.CANCELLED, error="cancelled")
-        self.log("run cancelled")
+                self.set(sid, status=StepStatus.CANCELLED, error=reason)
+        self.log(f"run {reason}")
 
     def heartbeat(self) -> None:
-        if time.time() - self.last_beat > HEARTBEAT_S:
-            self.last_beat = time.time()
-            self.store.update_run(self.run_id, heartbeat_at=self.last_beat)
+        """Raise LeaseLost once the driver's lease was lost; the lease's thread renews it (and ``heartbeat_at``)."""
+        lease = getattr(self, "lease", None)
+        if lease is not None:
+            lease.check()
 
     def call_lineage(self, method: str, *args: Any) -> Any:
         if self.lineage is None:
@@ -318,12 +296,12 @@ class _Driver:
 
 
 def _forward_env() -> dict[str, str]:
-    names = ("DETFLOW_HOME", "DETFLOW_STATE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-             "MLFLOW_DISABLE_TELEMETRY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION")
-    env = {k: os.environ[k] for k in names if k in os.environ}
-    env.setdefault("DETFLOW_HOME", str(state_dir()))
-    return env
+    """The driver's settings a step task may fill in where its node has none (``StepContext.env``):
+    :func:`detflow.storage.public_env` — no credentials, URLs without passwords, no ``DETFLOW_HOME``
+    (each node uses its own); the node's own values win (``StepContext.apply_env``)."""
+    from ..storage import public_env
+
+    return public_env()
 
 
 def _printer(run_id: str, quiet: bool) -> Callable[[str], None]:
@@ -348,34 +326,68 @@ def _make_lineage(wf: Workflow, run_id: str, enabled: bool) -> Any:
     return Lineage(wf, run_id)
 
 
-def _drive(wf: Workflow, run_id: str, store: StateStore, *, address: str | None, lineage: bool,
-           quiet: bool, num_cpus: int | None) -> RunResult:
+def _drive(wf: Workflow, run_id: str, store: StateStore, lease: DriverLease, *, address: str | None,
+           lineage: bool, quiet: bool, num_cpus: int | None) -> RunResult:
+    """Drive ``run_id`` while holding ``lease`` (the caller releases it); every state update is fenced
+    by its token. Ctrl-C, SIGTERM or SIGHUP (a KeyboardInterrupt) leave the run ``interrupted`` and
+    resumable; a lost lease stops the driver without writing (the run belongs to its new driver)."""
     log = _printer(run_id, quiet)
-    store.claim_driver(run_id)
-    store.update_run(run_id, status=RunStatus.RUNNING, started_at=time.time(), finished_at=None, error=None)
+    token = lease.token
+    store.claim_driver(run_id, token)
+    store.update_run(run_id, token=token, status=RunStatus.RUNNING, started_at=time.time(), finished_at=None,
+                     error=None)
     tracker = _make_lineage(wf, run_id, lineage)
     parent = store.get_run(run_id).mlflow_run_id
     if tracker is not None:
         try:
             parent = tracker.start_workflow(parent)
-            store.update_run(run_id, mlflow_run_id=parent)
+            store.update_run(run_id, token=token, mlflow_run_id=parent)
+        except LeaseLost:
+            raise
         except Exception as exc:  # noqa: BLE001
             log(f"warning: MLflow unavailable, running without lineage: {exc}")
             tracker = None
     log(f"run {run_id}: {len(wf.steps)} steps")
-    with ray_session(address, num_cpus):
-        driver = _Driver(wf, run_id, store, tracker, log)
-        try:
-            driver.run()
-        except BaseException:
-            driver.cancel()
-            store.update_run(run_id, status=RunStatus.FAILED, finished_at=time.time(), error="driver interrupted")
-            raise
-    status, error = driver.final_status()
-    store.update_run(run_id, status=status, error=error, finished_at=time.time())
-    driver.call_lineage("finish", status, RunResult.from_store(store, run_id))
+    try:
+        with ray_session(address, num_cpus):
+            driver = _Driver(wf, run_id, store, tracker, log)
+            driver.lease = lease
+            try:
+                driver.run()
+            except BaseException as exc:
+                driver.cancel("interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled",
+                              record=not isinstance(exc, LeaseLost))
+                raise
+            status, error = driver.final_status()
+            store.update_run(run_id, token=token, status=status, error=error, finished_at=time.time(),
+                             cancel_requested=0)
+            driver.call_lineage("finish", status, RunResult.from_store(store, run_id))
+    except BaseException as exc:
+        _record_stop(store, run_id, token, tracker, log, exc)
+        raise
     log(f"run {run_id}: {status}" + (f" — {error}" if error else ""))
     return RunResult.from_store(store, run_id)
+
+
+def _record_stop(store: StateStore, run_id: str, token: int, tracker: Any, log: Callable[[str], None],
+                 exc: BaseException) -> None:
+    """Record why the driver stopped early: ``interrupted`` (resumable, MLflow parent run KILLED) on a
+    KeyboardInterrupt, ``failed`` on a driver error, nothing when the lease was lost. Never raises."""
+    if isinstance(exc, LeaseLost):
+        log(f"run {run_id}: {exc}")
+        return
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    status = RunStatus.INTERRUPTED if interrupted else RunStatus.FAILED
+    error = (f"interrupted; continue it with `detflow resume {run_id}`" if interrupted
+             else f"driver failed: {type(exc).__name__}: {exc}"[:1000])
+    try:
+        store.update_run(run_id, token=token, status=status, error=error, finished_at=time.time(),
+                         cancel_requested=0)
+        if tracker is not None and tracker.parent:
+            tracker.finish(status, RunResult.from_store(store, run_id))
+    except Exception as err:  # noqa: BLE001 — the original exception matters more
+        log(f"warning: could not record that run {run_id} stopped ({status}): {type(err).__name__}: {err}")
+    log(f"run {run_id}: {status} — {error}")
 
 
 def run_workflow(wf: Workflow, *, run_id: str | None = None, state_url: str | None = None,
@@ -389,6 +401,7 @@ def run_workflow(wf: Workflow, *, run_id: str | None = None, state_url: str | No
         result = run_workflow(load_workflow("workflows/quickstart.yaml"))
         print(result.status, result.outputs("bench")["table_md"])
     """
+    _check_storage(wf)
     store = StateStore(state_url)
     run_id = run_id or new_run_id(wf.name)
     existing = store.get_run(run_id)
@@ -397,12 +410,30 @@ def run_workflow(wf: Workflow, *, run_id: str | None = None, state_url: str | No
                          address=address)
     elif existing.status != RunStatus.PENDING:
         raise UserInputError(f"run {run_id!r} already exists ({existing.status}); use `detflow resume {run_id}`")
-    return _drive(wf, run_id, store, address=address, lineage=lineage, quiet=quiet, num_cpus=num_cpus)
+    with DriverLease.acquire(store.engine, run_id) as lease:
+        status = store.get_run(run_id).status
+        if status != RunStatus.PENDING:  # cancelled (or driven) while this driver was starting
+            raise UserInputError(f"run {run_id!r} is {status}, not pending; use `detflow resume {run_id}`")
+        return _drive(wf, run_id, store, lease, address=address, lineage=lineage, quiet=quiet, num_cpus=num_cpus)
+
+
+def _check_storage(wf: Workflow) -> None:
+    """Refuse, before any row is written, an object store the run could not write to (no bucket)."""
+    if wf.defaults.storage is None:
+        return
+    problem = artifact_store.check_reachable(wf.defaults.storage)
+    if problem:
+        from ..storage import redact
+
+        raise UserInputError(f"workflow {wf.name!r}: defaults.storage: {redact(wf.defaults.storage)!r}: {problem}")
 
 
 def resume_workflow(run_id: str, *, state_url: str | None = None, address: str | None = None,
                     lineage: bool = True, quiet: bool = False, num_cpus: int | None = None) -> RunResult:
-    """Continue run ``run_id``: succeeded/cached steps are kept, every other step runs again."""
+    """Continue run ``run_id``: succeeded/cached steps are kept, every other step runs again.
+
+    Takes the run's lease first: while another driver's lease is live this raises
+    :class:`~detflow.workflows.lease.LeaseHeld` (exit 2) naming it; cancel requests made before are void."""
     from .lint import parse_workflow
 
     store = StateStore(state_url)
@@ -411,43 +442,35 @@ def resume_workflow(run_id: str, *, state_url: str | None = None, address: str |
         raise UserInputError(f"no workflow run {run_id!r}; list runs with `detflow status`")
     if run.status == RunStatus.SUCCEEDED:
         return RunResult.from_store(store, run_id)
-    _refuse_live_driver(run)
-    wf = parse_workflow(run.spec_dict, f"run {run_id}")
-    for row in store.steps(run_id):
-        if row.status not in StepStatus.DONE:
-            store.update_step(run_id, row.step_id, status=StepStatus.PENDING, error=None, finished_at=None)
-    store.update_run(run_id, cancel_requested=0)
-    return _drive(wf, run_id, store, address=address, lineage=lineage, quiet=quiet, num_cpus=num_cpus)
+    with DriverLease.acquire(store.engine, run_id, clear_cancel=True) as lease:
+        run = store.get_run(run_id)
+        if run.status == RunStatus.SUCCEEDED:  # its previous driver finished it meanwhile
+            return RunResult.from_store(store, run_id)
+        wf = parse_workflow(run.spec_dict, f"run {run_id}")
+        for row in store.steps(run_id):
+            if row.status not in StepStatus.DONE:
+                store.update_step(run_id, row.step_id, token=lease.token, status=StepStatus.PENDING, error=None,
+                                  finished_at=None)
+        return _drive(wf, run_id, store, lease, address=address, lineage=lineage, quiet=quiet, num_cpus=num_cpus)
 
 
 def driver_lost(run: Any) -> bool:
-    """True when a run says ``running`` but its driver process is gone (killed, host lost)."""
+    """True when a run says ``running`` but no driver holds a live lease on it (killed, host lost)."""
     return run.status == RunStatus.RUNNING and not _driver_alive(run)
 
 
 def _driver_alive(run: Any) -> bool:
-    import socket
-
-    if run.status not in (RunStatus.RUNNING,) or not run.driver_pid:
-        return False
-    if run.driver_host == socket.gethostname():
-        try:
-            os.kill(run.driver_pid, 0)
-        except OSError:
-            return False
-        return run.driver_pid != os.getpid()
-    return run.heartbeat_at is not None and time.time() - run.heartbeat_at < 6 * HEARTBEAT_S
-
-
-def _refuse_live_driver(run: Any) -> None:
-    if _driver_alive(run):
-        raise UserInputError(f"run {run.id!r} is still running (driver pid {run.driver_pid} on {run.driver_host}); "
-                             f"cancel it first with `detflow cancel {run.id}`")
+    """Whether some driver holds a live (unexpired) lease on ``run`` (a ``WorkflowRun`` row)."""
+    return LeaseInfo.of(run).live()
 
 
 def cancel_run(run_id: str, *, state_url: str | None = None, wait_s: float = 30.0) -> str:
-    """Ask the driver of ``run_id`` to cancel; mark the run cancelled directly when no driver is alive.
-    Returns the run's status afterwards."""
+    """Cancel ``run_id``; returns its status afterwards, or :data:`CANCEL_REQUESTED`.
+
+    A run whose driver holds a live lease is asked to cancel, and waited for up to ``wait_s``; if the
+    lease is still live then, the run is left to its driver (which cancels it when it next polls) and
+    ``"cancel requested"`` is returned. Only a run without a live lease is marked cancelled here,
+    after taking its lease, so that no ``resume`` can start driving it in between."""
     store = StateStore(state_url)
     run = store.get_run(run_id)
     if run is None:
@@ -461,16 +484,31 @@ def cancel_run(run_id: str, *, state_url: str | None = None, wait_s: float = 30.
 
             JobSubmissionClient(run.address).stop_job(run.job_id)
     deadline = time.time() + wait_s
-    while time.time() < deadline:
+    while _driver_alive(run) and time.time() < deadline:
+        time.sleep(0.5)
         run = store.get_run(run_id)
         if run.status in RunStatus.FINAL:
             return run.status
-        if run.status == RunStatus.PENDING or not _driver_alive(run):
-            break
-        time.sleep(0.5)
-    for row in store.steps(run_id):
-        if row.status not in StepStatus.FINAL:
-            store.update_step(run_id, row.step_id, status=StepStatus.CANCELLED, error="cancelled",
-                              finished_at=time.time() if row.started_at else None)
-    store.update_run(run_id, status=RunStatus.CANCELLED, error="cancelled", finished_at=time.time())
+    if _driver_alive(run):
+        return CANCEL_REQUESTED
+    return _finalise_cancel(store, run_id)
+
+
+def _finalise_cancel(store: StateStore, run_id: str) -> str:
+    """Mark a run without a live driver cancelled, holding its lease while doing so; returns the run's
+    status, or :data:`CANCEL_REQUESTED` when a driver took the lease first (it sees the request)."""
+    try:
+        lease = DriverLease.acquire(store.engine, run_id, heartbeat=False)
+    except LeaseHeld:
+        return CANCEL_REQUESTED
+    with lease:
+        run = store.get_run(run_id)
+        if run.status in RunStatus.FINAL:
+            return run.status
+        for row in store.steps(run_id):
+            if row.status not in StepStatus.FINAL:
+                store.update_step(run_id, row.step_id, token=lease.token, status=StepStatus.CANCELLED,
+                                  error="cancelled", finished_at=time.time() if row.started_at else None)
+        store.update_run(run_id, token=lease.token, status=RunStatus.CANCELLED, error="cancelled",
+                         finished_at=time.time(), cancel_requested=0)
     return RunStatus.CANCELLED

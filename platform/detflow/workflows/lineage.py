@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import artifact_store
 from .context import StepContext
 from .schema import Step, Workflow
 
@@ -175,7 +176,7 @@ class Lineage:
         summary = {sid: {k: v for k, v in info.items() if k in ("status", "attempts", "duration_s", "error")}
                    for sid, info in result.steps.items()}
         self.client.log_dict(self.parent, summary, "steps.json")
-        mlflow_status = {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(status, "FAILED")
+        mlflow_status = {"succeeded": "FINISHED", "cancelled": "KILLED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_tag(self.parent, "detflow.status", status)
         self.client.set_terminated(self.parent, mlflow_status)
 
@@ -193,14 +194,14 @@ class Lineage:
     def _tag_dataset(self, step: Step, child: str, inputs: dict[str, dict]) -> None:
         if "data" not in type(step.with_).model_fields:
             return
-        ctx = StepContext(self.run_id, step.id, step.uses, self.wf.name, "",
+        ctx = StepContext(self.run_id, step.id, step.uses, self.wf.name, storage="",
                           defaults=self.wf.defaults.model_dump(mode="json", exclude_none=True), inputs=inputs)
         try:
             data = ctx.dataset(step.with_.data)
         except Exception:  # noqa: BLE001 — a dataset from a base config: no tag
             return
         split = data.get("train") or data.get("val")
-        if split and Path(split["annotations"]).exists():
+        if split and artifact_store.exists(split["annotations"]):
             from ..tracking import dataset_fingerprint
 
             self.client.set_tag(child, "dataset.fingerprint", dataset_fingerprint(split["annotations"], split["images"]))
@@ -208,10 +209,11 @@ class Lineage:
 
     def _log_table(self, child: str, outputs: dict) -> None:
         for key in ("table_csv", "table_md"):
-            if outputs.get(key) and Path(outputs[key]).exists():
-                self.client.log_artifact(child, outputs[key], "benchmark")
+            if outputs.get(key) and artifact_store.exists(outputs[key]):
+                local = str(artifact_store.materialize(outputs[key]))
+                self.client.log_artifact(child, local, "benchmark")
                 if self.parent:
-                    self.client.log_artifact(self.parent, outputs[key], "benchmark")
+                    self.client.log_artifact(self.parent, local, "benchmark")
         rows = outputs.get("rows") or []
         with tempfile.TemporaryDirectory() as tmp:
             plot = plot_map_vs_latency(rows, Path(tmp) / "map_vs_latency.png")
@@ -223,14 +225,14 @@ class Lineage:
             self._log_metrics(self.parent, {f"bench/{k}": v for k, v in flatten_metrics(outputs.get("metrics") or {}).items()})
 
     def _model_files(self, outputs: dict) -> list[Path]:
-        files: list[Path] = []
+        """Local copies of a step's model files (its checkpoint's and its ONNX model), wherever stored."""
+        stored: list[str] = []
         ckpt = outputs.get("checkpoint")
-        if isinstance(ckpt, str) and Path(ckpt).is_dir():
-            files += [Path(ckpt) / f for f in _MODEL_FILES if (Path(ckpt) / f).exists()]
-        onnx = outputs.get("onnx")
-        if isinstance(onnx, str) and Path(onnx).is_file():
-            files.append(Path(onnx))
-        return files
+        if isinstance(ckpt, str):
+            stored += [artifact_store.join(ckpt, f) for f in _MODEL_FILES]
+        if isinstance(outputs.get("onnx"), str):
+            stored.append(outputs["onnx"])
+        return [artifact_store.materialize(f) for f in stored if artifact_store.exists(f)]
 
     def _register(self, step: Step, child: str, outputs: dict) -> None:
         files = self._model_files(outputs)

@@ -324,9 +324,24 @@ def rule_defaults(raw: dict) -> list[LintError]:
     return []
 
 
+def rule_storage(raw: dict) -> list[LintError]:
+    """``defaults.storage`` is a local path or an object-store URL that can work here: a known
+    scheme, a bucket, and the credential variables a custom S3 endpoint needs (names only)."""
+    from ..artifact_store import check_storage_url
+    from ..storage import redact
+
+    defaults = raw.get("defaults")
+    url = defaults.get("storage") if isinstance(defaults, dict) else None
+    problem = check_storage_url(url) if isinstance(url, str) else None
+    if problem is None:
+        return []
+    return [LintError(_line(defaults, "storage"), None, f"defaults.storage: {redact(url)!r}: {problem}",
+                      "use a local/shared path or s3://BUCKET/PREFIX (gs://, hdfs://, abfs:// also work)")]
+
+
 RULES: tuple[Callable[[dict], list[LintError]], ...] = (
     rule_step_ids, rule_unknown_kinds, rule_unknown_keys, rule_needs_exist, rule_cycles,
-    rule_refs_upstream, rule_ref_outputs, rule_required_inputs, rule_param_types, rule_defaults,
+    rule_refs_upstream, rule_ref_outputs, rule_required_inputs, rule_param_types, rule_defaults, rule_storage,
 )
 
 

@@ -9,7 +9,7 @@ from rich.table import Table
 __all__ = ["step_table", "benchmark_table", "make_console", "key_metrics", "print_run", "run_json"]
 
 _STATUS_STYLE = {"succeeded": "green", "cached": "cyan", "failed": "red", "running": "yellow",
-                 "pending": "dim", "not_run": "dim", "cancelled": "magenta"}
+                 "pending": "dim", "not_run": "dim", "cancelled": "magenta", "interrupted": "yellow"}
 _PREFERRED = ("val/AP50", "val/bbox_mAP50", "val/AP", "val/bbox_mAP", "AP50", "AP", "mAP50", "best", "max_abs_diff")
 
 

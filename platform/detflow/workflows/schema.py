@@ -58,7 +58,8 @@ class Defaults(StrictModel):
     image_size: PositiveInt | None = None
     recipe: RecipeConfig | None = None
     scaling: ScalingConfig | None = None
-    storage: str | None = Field(None, description="where train steps keep checkpoints; default the step dir")
+    storage: str | None = Field(None, description="where every step stores its outputs, under <storage>/<run_id>/<step_id>/: "
+                                "a local or shared path, or s3:// (gs://, hdfs://, abfs://); default $DETFLOW_HOME/workflows")
 
 
 class Resources(StrictModel):
@@ -67,6 +68,8 @@ class Resources(StrictModel):
     num_cpus: float | None = Field(None, ge=0)
     num_gpus: float | None = Field(None, ge=0)
     memory_gb: float | None = Field(None, gt=0)
+    custom: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="Ray custom resources, e.g. {gpu_a100: 1} or a node's own resource to pin the step")
 
 
 class StepParams(StrictModel):
@@ -249,6 +252,8 @@ class Step(StrictModel):
                 res[key] = getattr(self.resources, key)
         if self.resources.memory_gb:
             res["memory"] = self.resources.memory_gb * 2**30
+        if self.resources.custom:
+            res["resources"] = dict(self.resources.custom)
         return res
 
 

@@ -5,6 +5,10 @@ the SQLite file ``$DETFLOW_HOME/workflows.db``. SQLite runs in WAL mode with a b
 every transaction starts with ``BEGIN IMMEDIATE``, so concurrent drivers queue for the write lock
 instead of failing with "database is locked".
 
+Status updates made by a run's driver carry its lease's fencing token (``token=``, see
+:mod:`detflow.workflows.lease`): they apply only while that token is the run's current one, and
+raise :class:`~detflow.workflows.lease.LeaseLost` otherwise.
+
 Schema migrations are versioned SQL files shipped in ``detflow/workflows/migrations/NNNN_*.sql``;
 the ``schema_version`` table records the applied version and :func:`migrate` applies the rest
 (in one transaction) whenever a store is opened.
@@ -20,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Float, Integer, String, Text, create_engine, event, select, text, update
+from sqlalchemy import Float, Integer, String, Text, create_engine, event, exists, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ..paths import state_dir
+from .lease import LeaseLost
 
 __all__ = [
     "StepStatus", "RunStatus", "WorkflowRun", "StepRun", "StateStore", "default_state_url", "make_engine",
@@ -42,7 +47,10 @@ class StepStatus:
 
 
 class RunStatus:
+    """``interrupted``: the driver stopped on Ctrl-C, SIGTERM or SIGHUP; not final, ``detflow resume`` continues it."""
+
     PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
+    INTERRUPTED = "interrupted"
     FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
@@ -68,6 +76,10 @@ class WorkflowRun(Base):
     cancel_requested: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[float | None] = mapped_column(Float)
     job_id: Mapped[str | None] = mapped_column(String(200))
+    lease_holder: Mapped[str | None] = mapped_column(String(300))
+    lease_since: Mapped[float | None] = mapped_column(Float)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
 
     @property
     def spec_dict(self) -> dict:
@@ -214,9 +226,17 @@ class StateStore:
         with self.session() as s:
             return list(s.scalars(select(WorkflowRun).order_by(WorkflowRun.created_at.desc()).limit(limit)))
 
-    def update_run(self, run_id: str, **fields: Any) -> None:
+    def update_run(self, run_id: str, *, token: int | None = None, **fields: Any) -> None:
+        """Set columns of a run; with ``token`` (a driver's fencing token) only while it is the run's
+        current lease token, else :class:`LeaseLost` is raised and nothing changes."""
+        query = update(WorkflowRun).where(WorkflowRun.id == run_id)
+        if token is not None:
+            query = query.where(WorkflowRun.lease_token == token)
         with self.session() as s, s.begin():
-            s.execute(update(WorkflowRun).where(WorkflowRun.id == run_id).values(**fields))
+            count = s.execute(query.values(**fields)).rowcount
+        if token is not None and count == 0:
+            raise LeaseLost(f"run {run_id!r}: lease token {token} is no longer current (another driver took "
+                            "the run over); this driver stops")
 
     def request_cancel(self, run_id: str) -> None:
         self.update_run(run_id, cancel_requested=1)
@@ -225,8 +245,10 @@ class StateStore:
         run = self.get_run(run_id)
         return bool(run and run.cancel_requested)
 
-    def claim_driver(self, run_id: str) -> None:
-        self.update_run(run_id, driver_pid=os.getpid(), driver_host=socket.gethostname(), heartbeat_at=time.time())
+    def claim_driver(self, run_id: str, token: int | None = None) -> None:
+        """Record this process as the run's driver (shown by ``detflow status``)."""
+        self.update_run(run_id, token=token, driver_pid=os.getpid(), driver_host=socket.gethostname(),
+                        heartbeat_at=time.time())
 
     # --------------------------------------------------------------------------------- steps
     def steps(self, run_id: str) -> list[StepRun]:
@@ -237,11 +259,21 @@ class StateStore:
         with self.session() as s:
             return s.get(StepRun, (run_id, step_id))
 
-    def update_step(self, run_id: str, step_id: str, **fields: Any) -> None:
+    def update_step(self, run_id: str, step_id: str, *, token: int | None = None, **fields: Any) -> None:
+        """Set columns of a step; with ``token`` only while the run's lease token is still ``token``
+        (checked in the same ``UPDATE``), else :class:`LeaseLost` is raised and nothing changes."""
         if "outputs" in fields and not isinstance(fields["outputs"], (str, type(None))):
             fields["outputs"] = json.dumps(fields["outputs"])
+        query = update(StepRun).where(StepRun.run_id == run_id, StepRun.step_id == step_id)
+        if token is not None:
+            query = query.where(exists().where(WorkflowRun.id == run_id, WorkflowRun.lease_token == token))
         with self.session() as s, s.begin():
-            s.execute(update(StepRun).where(StepRun.run_id == run_id, StepRun.step_id == step_id).values(**fields))
+            if token is not None:  # PostgreSQL: hold the run row so that no acquisition commits in between
+                s.execute(select(WorkflowRun.id).where(WorkflowRun.id == run_id).with_for_update(read=True))
+            count = s.execute(query.values(**fields)).rowcount
+        if token is not None and count == 0:
+            raise LeaseLost(f"run {run_id!r}, step {step_id!r}: lease token {token} is no longer current (another "
+                            "driver took the run over); this driver stops")
 
     def find_cached(self, cache_key: str, limit: int = 5) -> list[StepRun]:
         """Earlier successful step runs with this cache key, newest first."""

@@ -1,13 +1,13 @@
 """Step adapters: one module per kind, each a thin ``run(params, ctx) -> outputs`` over a detflow API.
 
-Outputs are JSON dicts; paths are absolute. Common keys: ``checkpoint`` (checkpoint dir),
+Outputs are JSON dicts; paths are absolute paths in the step's scratch (``ctx.path``) or stored
+locations, and the task stores the scratch and rewrites them (:mod:`..execute`). Common keys: ``checkpoint`` (checkpoint dir),
 ``config`` (resolved training YAML), ``onnx`` (ONNX file), ``dataset`` (train/val JSON + images),
 ``metrics`` (numbers), ``table_csv``/``table_md``/``rows`` (benchmark), ``best_config``/``spec``.
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 from ..context import StepContext
@@ -27,7 +27,8 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def split_of(ctx: StepContext, data: Any, which: str = "val") -> Any:
-    """The ``which`` split of a step's dataset as a ``DatasetSplit`` (None when there is none)."""
+    """The ``which`` split of a step's dataset as a ``DatasetSplit`` (None when there is none); its
+    paths may be stored locations (the COCO readers materialize them)."""
     from ...config.train import DatasetSplit
 
     split = ctx.dataset(data).get(which)
@@ -36,10 +37,11 @@ def split_of(ctx: StepContext, data: Any, which: str = "val") -> Any:
 
 def checkpoint_config(checkpoint: str) -> dict:
     """The resolved TrainConfig dict stored next to a checkpoint (``config.yaml``), or {}."""
+    from ... import artifact_store
     from ...config.base import read_yaml
 
-    path = Path(checkpoint) / "config.yaml"
-    return (read_yaml(path) or {}) if path.is_file() else {}
+    path = artifact_store.join(checkpoint, "config.yaml")
+    return (read_yaml(artifact_store.materialize(path)) or {}) if artifact_store.exists(path) else {}
 
 
 def section_overrides(params: Any, ctx: StepContext) -> dict:

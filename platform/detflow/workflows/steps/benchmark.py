@@ -15,7 +15,7 @@ __all__ = ["run"]
 def run(params: BenchmarkParams, ctx: StepContext) -> dict:
     from ...bench import BenchArtifact, run_benchmark
 
-    artifacts = [BenchArtifact(step_id, ctx.output(step_id, "checkpoint", "onnx")) for step_id in params.artifacts]
+    artifacts = [BenchArtifact(step_id, str(ctx.local(step_id, "checkpoint", "onnx"))) for step_id in params.artifacts]
     table = run_benchmark(artifacts, backends=params.backends, batch_sizes=params.batch_sizes,
                           input_size=params.input_size, val=split_of(ctx, params.data, "val"), warmup=params.warmup,
                           iters=params.iters, missing_backend=params.missing_backend, threads=params.threads,

@@ -24,7 +24,7 @@ def run(params: EvaluateParams, ctx: StepContext) -> dict:
 
     outputs = ctx.inputs.get(params.artifact, {})
     checkpoint = outputs.get("checkpoint")
-    path = checkpoint or ctx.output(params.artifact, "onnx")
+    path = ctx.local(params.artifact, "checkpoint", "onnx")
     backend = params.backend or ("torch" if checkpoint and not outputs.get("onnx") else "onnxruntime")
     metrics = evaluate_artifact(path, _val_split(params, ctx, checkpoint), input_size=params.input_size,
                                 backend=backend, work_dir=ctx.path)

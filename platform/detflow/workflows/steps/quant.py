@@ -20,7 +20,7 @@ def _numbers(metrics: dict) -> dict:
 def run_qat(params: QATParams, ctx: StepContext) -> dict:
     from ...quant import run_qat as qat
 
-    result = qat(ctx.output(params.checkpoint, "checkpoint"), ctx.path / "qat", epochs=params.epochs, lr=params.lr,
+    result = qat(str(ctx.local(params.checkpoint, "checkpoint")), ctx.path / "qat", epochs=params.epochs, lr=params.lr,
                  max_steps_per_epoch=params.max_steps_per_epoch, skip_layers=tuple(params.skip_layers),
                  data=split_of(ctx, params.data, "train"))
     return _outputs(result)
@@ -29,6 +29,6 @@ def run_qat(params: QATParams, ctx: StepContext) -> dict:
 def run_ptq(params: PTQParams, ctx: StepContext) -> dict:
     from ...quant import run_ptq as ptq
 
-    result = ptq(ctx.output(params.checkpoint, "checkpoint"), ctx.path / "ptq", calib_batches=params.calib_batches,
+    result = ptq(str(ctx.local(params.checkpoint, "checkpoint")), ctx.path / "ptq", calib_batches=params.calib_batches,
                  data=split_of(ctx, params.data, "train"))
     return _outputs(result)

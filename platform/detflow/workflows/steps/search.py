@@ -1,7 +1,8 @@
 """``sweep`` (Ray Tune + Optuna over a training config) and ``nas`` (SpineNet search) steps.
 
-Both write the step's layered training config to ``base.yaml`` in the step directory and hand it to
-the search as its base; the output ``best_config`` is a full training YAML a ``train`` step takes
+Both write the step's layered training config to ``base.yaml`` in the step's scratch and hand it
+to the search as its base; the search's own directory (Tune experiment, Optuna study) lives in the
+scratch and is stored with the step's outputs, and a retried or resumed step restores it first; the output ``best_config`` is a full training YAML a ``train`` step takes
 with ``config_from: STEP``. The search fields of a step are those of the search's own YAML
 (:class:`~detflow.tune.config.SweepSearch`, :class:`~detflow.nas.config.NasObjective`) and pass through as is.
 """
@@ -31,6 +32,17 @@ def _write_base(params, ctx: StepContext) -> Path:  # noqa: ANN001
     return path
 
 
+def _restore(ctx: StepContext, name: str) -> bool:
+    """Copy the search directory ``name`` an earlier attempt stored into the scratch; True if there was one."""
+    from ... import artifact_store
+
+    stored = ctx.uri(name)
+    if not artifact_store.is_dir(stored) or not artifact_store.list_dir(stored):
+        return False
+    artifact_store.download(stored, ctx.path / name)
+    return True
+
+
 def _shared(params: Any, section: type) -> dict:
     """The step's values of the fields it shares with the search config class ``section``."""
     return {name: getattr(params, name) for name in section.model_fields}
@@ -41,9 +53,9 @@ def run_sweep(params: SweepParams, ctx: StepContext) -> dict:
     from ...tune.runner import run_sweep as sweep
 
     base = _write_base(params, ctx)
+    resume = _restore(ctx, "sweeps")
     cfg = SweepConfig(**_shared(params, SweepSearch), name=ctx.step_id, base=str(base),
                       resources=params.trial_resources, storage=str(ctx.path / "sweeps"))
-    resume = (ctx.path / "sweeps").is_dir() and any((ctx.path / "sweeps").iterdir())
     result = sweep(cfg, config_dir=ctx.path, resume=resume)
     return {"best_config": result.best_config_path, "best_values": result.best_values,
             "metrics": {"best": result.best_metric} if result.best_metric is not None else {},
@@ -77,15 +89,16 @@ def run_nas(params: NASParams, ctx: StepContext) -> dict:
     from ...nas.config import NasObjective
 
     base = _write_base(params, ctx)
+    resume = _restore(ctx, "nas")
     cfg = NasConfig(**_shared(params, NasObjective), name=ctx.step_id, base=str(base), storage=str(ctx.path / "nas"))
-    resume = (ctx.path / "nas").is_dir() and any((ctx.path / "nas").iterdir())
     result = nas(cfg, config_dir=ctx.path, resume=resume)
     if not result.best_spec_path:
         raise RuntimeFailure(f"step {ctx.step_id!r}: the search produced no valid architecture")
     best = read_yaml(base) or {}
     spec = full_scale_spec(result.best_spec_path, best.get("model") or {}, ctx.path / "best_spec.yaml")
-    # ``spec`` is read by the generic ``spinenet`` builder, not by a named variant's
-    best["model"] = {**(best.get("model") or {}), "name": "spinenet", "spec": str(spec)}
+    # ``spec`` is read by the generic ``spinenet`` builder, not by a named variant's; the config names
+    # the spec's stored location (the scratch copy is gone once the step ends)
+    best["model"] = {**(best.get("model") or {}), "name": "spinenet", "spec": ctx.uri(spec.name)}
     best_path = ctx.path / "best_config.yaml"
     best_path.write_text(yaml.safe_dump(best, sort_keys=False))
     metric = result.ranked[0].get(cfg.metric) if result.ranked else None

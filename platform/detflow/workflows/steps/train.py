@@ -2,14 +2,15 @@
 
 The config is layered: a base (``config:`` file, ``config_from:`` a sweep/NAS best config, or for
 ``distill`` the teacher's own config) ← workflow ``defaults`` ← the step's ``with`` sections. The
-run is named after the step and stored in the step directory, so a retried or resumed step
-continues its own latest checkpoint (Ray Train driver recovery).
+run is named after the step and Ray Train stores it under the step's storage (``<step>/runs/``,
+local or object storage), so a retried or resumed step continues its own latest checkpoint
+(Ray Train driver recovery) on whichever node it runs.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from ... import artifact_store
 from ...config.base import parse_config, read_yaml
 from ...config.train import TrainConfig
 from ..context import StepContext
@@ -32,9 +33,7 @@ def _base(params: Any, ctx: StepContext) -> dict:
 def build_train_config(params: TrainParams | DistillParams, ctx: StepContext) -> TrainConfig:
     """The TrainConfig this step trains (see module docstring)."""
     data = deep_merge(_base(params, ctx), section_overrides(params, ctx))
-    storage = ctx.defaults.get("storage")
-    data.update(name=ctx.step_id, experiment=ctx.workflow,
-                storage=str(Path(storage) / ctx.run_id / ctx.step_id) if storage else str(ctx.path / "runs"))
+    data.update(name=ctx.step_id, experiment=ctx.workflow, storage=ctx.uri("runs"))
     data.pop("distill", None)
     if params.init:
         data.setdefault("model", {})["pretrained"] = ctx.output(params.init, "checkpoint")
@@ -45,8 +44,9 @@ def build_train_config(params: TrainParams | DistillParams, ctx: StepContext) ->
 
 
 def _has_run(storage: str, name: str) -> bool:
-    root = Path(storage)
-    return root.is_dir() and any((d / "detflow_run.json").is_file() for d in root.glob(f"{name}-*"))
+    """True when ``storage`` holds a run of ``name`` with its marker (what ``resume`` continues)."""
+    return any(artifact_store.exists(artifact_store.join(storage, d, "detflow_run.json"))
+               for d in artifact_store.list_dir(storage) if d.startswith(f"{name}-"))
 
 
 def _train(params: Any, ctx: StepContext) -> dict:
@@ -55,9 +55,9 @@ def _train(params: Any, ctx: StepContext) -> dict:
     cfg = build_train_config(params, ctx)
     resume = _has_run(cfg.storage, cfg.name)
     result = run_training(cfg, resume=resume, parent_run_id=ctx.mlflow_run_id, tags=ctx.tags)
-    config_path = Path(result.checkpoint) / "config.yaml"
+    config_path = artifact_store.join(result.checkpoint, "config.yaml")
     return {"checkpoint": result.checkpoint, "last_checkpoint": result.last_checkpoint,
-            "config": str(config_path) if config_path.exists() else None, "metrics": result.metrics,
+            "config": config_path if artifact_store.exists(config_path) else None, "metrics": result.metrics,
             "training_run_id": result.run_id, "wall_time_s": result.wall_time_s, "resumed": resume}
 
 
