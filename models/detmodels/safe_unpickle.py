@@ -7,6 +7,11 @@ pickle builds plain objects (``NEWOBJ`` + ``BUILD``, which only store the attrib
 it — what ``REDUCE`` does, and how a malicious pickle runs code — raises :class:`UnsafePickleError`.
 Globals of dangerous modules (``os``, ``subprocess``, ``builtins.eval``, …) are refused outright.
 
+Memory is bounded too: archive members must be stored uncompressed and match the element count the
+pickle declares; a storage may hold at most :data:`MAX_TENSOR_BYTES`; a tensor may not span more
+bytes than its storage holds (no stride-0 / overlapping views blown up by ``clone``) nor reach past
+it; storages read plus tensors built may total at most :data:`MAX_TOTAL_BYTES`.
+
 >>> sd = read_module_state_dict("yolov6s.pt")            # doctest: +SKIP
 >>> sorted(sd)[:2]                                          # doctest: +SKIP
 ['backbone.ERBlock_2.0.rbr_1x1.bn.bias', 'backbone.ERBlock_2.0.rbr_1x1.bn.num_batches_tracked']
@@ -14,6 +19,7 @@ Globals of dangerous modules (``os``, ``subprocess``, ``builtins.eval``, …) ar
 from __future__ import annotations
 
 import collections
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -22,7 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["UnsafePickleError", "load_restricted", "module_state_dict", "read_module_state_dict"]
+__all__ = ["UnsafePickleError", "load_restricted", "module_state_dict", "read_module_state_dict",
+           "MAX_TENSOR_BYTES", "MAX_TOTAL_BYTES"]
+
+MAX_TENSOR_BYTES = 1 << 30  # one storage / one tensor: 1 GiB (the largest YOLOv6 tensor is a few MiB)
+MAX_TOTAL_BYTES = 4 << 30  # all storages read + all tensors rebuilt by one load: 4 GiB
 
 _STORAGE_DTYPES = {
     "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
@@ -91,8 +101,11 @@ def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
     raise UnsafePickleError(f"refusing copyreg._reconstructor({cls!r}, {base!r})")
 
 
-def _rebuild_tensor(storage: Tensor, offset: int, size: Any, stride: Any, *_ignored: Any) -> Tensor:
-    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list, torch.Size)) or len(value) > 64 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise UnsafePickleError(f"refusing tensor with {what} {value!r}")
+    return tuple(value)
 
 
 def _rebuild_parameter(data: Tensor, *_ignored: Any) -> Tensor:
@@ -103,6 +116,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, records: zipfile.ZipFile, prefix: str):
         super().__init__(file)
         self._zip, self._prefix, self._storages = records, prefix, {}
+        self._total_bytes = 0
+
+    def _charge(self, nbytes: int, what: str) -> None:
+        if nbytes > MAX_TENSOR_BYTES:
+            raise UnsafePickleError(f"refusing {what} of {nbytes} bytes (limit {MAX_TENSOR_BYTES})")
+        self._total_bytes += nbytes
+        if self._total_bytes > MAX_TOTAL_BYTES:
+            raise UnsafePickleError(f"refusing checkpoint: its tensors exceed {MAX_TOTAL_BYTES} bytes in all")
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_ignored: Any) -> Tensor:
+        """``torch._utils._rebuild_tensor_v2`` with bounds: the view must lie inside its storage and
+        hold no more bytes than the storage (a stride-0 view of a tiny storage is refused)."""
+        if not isinstance(storage, Tensor):
+            raise UnsafePickleError(f"refusing tensor over {type(storage).__name__} (expected a storage)")
+        size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+        (offset,) = _int_tuple((offset,), "offset")
+        if len(size) != len(stride):
+            raise UnsafePickleError(f"refusing tensor with size {size} and stride {stride}")
+        numel = math.prod(size)
+        nbytes = numel * storage.element_size()
+        extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 if numel else offset
+        if nbytes > storage.numel() * storage.element_size() or extent > storage.numel():
+            raise UnsafePickleError(f"refusing tensor of size {size} (stride {stride}, offset {offset}): "
+                                    f"it exceeds its storage of {storage.numel()} elements")
+        self._charge(nbytes, "tensor")
+        return torch.as_strided(storage, size, stride, offset).clone()
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: C901 - one table of rules
         if (module, name) == ("collections", "OrderedDict"):
@@ -112,7 +151,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) == ("builtins", "getattr"):
             return lambda obj, attr, *default: _Opaque(f"getattr {attr}")
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
+            return self._rebuild_tensor
         if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -132,13 +171,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Tensor:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise UnsafePickleError(f"unsupported persistent id {pid!r}")
-        _, dtype, key, _location, _numel = pid
+        if len(pid) != 5:
+            raise UnsafePickleError(f"unsupported persistent id {pid!r}")
+        _, dtype, key, _location, numel = pid
         if not isinstance(dtype, torch.dtype):
             raise UnsafePickleError(f"unsupported storage type {dtype!r}")
         if key not in self._storages:
-            raw = bytearray(self._zip.read(f"{self._prefix}data/{key}"))
+            name = f"{self._prefix}data/{key}"
+            try:
+                info = self._zip.getinfo(name)
+            except KeyError:
+                raise UnsafePickleError(f"storage record {name!r} is missing from the archive") from None
+            itemsize = torch.empty(0, dtype=dtype).element_size()
+            if not isinstance(numel, int) or isinstance(numel, bool) or info.file_size != numel * itemsize:
+                raise UnsafePickleError(f"storage {name!r}: {info.file_size} bytes in the archive, but "
+                                        f"{numel!r} elements of {dtype} declared")
+            self._charge(info.file_size, "storage")
+            raw = bytearray(self._zip.read(name))
             self._storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
         return self._storages[key]
+
+
+def _refuse_compressed(zf: zipfile.ZipFile, path: Path) -> None:
+    """torch.save stores members uncompressed; a compressed one could inflate far beyond the file (zip bomb)."""
+    packed = [i.filename for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise UnsafePickleError(f"{path}: compressed archive members are not supported ({packed[0]})")
 
 
 def load_restricted(path: str | Path) -> Any:
@@ -151,6 +209,7 @@ def load_restricted(path: str | Path) -> Any:
         if not names:
             raise UnsafePickleError(f"{path}: no data.pkl record in the archive")
         prefix = names[0][: -len("data.pkl")]
+        _refuse_compressed(zf, path)
         if f"{prefix}byteorder" in zf.namelist() and zf.read(f"{prefix}byteorder").strip() != b"little":
             raise UnsafePickleError(f"{path}: big-endian checkpoints are not supported")
         with zf.open(names[0]) as fh:
@@ -184,6 +243,9 @@ def read_module_state_dict(path: str | Path, keys: tuple[str, ...] = ("ema", "mo
     Plain files are read with ``torch.load(weights_only=True)``; files that pickle modules fall back to
     :func:`load_restricted`. The first non-empty entry of ``keys`` wins (EMA weights first).
     """
+    if zipfile.is_zipfile(path):  # torch.load would inflate compressed members: refuse them first
+        with zipfile.ZipFile(path) as zf:
+            _refuse_compressed(zf, Path(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

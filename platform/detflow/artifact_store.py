@@ -24,11 +24,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import RuntimeFailure, UserInputError
+from .errors import DetflowError, RuntimeFailure, UserInputError
 
 __all__ = ["SCHEMES", "is_uri", "join", "filesystem", "exists", "is_dir", "list_dir", "list_files", "read_text", "write_text",
-           "upload", "download", "materialize", "local_path", "clear_cache", "delete", "check_storage_url", "check_reachable",
-           "basename"]
+           "upload", "download", "key_path", "max_download_bytes", "materialize", "local_path", "clear_cache", "delete",
+           "check_storage_url", "check_reachable", "basename"]
 
 # Object stores pyarrow.fs reaches (``s3a`` is read as ``s3``); anything else is a local path.
 SCHEMES = ("s3", "s3a", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
@@ -178,24 +178,139 @@ def upload(local: str | os.PathLike, location: str | os.PathLike) -> str:
     return str(location)
 
 
+MAX_DOWNLOAD_ENV = "DETFLOW_MAX_DOWNLOAD_BYTES"
+DEFAULT_MAX_DOWNLOAD_BYTES = 20 * 1024**3  # 20 GiB: far above any checkpoint or dataset a step reads
+
+
+def max_download_bytes(env: dict[str, str] | None = None) -> int:
+    """The most bytes one download may write: ``$DETFLOW_MAX_DOWNLOAD_BYTES`` (default 20 GiB)."""
+    raw = (os.environ if env is None else env).get(MAX_DOWNLOAD_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_DOWNLOAD_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserInputError(f"{MAX_DOWNLOAD_ENV}={raw!r}: expected a positive number of bytes")
+    return value
+
+
+def key_path(key: str, dest: str | os.PathLike, location: str | os.PathLike = "") -> Path:
+    """The local path under ``dest`` of the object ``key`` (relative to the prefix being downloaded):
+    the one rule every download follows. A key that is not one clean relative path (``..`` or ``.``
+    segments, a leading ``/``, empty segments as in ``a//b``, a NUL or a backslash) or whose target
+    would resolve outside ``dest`` is a one-line ``UserInputError`` naming ``location``."""
+    where = _public(location) if location else str(dest)
+    parts = key.split("/")
+    if (not key or key.startswith("/") or "\\" in key or "\0" in key
+            or any(part in ("", ".", "..") for part in parts)):
+        raise UserInputError(f"{where}: object key {key!r} is not a clean relative path (no '..', '.', empty "
+                             f"segments or leading '/'); refusing to download it")
+    root = Path(dest).resolve()
+    target = root.joinpath(*parts)
+    if not target.resolve().is_relative_to(root):
+        raise UserInputError(f"{where}: object key {key!r} resolves outside the destination {root}; "
+                             f"refusing to download it")
+    return target
+
+
+def _too_big(location: str, cap: int) -> UserInputError:
+    return UserInputError(f"{_public(location)}: more than {cap} bytes to download (the limit; raise it with "
+                          f"{MAX_DOWNLOAD_ENV})")
+
+
+def _copy_file(fs: Any, path: str, target: Path, budget: list[int], lock: Any, location: str) -> None:
+    """Stream ``path`` into ``target``, charging every byte to ``budget[0]`` (shared, under ``lock``;
+    ``budget[1]`` is the cap)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(path) as src, open(target, "wb") as out:
+        while True:
+            chunk = src.read(8 << 20)
+            if not chunk:
+                return
+            with lock:
+                budget[0] -= len(chunk)
+                over = budget[0] < 0
+            if over:
+                raise _too_big(location, budget[1])
+            out.write(chunk)
+
+
+def _move_into(src: Path, dest: Path) -> None:
+    """Put the complete download ``src`` at ``dest``: a rename, or (``dest`` an existing directory) each
+    entry renamed into it, files replacing files of the same name."""
+    if not dest.exists() and not dest.is_symlink():
+        os.replace(src, dest)
+        return
+    if src.is_dir() and dest.is_dir():
+        for child in src.iterdir():
+            _move_into(child, dest / child.name)
+        return
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    os.replace(src, dest)
+
+
 def download(location: str | os.PathLike, local: str | os.PathLike) -> Path:
-    """Copy the file or directory at ``location`` to the local path ``local``; returns ``local``."""
+    """Copy the file or directory at ``location`` to the local path ``local``; returns ``local``.
+
+    Every object key maps to a path inside ``local`` by :func:`key_path` (a key that does not is
+    refused before anything is written), the total is capped by :func:`max_download_bytes`, and the
+    copy is made in a temporary directory next to ``local`` and renamed into place only when
+    complete: a failed download leaves nothing (an existing directory ``local`` receives the files)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow.fs as pafs
 
-    fs, path = filesystem(location)
+    text = str(location)
+    fs, path = filesystem(text)
     dest = Path(local)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.NotFound:
-        raise UserInputError(f"{_public(location)}: no such file or directory")
-    if kind == pafs.FileType.Directory:  # copy_files creates no local parent directories itself
-        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-            parent = posixpath.dirname(info.path)[len(path):].strip("/")
-            (dest / parent).mkdir(parents=True, exist_ok=True)
     try:
-        pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     except Exception as exc:  # noqa: BLE001
-        raise RuntimeFailure(f"download of {_public(location)} failed: {_public(exc)}") from None
+        raise RuntimeFailure(f"download of {_public(text)} failed: {_public(exc)}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UserInputError(f"{_public(text)}: no such file or directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.part-", dir=dest.parent))
+    try:
+        if info.type == pafs.FileType.Directory:
+            root = tmp / "d"
+            root.mkdir()
+            files = []
+            for item in infos:
+                if not item.path.startswith(path + "/"):
+                    raise UserInputError(f"{_public(text)}: listed object {item.path!r} is not under it; "
+                                         f"refusing to download it")
+                target = key_path(item.path[len(path) + 1:], root, text)
+                if item.type == pafs.FileType.Directory:
+                    target.mkdir(parents=True, exist_ok=True)
+                elif item.type == pafs.FileType.File:
+                    files.append((item.path, target, item.size))
+        else:
+            root = tmp / "f"
+            files = [(path, root, info.size)]
+        cap = max_download_bytes()
+        if sum(size or 0 for _, _, size in files) > cap:
+            raise _too_big(text, cap)
+        budget, lock = [cap, cap], threading.Lock()
+        if len(files) == 1:
+            _copy_file(fs, files[0][0], files[0][1], budget, lock, text)
+        elif files:
+            with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+                for future in [pool.submit(_copy_file, fs, src, target, budget, lock, text) for src, target, _ in files]:
+                    future.result()
+        _move_into(root, dest)
+    except DetflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeFailure(f"download of {_public(text)} failed: {_public(exc)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -26,6 +26,7 @@ import yaml
 
 from .config.base import read_yaml
 from .errors import RuntimeFailure, UserInputError
+from .paths import check_run_id
 from .storage import is_remote, redact, strip_credentials
 from .workflows.engine import RunResult, cancel_run, driver_lost, new_run_id, resume_workflow, run_dir, run_workflow
 from .workflows.lease import LeaseInfo
@@ -210,7 +211,7 @@ def submit(workflow: str | os.PathLike, *, address: str, overrides: Iterable[str
     """
     public_url = cluster_state_url(state_url)  # before anything is written
     wf, source = _load(workflow, list(overrides))
-    run_id = run_id or new_run_id(wf.name)
+    run_id = check_run_id(run_id) if run_id else new_run_id(wf.name)
     job_dir = Path(tempfile.mkdtemp(prefix="detflow-submit-"))
     try:
         job = prepare_job(wf, run_id, job_dir, state_url=public_url, python=cluster_python(python), lineage=lineage)

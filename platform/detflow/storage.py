@@ -155,31 +155,50 @@ def upload_dir(local_dir: str | os.PathLike, uri: str, *, client: Any = None) ->
     return keys
 
 
-def _list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
-    keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    return keys
-
-
 def download_dir(uri: str, local_dir: str | os.PathLike, *, client: Any = None) -> Path:
-    """Download every object under ``s3://bucket/prefix/`` into ``local_dir`` (relative layout kept)."""
+    """Download every object under ``s3://bucket/prefix/`` into ``local_dir`` (relative layout kept).
+
+    Keys map to paths by :func:`detflow.artifact_store.key_path` (a key with ``..``, ``.``, empty
+    segments or a leading ``/`` is refused before anything is written), the total size is capped by
+    :func:`detflow.artifact_store.max_download_bytes`, and the files land in a temporary directory
+    next to ``local_dir``, renamed into place only when all are complete."""
+    import shutil
+    import tempfile
+
+    from .artifact_store import _move_into, key_path, max_download_bytes
+
     bucket, prefix = split_s3(uri)
     dest = Path(local_dir)
     client = client or s3_client()
     base = f"{prefix}/" if prefix else ""
+    tmp: Path | None = None
     try:
-        keys = [k for k in _list_keys(client, bucket, base) if not k.endswith("/")]
-        if not keys:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+        objects = [o for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        if not objects:
             raise UserInputError(f"{redact(uri)}: no objects under this prefix")
-        for key in keys:
-            target = dest / key[len(base):]
+        cap = max_download_bytes()
+        if sum(int(o.get("Size") or 0) for o in objects) > cap:
+            raise UserInputError(f"{redact(uri)}: more than {cap} bytes to download (the limit; raise it with "
+                                 f"DETFLOW_MAX_DOWNLOAD_BYTES)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.part-", dir=dest.parent))
+        root = tmp / "d"
+        targets = [(o["Key"], key_path(o["Key"][len(base):], root, uri)) for o in objects]
+        for key, target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(target))
+        if sum(target.stat().st_size for _, target in targets) > cap:  # objects grown since the listing
+            raise UserInputError(f"{redact(uri)}: more than {cap} bytes to download (the limit; raise it with "
+                                 f"DETFLOW_MAX_DOWNLOAD_BYTES)")
+        _move_into(root, dest)
     except UserInputError:
         raise
     except Exception as exc:
         raise _s3_error("download of", uri, exc) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

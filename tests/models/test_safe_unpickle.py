@@ -3,6 +3,7 @@ import collections
 import os
 import pickle
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -130,3 +131,89 @@ def test_dict_subclass_entries_do_not_break_loading(tmp_path):
                tmp_path / "cfg.pt")
     assert list(read_module_state_dict(tmp_path / "cfg.pt")) == ["w"]
     assert load_restricted(tmp_path / "cfg.pt")["cfg"].items == {"lr": 0.01}
+
+
+# --- memory bounds: oversized / overlapping tensors, byte caps, compressed members -------------------------
+
+
+class ForgedView:
+    """Pickles as a tensor view ``(size, stride)`` over a 4-element float storage, whatever that asks for."""
+
+    def __init__(self, size, stride):
+        self.size, self.stride = size, stride
+
+    def __reduce__(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage is deprecated, but it is what torch.save pickles
+            storage = torch.ones(4).storage()
+        return torch._utils._rebuild_tensor_v2, (storage, 0, self.size, self.stride, False, collections.OrderedDict())
+
+
+def _released(tmp_path, name, **buffers):
+    """A YOLOv6-release-style checkpoint (a pickled module object) holding ``buffers``."""
+    path = tmp_path / name
+    torch.save({"model": FakeModule(buffers=list(buffers.items())), "ema": None}, path)
+    return path
+
+
+@pytest.mark.parametrize("size, stride", [((1_000_000,), (0,)), ((2, 3), (0, 1)), ((10**12,), (1,)), ((3,), (2,))],
+                         ids=["stride0-expand", "overlapping-rows", "huge-declared-size", "past-the-end"])
+def test_refuses_tensor_larger_than_its_storage(tmp_path, size, stride):
+    path = _released(tmp_path, "big.pt", big=ForgedView(size, stride))
+    with pytest.raises(UnsafePickleError, match="exceeds its storage"):
+        load_restricted(path)
+    with pytest.raises(UnsafePickleError, match="exceeds its storage"):
+        read_module_state_dict(path)
+
+
+def test_views_inside_their_storage_still_load(tmp_path):
+    path = _released(tmp_path, "ok.pt", a=ForgedView((2, 2), (2, 1)), b=ForgedView((2,), (2,)))
+    sd = read_module_state_dict(path)
+    assert sd["a"].shape == (2, 2) and sd["b"].tolist() == [1.0, 1.0]
+
+
+def test_caps_bytes_per_tensor_and_in_total(tmp_path, monkeypatch):
+    import detmodels.safe_unpickle as su
+
+    path = _released(tmp_path, "caps.pt", a=torch.zeros(1000), b=torch.zeros(1000), c=torch.zeros(1000))
+    assert len(read_module_state_dict(path)) == 3
+    monkeypatch.setattr(su, "MAX_TENSOR_BYTES", 3999)
+    with pytest.raises(UnsafePickleError, match="4000 bytes"):
+        load_restricted(path)
+    monkeypatch.setattr(su, "MAX_TENSOR_BYTES", 4000)
+    monkeypatch.setattr(su, "MAX_TOTAL_BYTES", 20_000)  # 3 storages + 3 copies = 24000 bytes
+    with pytest.raises(UnsafePickleError, match="in all"):
+        load_restricted(path)
+
+
+def _rezip(src_path, dst_path, compression, transform=lambda name, data: data):
+    """A copy of the zip archive ``src_path`` with ``compression`` and each member's bytes transformed."""
+    import zipfile
+
+    with zipfile.ZipFile(src_path) as src, zipfile.ZipFile(dst_path, "w", compression) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, transform(info.filename, src.read(info.filename)))
+    return dst_path
+
+
+def test_refuses_compressed_members(tmp_path):
+    import zipfile
+
+    plain = _released(tmp_path, "plain.pt", w=torch.zeros(8))
+    packed = _rezip(plain, tmp_path / "packed.pt", zipfile.ZIP_DEFLATED)
+    with pytest.raises(UnsafePickleError, match="compressed"):
+        load_restricted(packed)
+    torch.save({"w": torch.zeros(8)}, plain)  # a plain state dict: torch.load itself would inflate it
+    packed = _rezip(plain, tmp_path / "packed.pt", zipfile.ZIP_DEFLATED)
+    with pytest.raises(UnsafePickleError, match="compressed"):
+        read_module_state_dict(packed)
+
+
+def test_refuses_storage_whose_bytes_disagree_with_its_declared_size(tmp_path):
+    import zipfile
+
+    plain = _released(tmp_path, "plain.pt", w=torch.zeros(8))
+    forged = _rezip(plain, tmp_path / "forged.pt", zipfile.ZIP_STORED,
+                    lambda name, data: data + b"\0" * 64 if "/data/" in name else data)
+    with pytest.raises(UnsafePickleError, match="declared"):
+        load_restricted(forged)

@@ -177,3 +177,30 @@ def test_workers_reseed_transforms():
     assert first == again and first != other
     # worker 0 makes batches 0 and 2, worker 1 batches 1 and 3: their flip streams differ
     assert first[0:8] != first[8:16]
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("bbox", [float("nan"), 6, 10, 8], r"annotation 1: bbox \[nan, 6, 10, 8\] has a non-finite coordinate"),
+    ("bbox", [5, 6, float("inf"), 8], r"annotation 1: bbox \[5, 6, inf, 8\] has a non-finite coordinate"),
+    ("segmentation", [[5, 6, 15, float("nan"), 15, 14, 5, 14]],
+     r"annotation 1: segmentation polygon 0 has a non-finite coordinate \(nan\)"),
+])
+@pytest.mark.parametrize("filter_empty", [False, True])
+def test_non_finite_coordinates_are_refused_not_dropped(tmp_path, field, value, match, filter_empty):
+    ann, images = _write_dataset(tmp_path)
+    data = json.loads(ann.read_text())
+    data["annotations"][0][field] = value
+    ann.write_text(json.dumps(data))  # JSON NaN / Infinity, as some exporters write them
+    with pytest.raises(DataError, match=match) as info:
+        CocoDataset(ann, images, with_masks=True, filter_empty=filter_empty).load_sample(0)
+    message = str(info.value)
+    assert message.startswith(f"{ann}: ") and "detflow data check" in message and "\n" not in message
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    ann, images = _write_dataset(tmp_path)
+    ds = CocoDataset(ann, images)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x30 = 1200 > 2x: Pillow's DecompressionBombError
+    with pytest.raises(DataError, match="a.png: refusing a decompression bomb") as info:
+        ds.load_sample(0)
+    assert str(images / "a.png") in str(info.value)

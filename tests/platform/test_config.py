@@ -155,3 +155,11 @@ def test_example_training_configs_validate(path):
 
     cfg = load_config(TrainConfig, path)
     assert cfg.model.name in detmodels.list_models() and cfg.data.image_size > 0
+
+
+def test_duplicate_key_is_exit_2_naming_both_lines(in_tmp, capsys):
+    _write(in_tmp / "train.yaml", VALID.replace("train: {epochs: 2, batch_size: 2}",
+                                                "train:\n  epochs: 2\n  batch_size: 2\n  epochs: 3"))
+    code, out, err = _run(capsys, "train.yaml")
+    assert code == 2 and out == ""
+    assert err.splitlines() == ["train.yaml:9: duplicate key 'epochs' (first at line 7)"]

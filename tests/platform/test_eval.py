@@ -107,3 +107,34 @@ def test_bad_inputs_are_user_errors(gt_file, tmp_path):
         evaluate_coco(gt_file, bad)
     with pytest.raises(UserInputError, match="iou_type"):
         evaluate_coco(gt_file, [], iou_type="keypoints")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("bbox", [1, 2], r"prediction 3: bbox \[1, 2\] is not \[x, y, w, h\] \(4 numbers\)"),
+    ("bbox", "0 0 4 4", r"prediction 3: bbox '0 0 4 4' is not \[x, y, w, h\]"),
+    ("score", None, "prediction 3: score None is not a number"),
+])
+def test_malformed_prediction_names_index_and_field(gt_file, field, value, match):
+    preds = _gt_results(False)
+    preds[3][field] = value
+    with pytest.raises(UserInputError, match=match) as info:
+        evaluate_coco(gt_file, preds)
+    assert str(info.value).startswith("predictions: ") and "\n" not in str(info.value)
+
+
+def test_cli_eval_names_the_bad_prediction(gt_file, tmp_path, capsys):
+    from detflow.cli import main
+
+    preds = _gt_results(False)
+    preds[3]["bbox"] = [1.5, 2.5]
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(preds))
+    assert main(["eval", "--gt", str(gt_file), "--pred", str(pred)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {pred}: prediction 3: bbox [1.5, 2.5] is not [x, y, w, h] (4 numbers)"
+
+
+def test_segm_ignores_a_malformed_bbox(gt_file):
+    preds = _gt_results(True)
+    preds[0]["bbox"] = [1, 2]  # dropped before COCOeval for segm, so not an error
+    assert evaluate_coco(gt_file, preds, "segm")["AP"] == pytest.approx(1.0)

@@ -224,3 +224,40 @@ def test_artifact_paths_only_top_level_artifact_keys(tmp_path):
     assert outputs_exist(outputs)
     f.unlink()
     assert not outputs_exist(outputs)
+
+
+def test_cache_keys_follow_files_inside_a_base_config_and_nested_images(tmp_path):
+    """A file named only inside the step's ``config:`` base (relative to it), and an image deep in
+    the images folder, are part of the key; so is the code identity."""
+    from detflow.workflows.cache import code_identity, step_keys
+    from detflow.workflows.lint import parse_workflow
+
+    (tmp_path / "data" / "images" / "nested").mkdir(parents=True)
+    (tmp_path / "data" / "train.json").write_text('{"images": []}')
+    (tmp_path / "data" / "images" / "nested" / "1.jpg").write_bytes(b"a")
+    (tmp_path / "base.yaml").write_text(
+        "model: {name: rtmdet_tiny}\ndata: {train: {annotations: data/train.json, images: data/images}}\n")
+
+    def key() -> str:
+        wf = parse_workflow({"name": "k", "steps": [{"id": "train", "uses": "train", "with": {"config": "base.yaml"}}]},
+                            base_dir=tmp_path)
+        return step_keys(wf)["train"]
+
+    first = key()
+    assert key() == first
+    (tmp_path / "data" / "train.json").write_text('{"images": [], "edited": true}')
+    second = key()
+    assert second != first
+    (tmp_path / "data" / "images" / "nested" / "1.jpg").write_bytes(b"ab")  # two levels down
+    assert key() != second
+    assert code_identity().startswith(__import__("detflow").__version__)
+
+
+def test_duplicate_key_is_exit_2_naming_both_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DETFLOW_HOME", str(tmp_path / "home"))
+    from detflow.cli import main
+
+    path = _write(tmp_path, GOOD.replace("  - id: distill\n", "  - id: distill\n    uses: train\n", 1))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:11: invalid YAML: duplicate key 'uses' (first at line 10)" in err

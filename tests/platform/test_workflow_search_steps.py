@@ -134,7 +134,7 @@ def test_sweep_feeds_best_config_to_train(ray_local, home):
     parent = client.get_run(sweep["sweep_run_id"])
     assert parent.info.status == "FINISHED"
     trials = _children(client, sweep["sweep_run_id"])
-    assert len(trials) == 2 and all(t.data.tags["detflow.sweep"] == "sweep" for t in trials)
+    assert len(trials) == 2 and all(t.data.tags["detflow.sweep"].endswith(".sweep") for t in trials)  # <run_id>.<step>
     best_loss = min(t.data.metrics["train/loss"] for t in trials)
     assert sweep["metrics"]["best"] == pytest.approx(best_loss, rel=1e-4)
     versions = client.search_model_versions("name='swtiny'")

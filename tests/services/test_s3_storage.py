@@ -156,15 +156,16 @@ def _listen_addresses(port: int) -> set[str]:
     return found
 
 
-def _group_cmdlines(pgid: int) -> list[str]:
+def _tree_cmdlines(pid: int) -> list[str]:
+    """Command lines of ``pid`` and all its descendants (``mlflow server`` runs in its own process group)."""
+    from cluster import descendants
+
     found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.getpgid(int(proc.name)) == pgid:
-                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                continue
+    for member in [pid, *descendants(pid)]:
+        try:
+            found.append(Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
     return found
 
 
@@ -172,7 +173,7 @@ def test_detflow_server_is_loopback_only_and_prints_no_password(mlflow_server, p
     import urllib.request
 
     assert _listen_addresses(mlflow_server.port) == {"0100007F"}  # 127.0.0.1 only
-    cmdlines = _group_cmdlines(mlflow_server.proc.pid)  # detflow server, mlflow server, its workers
+    cmdlines = _tree_cmdlines(mlflow_server.proc.pid)  # detflow server, mlflow server, its workers
     assert any("detflow server" in c for c in cmdlines) and any("mlflow server" in c for c in cmdlines)
     assert not [c for c in cmdlines if postgres.password in c], "database password visible in `ps`"
     log = mlflow_server.log.read_text()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from services import ServiceUnavailable, free_port
 
-__all__ = ["RayNode", "RayCluster"]
+__all__ = ["RayNode", "RayCluster", "descendants"]
 
 HEAD_IP = "127.0.0.2"
 
@@ -77,7 +77,7 @@ class RayNode:
 
     def pid_of(self, program: str) -> int | None:
         """PID of this node's ``program`` (``raylet``, ``gcs_server``) among the node's children."""
-        for pid in _children(self.proc.pid):
+        for pid in descendants(self.proc.pid):
             try:
                 exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
             except OSError:
@@ -110,7 +110,7 @@ class RayNode:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """All descendants of ``pid`` (from /proc)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

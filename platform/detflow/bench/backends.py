@@ -188,9 +188,9 @@ def _torch_module(art: Artifact) -> nn.Module:
         model = resolve_model(art.model if art.model is not None else art.path).model
         return DeployModule(detmodels.reparameterize_model(model)).eval()
     if art.kind == "quant" and art.torch_program:
-        import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+        from ..quant.common import load_torch_program  # checks the digest detflow recorded before loading
 
-        return torch.export.load(art.torch_program).module()
+        return load_torch_program(art.torch_program).module()
     raise UserInputError(f"artifact {art.name!r}: no torch form (an ONNX file runs on onnxruntime/tensorrt only)")
 
 

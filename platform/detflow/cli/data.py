@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -51,18 +52,23 @@ def check_cmd(
     images: Path = typer.Option(..., "--images", help="Directory the file_name entries are relative to.",
                                 show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", min=1, show_default=False,
+        help="Refuse images with more pixels than this [default: 178956970, Pillow's decompression-bomb limit]."),
 ) -> None:
     """Validate a COCO file and its images; exit 2 when there are errors.
 
-    Checks: JSON that is not COCO, missing or undecodable images, boxes outside the image or with
-    non-positive size, unknown category ids, duplicate ids, polygon errors; images without
-    annotations are warnings.
+    Checks: JSON that is not COCO, missing or undecodable images, decompression bombs, images above
+    --max-pixels or with a non-positive size, file names that are absolute, contain '..' or repeat,
+    boxes outside the image or with non-positive size, NaN or infinite coordinates, unknown
+    category or image ids, duplicate ids, polygon errors; images without annotations are warnings.
+    Each finding names the record and the bad value.
 
     Example: detflow data check data/synth/train.json --images data/synth/images --json
     """
     from ..data.check import check_coco
 
-    report = check_coco(annotations, images)
+    report = check_coco(annotations, images, max_pixels=max_pixels)
     typer.echo(json.dumps(report.to_dict()) if as_json else report.format())
     report.raise_if_errors()
 

@@ -33,8 +33,10 @@ class StrictModel(BaseModel):
 
 def read_yaml(path: str | Path) -> Any:
     """``yaml.safe_load`` a file (a local path, or a stored location read through a local copy); a
-    missing file or a YAML syntax error is a one-line ConfigError."""
+    missing file, a YAML syntax error or a repeated key (``FILE:12: duplicate key 'epochs' (first at
+    line 9)``) is a one-line ConfigError."""
     from ..artifact_store import is_uri, materialize
+    from ..workflows.lint import DuplicateKeyError, UniqueKeyLoader  # the one loader workflows use too
 
     path = materialize(path) if is_uri(path) else Path(path)
     try:
@@ -42,7 +44,9 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError([f"{path}:{exc.line}: {exc.problem}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .check import non_finite_coordinates
 
 __all__ = ["CocoDataset", "load_coco", "read_image"]
 
@@ -66,13 +67,16 @@ def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file with Pillow to ``H×W×3`` uint8 RGB.
 
     Raises:
-        DataError: missing or undecodable file.
+        DataError: missing or undecodable file, or a decompression bomb (more than twice Pillow's
+            ``Image.MAX_IMAGE_PIXELS``).
     """
     try:
         with Image.open(path) as img:
             return np.array(img.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: refusing a decompression bomb ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
 
@@ -138,6 +142,16 @@ class CocoDataset:
         return self.images_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
 
     def _usable(self, ann: dict) -> bool:
+        """Whether ``ann`` becomes a training box (crowd and empty boxes do not).
+
+        Raises:
+            DataError: NaN or infinite box / polygon coordinates (pycocotools would keep them for
+                evaluation, so they are refused rather than dropped).
+        """
+        problem = non_finite_coordinates(ann)
+        if problem:
+            raise DataError(f"{self.annotations}: annotation {ann.get('id')}: {problem}; "
+                            f"run `detflow data check {self.annotations} --images {self.images_dir}`")
         if ann.get("iscrowd", 0) or ann.get("category_id") not in self.cat_to_label:
             return False
         bbox = ann.get("bbox")
@@ -147,7 +161,8 @@ class CocoDataset:
         """The raw (un-transformed) sample of dataset index ``index``.
 
         Raises:
-            DataError: missing/undecodable image, or an image whose size differs from its record.
+            DataError: missing/undecodable image or a decompression bomb, an image whose size differs
+                from its record, NaN or infinite coordinates in one of its annotations.
         """
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +75,37 @@ def _load_results(results: Any) -> tuple[list[dict], str]:
     return data, name
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _field_problem(det: dict, iou_type: str) -> str | None:
+    """What is wrong with the values of one result's ``score`` / ``bbox``, or None. NaN is let through:
+    a diverging model's predictions score low rather than stop the evaluation."""
+    if not _is_number(det["score"]):
+        return f"score {det['score']!r} is not a number"
+    bbox = det.get("bbox") if iou_type == "bbox" else None  # segm ignores boxes (see _prepare)
+    is_box = isinstance(bbox, (list, tuple, np.ndarray)) and len(bbox) == 4 and all(map(_is_number, bbox))
+    if bbox is not None and not is_box:
+        return f"bbox {bbox!r} is not [x, y, w, h] (4 numbers)"
+    return None
+
+
 def _check_results(dets: list[dict], name: str, iou_type: str, image_ids: set[int]) -> None:
-    """One clear line for the first malformed or foreign result."""
+    """One clear line naming the index and field of the first malformed or foreign result."""
     need = ("image_id", "category_id", "score", iou_type if iou_type == "bbox" else "segmentation")
     for i, det in enumerate(dets):
         if not isinstance(det, dict):
-            raise UserInputError(f"{name}: result {i}: expected an object, got {type(det).__name__}")
+            raise UserInputError(f"{name}: prediction {i}: expected an object, got {type(det).__name__}")
         missing = [k for k in need if k not in det]
         if missing:
-            raise UserInputError(f"{name}: result {i}: missing {', '.join(missing)} (needed for iou_type={iou_type})")
+            raise UserInputError(f"{name}: prediction {i}: missing {', '.join(missing)} "
+                                 f"(needed for iou_type={iou_type})")
         if det["image_id"] not in image_ids:
-            raise UserInputError(f"{name}: result {i}: image_id {det['image_id']!r} is not in the ground truth")
+            raise UserInputError(f"{name}: prediction {i}: image_id {det['image_id']!r} is not in the ground truth")
+        problem = _field_problem(det, iou_type)
+        if problem:
+            raise UserInputError(f"{name}: prediction {i}: {problem}")
 
 
 def _prepare(dets: list[dict], iou_type: str) -> list[dict]:

@@ -11,6 +11,8 @@ Output directory (``QuantResult.checkpoint``)::
 
     OUT/model.int8.onnx   QDQ graph: images → boxes, scores (sidecar model.int8.json)
     OUT/model.int8.pt2    the converted PT2E program (torch backend), when it could be saved
+    OUT/model.int8.pt2.sha256  its SHA-256, written by detflow when it saved the program: the
+                          program is only ever loaded when it matches (:func:`load_torch_program`)
     OUT/meta.json         the source checkpoint's meta + {"quantization": {...}}
     OUT/config.yaml       the source checkpoint's resolved TrainConfig (when there is one)
 """
@@ -18,6 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
+import hmac
+import io
 import itertools
 import json
 import logging
@@ -40,12 +45,14 @@ __all__ = [
     "QuantResult", "Batch", "conv_qdq_quantizer", "QUANTIZER_STYLES", "build_quantizer", "resolve_skip_layers",
     "iter_batches", "export_program",
     "QuantDeployModule", "export_int8", "count_qdq", "write_quant_dir", "fp32_reference_diff",
+    "save_torch_program", "load_torch_program", "INT8_PT2", "PT2_DIGEST_SUFFIX",
 ]
 
 log = logging.getLogger(__name__)
 
 INT8_ONNX = "model.int8.onnx"
 INT8_PT2 = "model.int8.pt2"
+PT2_DIGEST_SUFFIX = ".sha256"  # model.int8.pt2.sha256: "<hex digest>  model.int8.pt2"
 Batch = tuple[Tensor, list[dict], list[dict]]  # images N×3×H×W, targets, metas
 
 
@@ -253,18 +260,64 @@ def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: Model
     return {"exporter": exporter, "ort_vs_torch_max_abs_diff": diff, "qdq_nodes": counts}
 
 
+def _digest_path(program: Path) -> Path:
+    return program.with_name(program.name + PT2_DIGEST_SUFFIX)
+
+
 def save_torch_program(module: nn.Module, example: Tensor, out_dir: Path) -> str | None:
-    """Save the int8 deploy module as a ``torch.export`` program (``model.int8.pt2``); None if it fails."""
+    """Save the int8 deploy module as a ``torch.export`` program (``model.int8.pt2``) and its SHA-256
+    beside it (``model.int8.pt2.sha256``); None if it fails."""
+    path = out_dir / INT8_PT2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             batch = torch.export.Dim("batch", min=1, max=1024)
             program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
-            torch.export.save(program, str(out_dir / INT8_PT2))
-        return str(out_dir / INT8_PT2)
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer)
+        data = buffer.getvalue()
+        path.write_bytes(data)
+        _digest_path(path).write_text(f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+        return str(path)
     except Exception as exc:  # the ONNX graph is the main artefact; the torch program is a bonus
         log.warning("could not save the int8 torch program: %s: %s", type(exc).__name__, exc)
+        for stale in (path, _digest_path(path)):
+            stale.unlink(missing_ok=True)
         return None
+
+
+def load_torch_program(path: str | Path) -> "torch.export.ExportedProgram":
+    """Load an int8 ``.pt2`` program that detflow saved, and nothing else.
+
+    ``torch.export.load`` may retry a failed safe load with ``weights_only=False`` (which runs
+    pickled code), so the file is read once, its SHA-256 checked against the digest detflow wrote
+    beside it (``<name>.sha256``), and only those verified bytes are deserialised.
+
+    Raises:
+        UserInputError: no digest file, or the program does not match it (one line, naming the file).
+    """
+    path = Path(path)
+    digest_file = _digest_path(path)
+    rebuild = "re-run the quantisation (detflow quant / a qat or ptq step) to rebuild it"
+    try:
+        recorded = digest_file.read_text(errors="replace").split()[:1]
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: refusing to load an int8 torch program without the digest detflow "
+                             f"records when it saves one ({digest_file.name} is missing); {rebuild}") from None
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read its digest file {digest_file.name} ({exc.strerror}); "
+                             f"{rebuild}") from None
+    expected = recorded[0].lower() if recorded else ""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read the int8 torch program ({exc.strerror})") from None
+    if len(expected) != 64 or not hmac.compare_digest(hashlib.sha256(data).hexdigest(), expected):
+        raise UserInputError(f"{path}: refusing to load an int8 torch program whose SHA-256 does not match "
+                             f"the digest detflow recorded in {digest_file.name}; {rebuild}")
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+
+    return torch.export.load(io.BytesIO(data))
 
 
 @torch.no_grad()

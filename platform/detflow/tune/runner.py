@@ -63,6 +63,14 @@ def _public_sweep(cfg: SweepConfig) -> dict:
     return data
 
 
+def _write_sweep_record(exp_dir: Path, cfg: SweepConfig, config_dir: str | Path | None) -> Path:
+    """``sweep.json`` (what ``--resume NAME`` reads back): the config as trials see it, i.e. the Optuna
+    storage URL without its password (on resume the driver's ``PGPASSWORD`` / ``.pgpass`` supply it)."""
+    path = exp_dir / "sweep.json"
+    path.write_text(json.dumps({"config": _public_sweep(cfg), "config_dir": str(Path(config_dir or ".").resolve())}))
+    return path
+
+
 def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_run_id: str, trials_dir: str,
               env: dict[str, str] | None = None) -> None:
     """Body of one Tune trial: a full ``run_training`` of the trial's config."""
@@ -108,13 +116,38 @@ def _searcher(cfg: SweepConfig, exp_dir: Path, tune_space: dict):
     return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent)
 
 
+# ASHA's rungs count epochs trained. Tune's ``training_iteration`` counts the reports of the trial's
+# current process: it restarts at 1 when a trial is restored, while its Ray Train run continues from
+# its last checkpoint's epoch. The workers report that epoch (``epoch``, 0-based) every epoch; the
+# scheduler runs on ``epochs_done`` = ``epoch`` + 1, which a restored trial continues.
+EPOCH_KEY = "epoch"
+EPOCH_ATTR = "epochs_done"
+
+
+def with_epochs_done(result: dict) -> dict:
+    """``result`` (a trial's report) with ``epochs_done``: the reported ``epoch`` + 1; in place."""
+    if isinstance(result, dict) and EPOCH_KEY in result and EPOCH_ATTR not in result:
+        result[EPOCH_ATTR] = int(result[EPOCH_KEY]) + 1
+    return result
+
+
 def _scheduler(cfg: SweepConfig, base_epochs: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if cfg.scheduler.name == "none":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="training_iteration", max_t=cfg.scheduler.max_epochs or base_epochs,
+
+    class EpochASHA(ASHAScheduler):
+        """ASHA on ``epochs_done`` (see above); Tune pickles it with the tuner (by value)."""
+
+        def on_trial_result(self, tune_controller, trial, result):  # noqa: ANN001, ANN201
+            return super().on_trial_result(tune_controller, trial, with_epochs_done(result))
+
+        def on_trial_complete(self, tune_controller, trial, result):  # noqa: ANN001, ANN201
+            return super().on_trial_complete(tune_controller, trial, with_epochs_done(result))
+
+    return EpochASHA(
+        time_attr=EPOCH_ATTR, max_t=cfg.scheduler.max_epochs or base_epochs,
         grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor,
     )
 
@@ -149,8 +182,7 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
 
     parent = remembered_parent_run(exp_dir / _STATE_FILE, cfg, kind="sweep", resume=resume)
     if not resume:
-        (exp_dir / "sweep.json").write_text(json.dumps(
-            {"config": cfg.model_dump(mode="json"), "config_dir": str(Path(config_dir or ".").resolve())}))
+        _write_sweep_record(exp_dir, cfg, config_dir)
     trainable = tune.with_parameters(
         _trial_fn, base=base, base_dir=str(base_path.parent), sweep=_public_sweep(cfg),
         parent_run_id=parent, trials_dir=str(exp_dir / "trials"),

@@ -113,7 +113,8 @@ class _Driver:
         self.rows = {s.step_id: s for s in store.steps(run_id)}
         self.running: dict[Any, str] = {}
         self.next_at: dict[str, float] = {}
-        self.attempts: dict[str, int] = {sid: 0 for sid in self.order}
+        # attempts so far, as stored: a resumed run goes on counting (retries are bounded across resumes)
+        self.attempts: dict[str, int] = {sid: self.rows[sid].attempts or 0 for sid in self.order}
         self.storage_root = workflow_storage(wf)
         import ray
 
@@ -211,7 +212,7 @@ class _Driver:
         options = {**step.ray_resources(), "max_retries": 0, "name": f"{self.wf.name}.{sid}"}
         ref = self.remote.options(**options).remote(run_fn, step.with_, ctx)
         self.running[ref] = sid
-        self.set(sid, status=StepStatus.RUNNING, attempts=self.rows[sid].attempts + 1, cache_key=self.keys[sid],
+        self.set(sid, status=StepStatus.RUNNING, attempts=attempt, cache_key=self.keys[sid],
                  started_at=time.time(), finished_at=None, log_path=ctx.log_uri, mlflow_run_id=child)
         self.log(f"{sid}: running ({step.uses}, attempt {attempt}/{step.retries + 1})")
 
@@ -238,10 +239,13 @@ class _Driver:
         self.call_lineage("step_succeeded", step, self.rows[sid].mlflow_run_id, outputs, self.inputs_for(sid))
 
     def on_failure(self, sid: str, exc: BaseException) -> None:
+        from .retry import RetryPolicy
+
         step = self.wf.step(sid)
-        text, retriable = _error_text(exc)
-        if retriable and self.attempts[sid] <= step.retries:
-            delay = step.retry_delay_s * 2 ** (self.attempts[sid] - 1)
+        text, _ = _error_text(exc)
+        policy = RetryPolicy.of(step)  # retry_errors, never bad input; the count includes earlier drivers'
+        if policy.should_retry(exc, self.attempts[sid]):
+            delay = policy.delay(self.attempts[sid])
             self.next_at[sid] = time.time() + delay
             self.set(sid, status=StepStatus.PENDING, error=text, next_attempt_at=self.next_at[sid])
             self.log(f"{sid}: attempt {self.attempts[sid]} failed ({text}); retrying in {delay:.1f} s")
@@ -401,6 +405,9 @@ def run_workflow(wf: Workflow, *, run_id: str | None = None, state_url: str | No
         result = run_workflow(load_workflow("workflows/quickstart.yaml"))
         print(result.status, result.outputs("bench")["table_md"])
     """
+    if run_id is not None:  # --run-id / SDK run_id: a directory name and a 64-character DB key
+        from ..paths import check_run_id
+        check_run_id(run_id)
     _check_storage(wf)
     store = StateStore(state_url)
     run_id = run_id or new_run_id(wf.name)

@@ -8,6 +8,9 @@ steps, teacher, calibration set); the alias ``candidate`` points at the last suc
 A benchmark step's table goes up as CSV/Markdown artifacts (child and parent) and metrics, with a
 plot of mAP against latency. Uses :class:`mlflow.tracking.MlflowClient` only (no global active run),
 so the driver can track several steps at once.
+
+Nothing goes to MLflow unredacted: the logged spec, the ``with:`` params, error texts and tags pass
+through :func:`redacted` (``user:password@`` in URLs, secret-named keys, ``token=…`` pairs, AWS keys).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .. import artifact_store
 from .context import StepContext
 from .schema import Step, Workflow
 
-__all__ = ["Lineage", "flatten_metrics", "plot_map_vs_latency", "CANDIDATE_ALIAS"]
+__all__ = ["Lineage", "flatten_metrics", "plot_map_vs_latency", "redacted", "CANDIDATE_ALIAS"]
 
 CANDIDATE_ALIAS = "candidate"
 _MODEL_FILES = ("model.pt", "config.yaml", "meta.json")
@@ -41,6 +44,23 @@ def flatten_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
             out[name] = float(value)
     return out
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (a string, or a nested dict/list) as it may be logged: secret-named keys' values and URL
+    credentials replaced (:func:`detflow.tracking.redact`), then every string through
+    :func:`detflow.storage.redact` (``key=…`` secrets, presigned signatures, AWS credential values)."""
+    from ..storage import redact as redact_text
+    from ..tracking import redact as redact_tree
+
+    def strings(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: strings(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [strings(v) for v in item]
+        return redact_text(item) if isinstance(item, str) else item
+
+    return strings(redact_tree(value))
 
 
 def _git_commit() -> str | None:
@@ -132,7 +152,7 @@ class Lineage:
             return existing
         run = self.client.create_run(self.experiment_id, run_name=self.run_id, tags=self.base_tags())
         self.parent = run.info.run_id
-        self.client.log_dict(self.parent, self.wf.to_dict(), "workflow.yaml")
+        self.client.log_dict(self.parent, redacted(self.wf.to_dict()), "workflow.yaml")
         return self.parent
 
     def step_tags(self, step: Step) -> dict[str, str]:
@@ -144,7 +164,7 @@ class Lineage:
         if self.parent:
             tags["mlflow.parentRunId"] = self.parent
         run = self.client.create_run(self.experiment_id, run_name=step.id, tags=tags)
-        params = flatten_params(step.with_.model_dump(mode="json", exclude_none=True))
+        params = flatten_params(redacted(step.with_.model_dump(mode="json", exclude_none=True)))
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in list(params.items())[:200]]
@@ -167,7 +187,7 @@ class Lineage:
     def step_failed(self, step: Step, child: str | None, error: str) -> None:
         if child is None:
             return
-        self.client.set_tag(child, "detflow.error", error[:4000])
+        self.client.set_tag(child, "detflow.error", redacted(error)[:4000])
         self.client.set_terminated(child, "KILLED" if error == "cancelled" else "FAILED")
 
     def finish(self, status: str, result: Any) -> None:
@@ -175,7 +195,7 @@ class Lineage:
             return
         summary = {sid: {k: v for k, v in info.items() if k in ("status", "attempts", "duration_s", "error")}
                    for sid, info in result.steps.items()}
-        self.client.log_dict(self.parent, summary, "steps.json")
+        self.client.log_dict(self.parent, redacted(summary), "steps.json")
         mlflow_status = {"succeeded": "FINISHED", "cancelled": "KILLED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_tag(self.parent, "detflow.status", status)
         self.client.set_terminated(self.parent, mlflow_status)
@@ -205,7 +225,7 @@ class Lineage:
             from ..tracking import dataset_fingerprint
 
             self.client.set_tag(child, "dataset.fingerprint", dataset_fingerprint(split["annotations"], split["images"]))
-            self.client.set_tag(child, "dataset.annotations", split["annotations"])
+            self.client.set_tag(child, "dataset.annotations", redacted(split["annotations"]))
 
     def _log_table(self, child: str, outputs: dict) -> None:
         for key in ("table_csv", "table_md"):
@@ -252,11 +272,12 @@ class Lineage:
         for field in ("teacher", "checkpoint", "init"):
             value = getattr(step.with_, field, None)
             if isinstance(value, str):
-                tags[f"detflow.{field}"] = value
+                tags[f"detflow.{field}"] = redacted(value)
         data = getattr(step.with_, "data", None)
         if step.uses in ("qat", "ptq"):
-            tags["detflow.calibration_set"] = json.dumps(data.model_dump(mode="json")) if hasattr(data, "model_dump") \
-                else str(data or self.wf.defaults.data or "training set of the checkpoint")
+            tags["detflow.calibration_set"] = redacted(
+                json.dumps(data.model_dump(mode="json")) if hasattr(data, "model_dump")
+                else str(data or self.wf.defaults.data or "training set of the checkpoint"))
         artifact_uri = self.client.get_run(child).info.artifact_uri
         version = self.client.create_model_version(name, f"{artifact_uri}/model", run_id=child, tags=tags)
         self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)

@@ -24,7 +24,7 @@ from ..paths import resolve_path
 from .kinds import StepKind, ref_values, step_kinds
 from .schema import Defaults, Step, Workflow
 
-__all__ = ["LintError", "LineLoader", "lint", "load_workflow", "parse_workflow", "RULES", "apply_workflow_overrides"]
+__all__ = ["LintError", "LineLoader", "UniqueKeyLoader", "DuplicateKeyError", "lint", "load_workflow", "parse_workflow", "RULES", "apply_workflow_overrides"]
 
 TOP_KEYS = set(Workflow.model_fields)
 STEP_KEYS = {f.alias or n for n, f in Step.model_fields.items()}
@@ -41,11 +41,51 @@ class LineDict(dict):
         return self.key_lines.get(key, self.line)
 
 
-class LineLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` whose mappings are :class:`LineDict` with line numbers."""
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that repeats a key: ``problem`` is ``duplicate key 'epochs' (first at line 9)``,
+    ``problem_mark`` the repeat; ``line`` and ``first`` are the two 1-based lines."""
+
+    def __init__(self, key: Any, line: int, first: int, mark: Any):
+        super().__init__(None, None, f"duplicate key {key!r} (first at line {first})", mark)
+        self.key, self.line, self.first = key, line, first
+
+
+def _reject_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    """Raise :class:`DuplicateKeyError` when ``node`` repeats a key of its own (keys merged in with
+    ``<<`` may be overridden, as YAML allows). Call before ``flatten_mapping``."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise DuplicateKeyError(key, line, seen[key], key_node.start_mark)
+            seen[key] = line
+        except TypeError:  # an unhashable key: the constructor reports it
+            continue
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a repeated key (PyYAML silently keeps the last):
+    what workflow files and config files (``detflow.config.base.read_yaml``) are read with."""
+
+
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode) -> Any:
+    _reject_duplicate_keys(loader, node)
+    yield from loader.construct_yaml_map(node)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+class LineLoader(UniqueKeyLoader):
+    """:class:`UniqueKeyLoader` whose mappings are :class:`LineDict` with line numbers."""
 
 
 def _construct_mapping(loader: LineLoader, node: yaml.MappingNode) -> LineDict:
+    _reject_duplicate_keys(loader, node)
     loader.flatten_mapping(node)
     out = LineDict()
     out.line = node.start_mark.line + 1

@@ -18,6 +18,7 @@ against the workflow file's directory when it is loaded (:func:`detflow.workflow
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, SerializeAsAny, ValidationInfo, field_validator
@@ -28,6 +29,7 @@ from ..config.train import (CheckpointConfig, DatasetSplit, ModelConfig, RecipeC
 from ..nas.config import NasObjective
 from ..tune.config import SweepSearch, TrialResources
 from .kinds import Ref, StepKind, get_step_kind, register_step_kind
+from .retry import DEFAULT_JITTER, DEFAULT_MAX_DELAY_S, NEVER_RETRIED, SHORTHANDS
 
 __all__ = [
     "DatasetSpec", "Defaults", "Resources", "StepParams", "Step", "Workflow", "SynthParams", "TrainParams",
@@ -220,7 +222,24 @@ class Step(StrictModel):
     with_: SerializeAsAny[StepParams] = Field(default_factory=StepParams, alias="with")
     retries: NonNegativeInt = 0
     retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles each attempt")
+    retry_max_delay_s: float = Field(DEFAULT_MAX_DELAY_S, ge=0, description="cap of the retry delay (after jitter)")
+    retry_jitter: float = Field(DEFAULT_JITTER, ge=0, le=1, description="relative random jitter of each retry "
+                                "delay: 0.5 waits 50-150 % of it; 0 none")
+    # not "retry_on": a mistyped ``retry:`` must keep suggesting ``retries``
+    retry_errors: list[str] = Field(default_factory=lambda: ["any"], min_length=1, description=(
+        "failures to retry: any, oom, worker_crash, node_lost, infra, or exception class names "
+        "(WorkerCrashedError, RayTaskError, TimeoutError, …); UserInputError/ConfigError/DataError never are"))
     resources: Resources = Resources()
+
+    @field_validator("retry_errors")
+    @classmethod
+    def _retry_kinds(cls, kinds: list[str]) -> list[str]:
+        for kind in kinds:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", kind):
+                raise ValueError(f"any, {', '.join(SHORTHANDS)} or exception class names (not {kind!r})")
+            if kind.rsplit(".", 1)[-1] in NEVER_RETRIED:
+                raise ValueError(f"no {kind} (bad input is never retried)")
+        return kinds
 
     @field_validator("uses")
     @classmethod

@@ -113,6 +113,19 @@ class StepRun(Base):
         return (self.finished_at or time.time()) - self.started_at
 
 
+def _without_credentials(value: Any) -> Any:
+    """``value`` (a workflow spec) with every string through :func:`detflow.storage.strip_credentials`:
+    ``scheme://user:password@host`` → ``scheme://user@host`` (the password then comes from the
+    reader's ``PGPASSWORD`` / ``.pgpass`` / …), secret query parameters dropped."""
+    from ..storage import strip_credentials
+
+    if isinstance(value, dict):
+        return {k: _without_credentials(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_credentials(v) for v in value]
+    return strip_credentials(value) if isinstance(value, str) else value
+
+
 def default_state_url() -> str:
     return os.environ.get("DETFLOW_STATE_URL") or f"sqlite:///{state_dir() / 'workflows.db'}"
 
@@ -205,8 +218,10 @@ class StateStore:
     # ---------------------------------------------------------------------------------- runs
     def create_run(self, run_id: str, workflow: str, spec: dict, steps: list[tuple[str, str]],
                    *, source: str | None = None, address: str | None = None, status: str = RunStatus.PENDING) -> None:
-        """Insert a run and one pending row per ``(step_id, kind)``."""
+        """Insert a run and one pending row per ``(step_id, kind)``. The stored ``spec`` keeps no URL
+        passwords (:func:`_without_credentials`): a resumed run reads them from its own environment."""
         now = time.time()
+        spec = _without_credentials(spec)
         with self.session() as s, s.begin():
             s.add(WorkflowRun(id=run_id, workflow=workflow, status=status, spec=json.dumps(spec), source=source,
                               address=address, created_at=now, cancel_requested=0))
@@ -264,6 +279,10 @@ class StateStore:
         (checked in the same ``UPDATE``), else :class:`LeaseLost` is raised and nothing changes."""
         if "outputs" in fields and not isinstance(fields["outputs"], (str, type(None))):
             fields["outputs"] = json.dumps(fields["outputs"])
+        if isinstance(fields.get("error"), str):
+            from ..storage import redact
+
+            fields["error"] = redact(fields["error"])  # never store a credential an exception quoted
         query = update(StepRun).where(StepRun.run_id == run_id, StepRun.step_id == step_id)
         if token is not None:
             query = query.where(exists().where(WorkflowRun.id == run_id, WorkflowRun.lease_token == token))

@@ -9,6 +9,7 @@ with ``config_from: STEP``. The search fields of a step are those of the search'
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..context import StepContext
 from ..schema import NASParams, SweepParams
 from . import deep_merge, section_overrides
 
-__all__ = ["run_sweep", "run_nas", "full_scale_spec"]
+__all__ = ["run_sweep", "run_nas", "full_scale_spec", "search_name"]
 
 
 def _write_base(params, ctx: StepContext) -> Path:  # noqa: ANN001
@@ -43,6 +44,14 @@ def _restore(ctx: StepContext, name: str) -> bool:
     return True
 
 
+def search_name(ctx: StepContext) -> str:
+    """Name of the step's search — its Optuna study, Tune experiment / NAS directory and MLflow parent
+    run: ``<run_id>.<step_id>``, so that runs sharing ``search.storage`` (one Optuna database) keep
+    their studies apart, while a retried or resumed step (same run id) continues its own."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "-", f"{ctx.run_id}.{ctx.step_id}")
+    return name if name[0].isalnum() else f"r{name}"
+
+
 def _shared(params: Any, section: type) -> dict:
     """The step's values of the fields it shares with the search config class ``section``."""
     return {name: getattr(params, name) for name in section.model_fields}
@@ -54,7 +63,7 @@ def run_sweep(params: SweepParams, ctx: StepContext) -> dict:
 
     base = _write_base(params, ctx)
     resume = _restore(ctx, "sweeps")
-    cfg = SweepConfig(**_shared(params, SweepSearch), name=ctx.step_id, base=str(base),
+    cfg = SweepConfig(**_shared(params, SweepSearch), name=search_name(ctx), base=str(base),
                       resources=params.trial_resources, storage=str(ctx.path / "sweeps"))
     result = sweep(cfg, config_dir=ctx.path, resume=resume)
     return {"best_config": result.best_config_path, "best_values": result.best_values,
@@ -90,7 +99,8 @@ def run_nas(params: NASParams, ctx: StepContext) -> dict:
 
     base = _write_base(params, ctx)
     resume = _restore(ctx, "nas")
-    cfg = NasConfig(**_shared(params, NasObjective), name=ctx.step_id, base=str(base), storage=str(ctx.path / "nas"))
+    cfg = NasConfig(**_shared(params, NasObjective), name=search_name(ctx), base=str(base),
+                    storage=str(ctx.path / "nas"))
     result = nas(cfg, config_dir=ctx.path, resume=resume)
     if not result.best_spec_path:
         raise RuntimeFailure(f"step {ctx.step_id!r}: the search produced no valid architecture")
