@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,19 +28,26 @@ from detflow.workflows.kinds import StepKind, register_step_kind
 from detflow.workflows.schema import StepParams
 
 class RetryFakeParams(StepParams):
-    counter: str = ""            # JSON file {step: [attempt, ...]}: every execution of the step
+    counter: str = ""            # file with one JSON line [step, attempt] per execution (appends: no lost update)
     error: str = "ValueError"    # raised on every attempt
 
 def retry_fake_run(params, ctx):
-    p = Path(params.counter)
-    data = json.loads(p.read_text()) if p.exists() else {}
-    data.setdefault(ctx.step_id, []).append(ctx.attempt)
-    p.write_text(json.dumps(data))
+    with open(params.counter, "a") as f:  # steps run in parallel: one small O_APPEND write each
+        f.write(json.dumps([ctx.step_id, ctx.attempt]) + "\\n")
     raise {"ValueError": ValueError, "ConnectionError": ConnectionError}[params.error](f"attempt {ctx.attempt}")
 
 register_step_kind(StepKind("retryfake", RetryFakeParams, retry_fake_run, frozenset()), replace=True)
 '''
 exec(compile(FAKE_SOURCE, __file__ + ":fake", "exec"))  # registers the "retryfake" step kind
+
+
+def _executions(counter: Path) -> dict[str, list[int]]:
+    """``{step: [attempt, ...]}`` from the fake step's execution log."""
+    found: dict[str, list[int]] = {}
+    for line in counter.read_text().splitlines():
+        step, attempt = json.loads(line)
+        found.setdefault(step, []).append(attempt)
+    return found
 
 
 def _task_error(cause: BaseException) -> BaseException:
@@ -136,11 +144,11 @@ def test_filtered_error_is_not_retried_and_attempts_persist_across_resume(ray_se
     assert {s: (v["status"], v["attempts"]) for s, v in first.steps.items()} == {
         "bug": ("failed", 1), "flaky": ("failed", 2)}, first.steps
     assert first.steps["bug"]["error"] == "ValueError: attempt 1"
-    assert json.loads(counter.read_text()) == {"bug": [1], "flaky": [1, 2]}
+    assert _executions(counter) == {"bug": [1], "flaky": [1, 2]}
 
     # resume: each failed step runs once more (attempt 3 of a step allowed 2), and is not retried again
     resumed = resume_workflow("retries-1", state_url=url, lineage=False, quiet=True)
     assert resumed.status == "failed"
     assert {s: (v["status"], v["attempts"]) for s, v in resumed.steps.items()} == {
         "bug": ("failed", 2), "flaky": ("failed", 3)}, resumed.steps
-    assert json.loads(counter.read_text()) == {"bug": [1, 2], "flaky": [1, 2, 3]}
+    assert _executions(counter) == {"bug": [1, 2], "flaky": [1, 2, 3]}
