@@ -36,17 +36,15 @@ class FakeParams(StepParams):
     value: int = 0
     sleep: float = 0.0
     fail_times: int = 0          # fail the first N attempts
-    counter: str = ""            # file counting executions of this step (JSON: {step: n})
+    counter: str = ""            # file with one line per execution: the step id (appends: parallel steps lose none)
     src: str | None = None
 
 def _bump(path, key):
     if not path:
         return 0
-    p = Path(path)
-    data = json.loads(p.read_text()) if p.exists() else {}
-    data[key] = data.get(key, 0) + 1
-    p.write_text(json.dumps(data))
-    return data[key]
+    with open(path, "a") as f:
+        f.write(key + "\\n")
+    return Path(path).read_text().splitlines().count(key)
 
 def fake_run(params, ctx):
     n = _bump(params.counter, ctx.step_id)
@@ -70,7 +68,9 @@ def _wf(steps: list[dict], name: str = "t") -> object:
 
 
 def _counts(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """``{step: executions}`` from the fake step's execution log."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {step: lines.count(step) for step in dict.fromkeys(lines)}
 
 
 @pytest.fixture(scope="session")
