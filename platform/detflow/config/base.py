@@ -36,7 +36,7 @@ def read_yaml(path: str | Path) -> Any:
     missing file, a YAML syntax error or a repeated key (``FILE:12: duplicate key 'epochs' (first at
     line 9)``) is a one-line ConfigError."""
     from ..artifact_store import is_uri, materialize
-    from ..workflows.lint import DuplicateKeyError, UniqueKeyLoader  # the one loader workflows use too
+    from ..workflows.lint import DuplicateKeyError, load_unique  # the one loader workflows use too
 
     path = materialize(path) if is_uri(path) else Path(path)
     try:
@@ -44,7 +44,7 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
+        return load_unique(text)
     except DuplicateKeyError as exc:
         raise ConfigError([f"{path}:{exc.line}: {exc.problem}"]) from None
     except yaml.YAMLError as exc:

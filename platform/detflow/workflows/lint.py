@@ -448,13 +448,19 @@ def parse_workflow(raw: Any, source: str = "<workflow>", base_dir: str | Path | 
         raise ConfigError(format_validation_error(exc, source, Workflow)) from None
 
 
+def load_unique(text: str, loader: type | None = None) -> Any:
+    """``yaml.safe_load`` through a SafeLoader subclass (default :class:`UniqueKeyLoader`): a repeated
+    key raises :class:`DuplicateKeyError`."""
+    instance = (loader or UniqueKeyLoader)(text)
+    try:
+        return instance.get_single_data()
+    finally:
+        instance.dispose()
+
+
 def _safe_load_with_lines(text: str) -> Any:
     """``yaml.safe_load`` that also records each mapping's line (``LineLoader`` is a SafeLoader)."""
-    loader = LineLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
+    return load_unique(text, LineLoader)
 
 
 def load_workflow(path: str | Path, overrides: Iterable[str] = ()) -> Workflow:
