@@ -71,10 +71,8 @@ def s3_settings(env: Mapping[str, str] | None = None) -> S3Settings:
                       region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
 
 
-def is_remote(uri: str | os.PathLike) -> bool:
-    """True for ``scheme://…`` locations (``file://`` excluded)."""
-    text = str(uri)
-    return "://" in text and not text.startswith("file://")
+# True for ``scheme://…`` locations (``file://`` excluded): the storage layer's one rule.
+from .artifact_store import is_uri as is_remote  # noqa: E402
 
 
 def split_s3(uri: str) -> tuple[str, str]:
