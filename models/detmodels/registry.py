@@ -23,6 +23,9 @@ class ModelEntry:
         task: ``bbox`` (detection) or ``segm`` (instance segmentation).
         input_size: the paper's default square input size (pixels).
         builder: ``builder(num_classes=..., **overrides) -> nn.Module``.
+        size: the variant's size key in its family's table (``tiny``, ``s``, ``n6``, ``49``, ``asff``…).
+        recipe: name of the training recipe the paper trains this variant with (``rtmdet``, ``yolov6``,
+            ``retinanet``, ``yolov3_asff``); a run without ``recipe.name`` uses it.
     """
 
     name: str
@@ -30,12 +33,15 @@ class ModelEntry:
     task: str
     input_size: int
     builder: Callable[..., nn.Module]
+    size: str = ""
+    recipe: str = "plain"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, family: str, task: str = "bbox", input_size: int = 640):
+def register_model(name: str, *, family: str, task: str = "bbox", input_size: int = 640, size: str = "",
+                   recipe: str = "plain"):
     """Decorator registering ``builder`` under ``name``; duplicate names are rejected."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -43,7 +49,7 @@ def register_model(name: str, *, family: str, task: str = "bbox", input_size: in
             raise ValueError(f"model {name!r} is already registered")
         if task not in ("bbox", "segm"):
             raise ValueError(f"task must be 'bbox' or 'segm', got {task!r}")
-        _REGISTRY[name] = ModelEntry(name, family, task, input_size, builder)
+        _REGISTRY[name] = ModelEntry(name, family, task, input_size, builder, size, recipe)
         return builder
 
     return wrap

@@ -309,7 +309,8 @@ def _register(size: str, instance: bool) -> None:
 
     builder.__name__ = name
     builder.__doc__ = f"{'RTMDet-Ins' if instance else 'RTMDet'}-{size} (arXiv 2212.07784); see build_rtmdet."
-    register_model(name, family="rtmdet", task="segm" if instance else "bbox", input_size=640)(builder)
+    register_model(name, family="rtmdet", task="segm" if instance else "bbox", input_size=640, size=size,
+                   recipe="rtmdet_ins" if instance else "rtmdet")(builder)
 
 
 for _size in RTMDET_CONFIGS:

@@ -405,14 +405,15 @@ def _register_variant(key: str) -> None:
 
     builder.__name__ = name
     builder.__doc__ = f"SpineNet-{key.upper()} + RetinaNet (arXiv 1912.05027); see build_spinenet."
-    register_model(name, family="spinenet", input_size=variant.input_size)(builder)
+    register_model(name, family="spinenet", input_size=variant.input_size, size=key,
+                   recipe="retinanet")(builder)
 
 
 for _key in SPINENET_VARIANTS:
     _register_variant(_key)
 
 
-@register_model("spinenet", family="spinenet", input_size=640)
+@register_model("spinenet", family="spinenet", input_size=640, size="49", recipe="retinanet")
 def spinenet_from_spec(num_classes: int = 80, *, spec: str | Path | Mapping[str, Any] | SpineNetSpec | None = None,
                        backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
                        head: Mapping[str, Any] | None = None,

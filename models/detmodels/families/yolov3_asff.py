@@ -290,7 +290,8 @@ def _register(name: str, asff: bool, rfb: bool, doc: str) -> None:
 
     builder.__name__ = name
     builder.__doc__ = f"{doc} (arXiv 1911.09516); see build_yolov3_asff."
-    register_model(name, family="yolov3_asff", input_size=608)(builder)
+    register_model(name, family="yolov3_asff", input_size=608, size=name,
+                   recipe="yolov3_asff")(builder)
 
 
 _register("yolov3", False, False, "YOLOv3 strong baseline of the ASFF paper")

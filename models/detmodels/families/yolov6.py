@@ -290,7 +290,8 @@ def build_yolov6(size: str, num_classes: int = 80, *, head: dict[str, Any] | Non
 
 
 def _register(size: str) -> None:
-    @register_model(f"yolov6_{size}", family="yolov6", input_size=1280 if VARIANTS[size].p6 else 640)
+    @register_model(f"yolov6_{size}", family="yolov6", input_size=1280 if VARIANTS[size].p6 else 640,
+                    size=size, recipe="yolov6")
     def builder(num_classes: int = 80, *, head: dict[str, Any] | None = None, neck: dict[str, Any] | None = None,
                 backbone: dict[str, Any] | None = None, assigner: dict[str, Any] | None = None,
                 atss_warmup_epochs: int | None = None) -> YOLOv6:
