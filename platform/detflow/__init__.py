@@ -1,6 +1,6 @@
 """detflow: experiment orchestration for real-time object detectors on Ray, tracked in MLflow.
 
-The Python SDK::
+The Python SDK (one module, :mod:`detflow.sdk`, re-exported here on first use)::
 
     import detflow
     result = detflow.run("workflows/quickstart.yaml")            # a workflow on local Ray
@@ -8,8 +8,9 @@ The Python SDK::
     detflow.submit("wf.yaml", address="http://HEAD:8265")        # the driver runs on the cluster
     detflow.sweep(base="train.yaml", space={...}, name="s1")     # Ray Tune + Optuna sweep
     detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")         # SpineNet architecture search
+    detflow.validate("train.yaml")                               # ("train", TrainConfig(...))
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402  (a leaf: lower layers import it from there)
 
 # Floors of the dependencies whose older versions are unsafe (keep in step with pyproject.toml):
 # torch < 2.10 has known ``weights_only`` bypasses; mlflow < 3.5 lacks the allowed-hosts middleware.
@@ -42,8 +43,22 @@ def check_dependency_versions(version=None, floors=DEPENDENCY_FLOORS) -> None:
 
 check_dependency_versions()
 
-from . import nas  # noqa: E402  (callable package: detflow.nas(...))
-from .sdk import cancel, resume, run, status, submit  # noqa: E402
-from .tune.sdk import sweep  # noqa: E402
+# The SDK functions are attributes of this package, loaded on first use so that ``import detflow``
+# (and ``detflow --help``) stays cheap; ``detflow.run is detflow.sdk.run``.
+SDK_NAMES = ("run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "sweep", "nas", "validate")
 
-__all__ = ["__version__", "run", "submit", "status", "resume", "cancel", "sweep", "nas"]
+__all__ = ["__version__", *SDK_NAMES]
+
+
+def __getattr__(name: str):
+    if name in SDK_NAMES:
+        from . import sdk
+
+        value = getattr(sdk, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'detflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(SDK_NAMES))

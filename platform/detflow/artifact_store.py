@@ -87,7 +87,7 @@ def filesystem(location: str | os.PathLike) -> tuple[Any, str]:
 def _s3_filesystem(uri: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
-    from .storage import _pyarrow_s3, s3_settings, split_s3
+    from .s3settings import _pyarrow_s3, s3_settings, split_s3
 
     bucket, key = split_s3(uri)
     settings = s3_settings()
@@ -98,9 +98,9 @@ def _s3_filesystem(uri: str) -> tuple[Any, str]:
 
 
 def _public(text: Any) -> str:
-    from .storage import redact
+    from .redact import redact_text
 
-    return redact(text)
+    return redact_text(text)
 
 
 def _info(location: str) -> Any:
@@ -153,9 +153,14 @@ def read_text(location: str | os.PathLike) -> str:
 
 
 def write_text(location: str | os.PathLike, text: str) -> None:
+    """Write ``text`` at ``location``: a local file atomically and durably (:func:`detflow.atomic.atomic_write`),
+    an object (one PUT, atomic by itself) through pyarrow.fs."""
     fs, path = filesystem(location)
     if not is_uri(str(location)):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        from .atomic import atomic_write
+
+        atomic_write(path, text)
+        return
     with fs.open_output_stream(path) as stream:
         stream.write(text.encode())
 
@@ -373,7 +378,7 @@ def delete(location: str | os.PathLike) -> None:
 def check_storage_url(url: str, env: dict[str, str] | None = None) -> str | None:
     """Why ``url`` cannot work as a storage location (None when it can): unknown scheme, no bucket,
     no credential variables for a custom S3 endpoint. Names and values shown are never secrets."""
-    from .storage import s3_settings
+    from .s3settings import s3_settings
 
     if not is_uri(url):
         return None

@@ -1,4 +1,5 @@
-"""Workflow SDK: the same operations as ``detflow run / submit / status / resume / cancel / logs``.
+"""The Python SDK, one module: the same operations as ``detflow run / submit / status / resume /
+cancel / logs / sweep / nas / config validate``; ``import detflow`` re-exports them.
 
 Example::
 
@@ -8,6 +9,13 @@ Example::
     run_id = detflow.submit("workflows/rtmdet.yaml", address="http://head:8265",   # returns at once
                             state_url="postgresql+psycopg://detflow@db/detflow")   # a DB the cluster reaches
     detflow.status(run_id).steps["train"]["status"]
+    detflow.sweep(base="workflows/configs/rtmdet_tiny_synth.yaml", name="s1",
+                  space={"model.assigner.soft_center_alpha": {"uniform": [5, 20]}})
+    detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")      # SpineNet architecture search
+    detflow.validate("workflows/configs/rtmdet_tiny_synth.yaml")   # ("train", TrainConfig(...))
+
+Every file these functions read is a user file: it must start with its ``kind:`` line
+(:mod:`detflow.config.kinds`). :data:`CONFIG_KINDS` is the one table of config kinds.
 """
 from __future__ import annotations
 
@@ -23,9 +31,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+from pydantic import BaseModel
 
 from .config.base import read_yaml
-from .errors import RuntimeFailure, UserInputError
+from .config.compose import parse_config
+from .config.kinds import KIND_NAMES, check_kind, load_user_config, read_user_config
+from .config.train import TrainConfig
+from .errors import ConfigError, RuntimeFailure, UserInputError
 from .paths import check_run_id
 from .storage import is_remote, redact, strip_credentials
 from .workflows.engine import RunResult, cancel_run, driver_lost, new_run_id, resume_workflow, run_dir, run_workflow
@@ -34,8 +46,9 @@ from .workflows.lint import load_workflow
 from .workflows.schema import Workflow
 from .workflows.state import RunStatus, StateStore
 
-__all__ = ["run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "prepare_job", "JobSpec",
-           "cluster_state_url", "cluster_python", "CLUSTER_PYTHON_ENV"]
+__all__ = ["run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "sweep", "nas", "validate",
+           "prepare_job", "JobSpec", "ConfigKind", "CONFIG_KINDS", "cluster_state_url", "cluster_python",
+           "CLUSTER_PYTHON_ENV"]
 
 
 def _load(workflow: str | os.PathLike | Workflow, overrides: Iterable[str]) -> tuple[Workflow, str | None]:
@@ -112,8 +125,10 @@ def prepare_job(wf: Workflow, run_id: str, job_dir: Path, *, state_url: str, pyt
                 lineage: bool = True) -> JobSpec:
     """Write ``workflow.yaml`` and the config files it names into ``job_dir`` (the job's working_dir,
     paths rewritten relative to it) and build the job; ``state_url`` must carry no password."""
-    staged, warnings = _stage_workflow(wf.to_dict(), job_dir)
-    (job_dir / "workflow.yaml").write_text(yaml.safe_dump(staged, sort_keys=False))
+    staged, warnings = _stage_workflow({"kind": "workflow", **wf.to_dict()}, job_dir)  # the job reads a user file
+    from .atomic import atomic_write
+
+    atomic_write(job_dir / "workflow.yaml", yaml.safe_dump(staged, sort_keys=False))
     args = [*shlex.split(python), "-m", "detflow", "run", "workflow.yaml", "--run-id", run_id, "--state-url", state_url]
     if not lineage:
         args.append("--no-lineage")
@@ -166,7 +181,9 @@ def _stage_config(path: str, where: str, job_dir: Path, copies: dict[str, str], 
         before = copy.deepcopy(data)
         _stage_nested(data, source.parent, where, job_dir, copies, warnings)
         if data != before:
-            target.write_text(yaml.safe_dump(data, sort_keys=False))
+            from .atomic import atomic_write
+
+            atomic_write(target, yaml.safe_dump(data, sort_keys=False))
             return rel
     shutil.copyfile(source, target)
     return rel
@@ -396,3 +413,143 @@ def _step_log(location: str | None, *, started: bool) -> str:
         raise RuntimeFailure(f"step log {location}: not on this machine (the step ran on a cluster node); set "
                              "`defaults.storage` to shared storage such as s3://BUCKET/PREFIX to read logs anywhere")
     return ""
+
+
+def sweep(base: str | os.PathLike | dict | BaseModel | None = None, space: dict[str, Any] | None = None, *,
+          metric: str = "val/bbox_mAP", mode: str = "max", num_samples: int = 8, max_concurrent: int = 2,
+          scheduler: dict | str | None = "asha", search: dict | str | None = "tpe", name: str,
+          resume: bool = False, **extra: Any) -> Any:
+    """Run (or, with ``resume=True``, continue) a Ray Tune + Optuna sweep; returns its ``SweepResult``.
+
+    ``base`` is a training-config YAML path (a user file: ``kind: train``), a dict or a
+    ``TrainConfig``; ``space`` maps dotted config paths to ``{"uniform": [lo, hi]}``,
+    ``{"loguniform": …}``, ``{"int": …}``, ``{"choice": [...]}`` or a fixed value. ``extra`` takes the
+    other :class:`~detflow.tune.config.SweepConfig` fields (``resources``, ``max_retries``,
+    ``overrides``, ``storage``). A space path the model's family lacks is refused before Ray starts.
+
+    >>> result = detflow.sweep(  # doctest: +SKIP
+    ...     base="workflows/configs/rtmdet_tiny_synth.yaml",
+    ...     space={"model.assigner.soft_center_alpha": {"uniform": [5, 20]}},
+    ...     metric="val/bbox_mAP50", num_samples=8, scheduler={"name": "asha", "grace_period": 1}, name="alpha")
+    >>> result.best_values, result.best_config_path, result.parent_run_id  # doctest: +SKIP
+    """
+    from .tune.config import SweepConfig
+    from .tune.runner import find_sweep, run_sweep
+
+    if resume and base is None:
+        cfg, config_dir = find_sweep(name)
+        return run_sweep(cfg, config_dir=config_dir, resume=True)
+    data = {
+        "name": name, "base": str(_sweep_base(base, name)), "metric": metric, "mode": mode, "space": space or {},
+        "num_samples": num_samples, "max_concurrent": max_concurrent,
+        "scheduler": {"name": scheduler} if isinstance(scheduler, str) else (scheduler or {"name": "none"}),
+        "search": {"name": search} if isinstance(search, str) else (search or {}), **extra,
+    }
+    cfg = parse_config(SweepConfig, data, f"detflow.sweep(name={name!r})")
+    return run_sweep(cfg, config_dir=Path.cwd(), resume=resume)
+
+
+def _sweep_base(base: str | os.PathLike | dict | BaseModel | None, name: str) -> Path:
+    """The base training config of :func:`sweep` as a file: a path (its ``kind: train`` checked) as
+    is, a dict or TrainConfig written under the state dir (relative dataset paths from the cwd)."""
+    from .paths import state_dir
+    from .tune.results import _absolute_paths
+
+    if base is None:
+        raise UserInputError("detflow.sweep: base= (a training config path, dict or TrainConfig) is required")
+    if isinstance(base, (str, os.PathLike)):
+        read_user_config(base, "train")
+        return Path(base).resolve()
+    data = base.model_dump(mode="json") if isinstance(base, BaseModel) else {"kind": "train", **dict(base)}
+    check_kind(data, "train", f"detflow.sweep(name={name!r}): base")
+    data = _absolute_paths(data, Path.cwd())
+    path = state_dir() / "sweeps" / f"{name}.base.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from .atomic import atomic_write
+
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def nas(config: str | os.PathLike | None = None, *, name: str | None = None, resume: bool = False,
+        **overrides: Any) -> Any:
+    """Run a SpineNet architecture search from a NAS YAML (``kind: nas``), or resume one by ``name``;
+    keyword ``overrides`` are ``--set`` style (``num_samples=4``). Returns its ``NasResult``.
+
+    >>> result = detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")  # doctest: +SKIP
+    >>> result.best_spec_path  # doctest: +SKIP
+    """
+    from .archsearch.runner import find_nas, load_nas_config, run_nas
+
+    if resume:
+        cfg, config_dir = find_nas(name or "")
+        return run_nas(cfg, config_dir=config_dir, resume=True)
+    if config is None:
+        raise UserInputError("detflow.nas: give a NAS YAML path, or name=… with resume=True")
+    cfg, config_dir = load_nas_config(config, [f"{k}={v}" for k, v in overrides.items()])
+    return run_nas(cfg, config_dir=config_dir)
+
+
+@dataclass(frozen=True)
+class ConfigKind:
+    """A config kind: its class and ``load(path, overrides) -> config``, which reads a user file of
+    that kind and checks everything that can be checked before Ray starts."""
+
+    name: str
+    cls: type[BaseModel]
+    load: Any
+
+
+def _load_train(path: Path, overrides: list[str]) -> TrainConfig:
+    return load_user_config(TrainConfig, path, overrides)
+
+
+def _load_workflow(path: Path, overrides: list[str]) -> Workflow:
+    return load_workflow(path, overrides)
+
+
+def _load_sweep(path: Path, overrides: list[str]) -> BaseModel:
+    """A sweep file: its space paths, its base config and every range's extremes validated."""
+    from .paths import resolve_path
+    from .tune.runner import _validate, load_sweep_config
+
+    cfg, config_dir = load_sweep_config(path, overrides)
+    base_path = resolve_path(cfg.base, config_dir)
+    _validate(cfg, read_yaml(base_path) or {}, str(base_path))
+    return cfg
+
+
+def _load_nas(path: Path, overrides: list[str]) -> BaseModel:
+    """A NAS file and its base spinenet training config."""
+    from .archsearch.runner import _base_config, load_nas_config
+
+    cfg, config_dir = load_nas_config(path, overrides)
+    _base_config(cfg, config_dir)
+    return cfg
+
+
+def _config_kinds() -> dict[str, ConfigKind]:
+    from .archsearch.config import NasConfig
+    from .tune.config import SweepConfig
+
+    table = (ConfigKind("train", TrainConfig, _load_train), ConfigKind("workflow", Workflow, _load_workflow),
+             ConfigKind("sweep", SweepConfig, _load_sweep), ConfigKind("nas", NasConfig, _load_nas))
+    return {k.name: k for k in table}
+
+
+CONFIG_KINDS: dict[str, ConfigKind] = _config_kinds()
+
+
+def validate(path: str | os.PathLike, overrides: Iterable[str] = (), *, kind: str | None = None) -> tuple[str, BaseModel]:
+    """``detflow config validate``: read user file ``path`` (``--set`` ``overrides`` applied), check
+    it by its ``kind:`` line (or require ``kind``) and return ``(kind, config)``; ConfigError otherwise.
+
+    >>> detflow.validate("workflows/configs/rtmdet_tiny_synth.yaml")[0]  # doctest: +SKIP
+    'train'
+    """
+    if kind is not None and kind not in CONFIG_KINDS:
+        raise ConfigError([f"--kind {kind}: expected one of {' | '.join(CONFIG_KINDS)}"])
+    data = read_yaml(path)
+    found = check_kind({} if data is None else data, kind or KIND_NAMES, str(path))
+    chosen = CONFIG_KINDS[found["kind"]] if isinstance(found, dict) else CONFIG_KINDS[kind or "train"]
+    return chosen.name, chosen.load(Path(path), list(overrides))

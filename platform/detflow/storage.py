@@ -20,67 +20,18 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import RuntimeFailure, UserInputError
-from .tracking.store import redact_url
+from .redact import REDACTED, SECRET_ENV, redact_text as redact, strip_credentials  # noqa: F401  (the one rule)
+from .s3settings import S3Settings, _pyarrow_s3, s3_settings, split_s3  # noqa: F401  (below artifact_store)
 
 __all__ = ["S3Settings", "s3_settings", "is_remote", "split_s3", "ray_storage", "s3_client", "upload_dir",
            "download_dir", "materialize", "redact", "SECRET_ENV"]
 
-# Environment variables whose values are secrets: redact() hides them wherever they appear.
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
-_KEY_VALUE = re.compile(r"(?i)(?P<key>[A-Za-z0-9_\-]*(?:secret|password|passwd|token|credential|signature)"
-                        r"[A-Za-z0-9_\-]*)(?P<sep>\s*[=:]\s*)(?P<q>['\"]?)(?P<value>[^\s'\"&,;}]+)")
-REDACTED = "***"
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """S3 connection settings read from the environment (``repr`` never shows the secret)."""
-
-    endpoint: str | None
-    access_key: str | None
-    secret_key: str | None
-    session_token: str | None
-    region: str
-
-    def __repr__(self) -> str:
-        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, credentials={'set' if self.secret_key else 'unset'})"
-
-    @property
-    def endpoint_host(self) -> str | None:
-        """``host:port`` of the endpoint (what pyarrow's ``endpoint_override`` takes)."""
-        return None if not self.endpoint else re.sub(r"^[a-z]+://", "", self.endpoint).rstrip("/")
-
-    @property
-    def scheme(self) -> str:
-        return "http" if (self.endpoint or "").startswith("http://") else "https"
-
-
-def s3_settings(env: Mapping[str, str] | None = None) -> S3Settings:
-    """Settings from ``env`` (default ``os.environ``): the first endpoint variable set wins."""
-    env = os.environ if env is None else env
-    endpoint = next((env[k] for k in _ENDPOINT_ENV if env.get(k)), None)
-    return S3Settings(endpoint=endpoint, access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-                      secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-                      session_token=env.get("AWS_SESSION_TOKEN") or None,
-                      region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
-
-
 # True for ``scheme://…`` locations (``file://`` excluded): the storage layer's one rule.
 from .artifact_store import is_uri as is_remote  # noqa: E402
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` → ``("bucket", "a/b")``; anything else is a UserInputError."""
-    match = re.match(r"^s3a?://([^/]+)/?(.*)$", uri)
-    if not match or not match.group(1):
-        raise UserInputError(f"{redact(uri)}: expected an S3 URI like s3://bucket/prefix")
-    return match.group(1), match.group(2).strip("/")
 
 
 def ray_storage(uri: str | os.PathLike) -> tuple[str, Any]:
@@ -103,20 +54,6 @@ def ray_storage(uri: str | os.PathLike) -> tuple[str, Any]:
         return text, None
     bucket, key = split_s3(text)
     return f"{bucket}/{key}".rstrip("/"), _pyarrow_s3(settings)
-
-
-def _pyarrow_s3(settings: S3Settings) -> Any:
-    import pyarrow.fs as pafs
-
-    kwargs: dict[str, Any] = {"endpoint_override": settings.endpoint_host, "scheme": settings.scheme,
-                              "region": settings.region}
-    if settings.access_key and settings.secret_key:
-        kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key,
-                      session_token=settings.session_token)
-    try:  # path-style addressing (pyarrow >= 15 names it; older versions are path-style by default)
-        return pafs.S3FileSystem(force_virtual_addressing=False, **kwargs)
-    except TypeError:
-        return pafs.S3FileSystem(**kwargs)
 
 
 def s3_client(settings: S3Settings | None = None) -> Any:
@@ -210,24 +147,10 @@ def materialize(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = No
     return artifact_store.materialize(uri)
 
 
-def redact(text: Any, env: Mapping[str, str] | None = None) -> str:
-    """``text`` with credentials removed: ``user:pass@`` in URLs, ``secret=…``/``token: …`` pairs,
-    presigned-URL signatures and the values of the AWS credential variables wherever they occur."""
-    out = redact_url(str(text))
-    out = _KEY_VALUE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{m.group('q')}{REDACTED}", out)
-    env = os.environ if env is None else env
-    for name in SECRET_ENV:
-        value = env.get(name)
-        if value and len(value) >= 4:
-            out = out.replace(value, REDACTED)
-    return out
-
-
 # ------------------------------------------------------------------ what may leave this process
 # A process hands settings to another (a Ray job, a step task, a Train worker, a Tune trial) only
 # through public_env(): non-secret settings, URLs without their passwords. Secrets stay in each node's
 # own environment (Kubernetes secrets, a profile …) and are read there by their standard names.
-from .tracking.store import strip_credentials  # noqa: E402  (the URL rule lives beside redact_url)
 
 # Variables whose values are credentials: never forwarded, never logged.
 CREDENTIAL_ENV = SECRET_ENV + ("PGPASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",

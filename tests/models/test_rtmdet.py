@@ -135,26 +135,33 @@ def test_postprocess_random_outputs(name, small_models):
 
 
 def test_neck_options_and_unknown_keys():
+    neck = detmodels.RTMDetNeckOptions
     base = count_params(detmodels.create_model("rtmdet_tiny"))
-    wide = detmodels.create_model("rtmdet_tiny", neck={"expand_ratio": 0.75})
+    wide = detmodels.create_model("rtmdet_tiny", neck=neck(expand_ratio=0.75))
     assert count_params(wide) > base
     assert wide.neck.top_down_blocks[0].main_conv.conv.out_channels == int(192 * 0.75)
-    assert detmodels.create_model("rtmdet_tiny", neck_expand_ratio=0.25).neck.top_down_blocks[0].main_conv.conv.out_channels == 48
-    model = detmodels.create_model("rtmdet_tiny", num_classes=2, neck={"se": True, "ppm": True})
+    narrow = detmodels.create_model("rtmdet_tiny", neck=neck(expand_ratio=0.25))
+    assert narrow.neck.top_down_blocks[0].main_conv.conv.out_channels == 48
+    model = detmodels.create_model("rtmdet_tiny", num_classes=2, neck=neck(se=True, ppm=True))
     assert len(model.neck.se_layers) == 4 and model.neck.ppm is not None
     out = model(torch.randn(1, 3, 64, 64))
     assert out["cls"][0].shape == (1, 2, 8, 8)
-    with pytest.raises(ValueError, match="'expansion'"):
-        detmodels.create_model("rtmdet_s", neck={"expansion": 0.5})
-    with pytest.raises(ValueError, match="'radius'"):
-        detmodels.create_model("rtmdet_s", assigner={"radius": 3})
-    with pytest.raises(ValueError, match="'bogus'"):
+    with pytest.raises(ValueError, match=r"model\.neck\.expansion: unknown option for rtmdet; expected one of "
+                                         r"\[expand_ratio, se, ppm\]"):
+        detmodels.variant_options("rtmdet_s", {"neck": {"expansion": 0.5}})
+    with pytest.raises(ValueError, match=r"model\.assigner\.radius: unknown option for rtmdet"):
+        detmodels.variant_options("rtmdet_s", {"assigner": {"radius": 3}})
+    with pytest.raises(TypeError, match="'bogus'"):
         detmodels.create_model("rtmdet_s", bogus=1)
+    with pytest.raises(TypeError, match="RTMDetNeckOptions"):
+        detmodels.create_model("rtmdet_s", neck={"expand_ratio": 0.5})
+    with pytest.raises(ValueError, match=r"expand_ratio: expected a number > 0 and <= 2, got 3"):
+        neck(expand_ratio=3)
 
 
 def test_assigner_options_reach_the_model():
-    model = detmodels.create_model("rtmdet_ins_tiny", assigner={"soft_center_alpha": 4.0, "soft_center_beta": 2.0,
-                                                                 "topk": 9, "iou_weight": 1.5})
+    dsl = detmodels.DSLOptions(soft_center_alpha=4.0, soft_center_beta=2.0, topk=9, iou_weight=1.5)
+    model = detmodels.create_model("rtmdet_ins_tiny", assigner=dsl)
     a = model.assigner
     assert (a.soft_center_alpha, a.soft_center_beta, a.topk, a.iou_weight) == (4.0, 2.0, 9, 1.5)
 

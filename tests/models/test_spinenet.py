@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from detmodels import count_params, create_model, get_model_entry, list_models
+from detmodels import count_params, create_model, get_model_entry, list_models, variant_options
 from detmodels.assigners import MaxIoUAssigner
 from detmodels.families.spinenet import decode_boxes, encode_boxes, generate_anchors
 from detmodels.families.spinenet_spec import SpecError, load_spec, save_spec, spec_to_dict, spinenet49_spec
@@ -23,9 +23,11 @@ SMALL = [("spinenet_49s", 64), ("spinenet_49", 64)]
 
 
 
-def _meta_model(name: str, **kw):
+def _meta_model(name: str, num_classes: int = 80, spec=None, **sections):
+    """``sections`` are YAML-style overrides of the variant's options."""
+    extra = {} if spec is None else {"spec": spec}
     with torch.device("meta"):
-        return create_model(name, **kw)
+        return create_model(name, num_classes, options=variant_options(name, sections), **extra)
 
 
 def _targets():
@@ -133,11 +135,11 @@ def test_invalid_spec_names_block_and_rule():
 
 
 def test_unknown_section_keys_rejected():
-    with pytest.raises(ValueError, match="unknown head option 'num_conv'"):
-        create_model("spinenet_49s", head={"num_conv": 3})
-    with pytest.raises(ValueError, match="unknown neck option 'fpn'"):
-        create_model("spinenet_49s", neck={"fpn": True})
-    with pytest.raises(ValueError, match="unknown option 'spec' for spinenet_49"):
+    with pytest.raises(ValueError, match=r"model\.head\.num_conv: unknown option for spinenet"):
+        variant_options("spinenet_49s", {"head": {"num_conv": 3}})
+    with pytest.raises(ValueError, match=r"model\.neck: unknown option for spinenet; expected one of \[backbone, head"):
+        variant_options("spinenet_49s", {"neck": {"fpn": True}})
+    with pytest.raises(TypeError, match="unknown option section 'spec'"):
         create_model("spinenet_49", spec="x.yaml")
 
 

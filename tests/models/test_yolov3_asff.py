@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from detmodels import count_params, create_model, get_model_entry, list_models, load_official_weights
+from detmodels import (YOLOv3ASFFNeckOptions, count_params, create_model, get_model_entry, list_models,
+                       load_official_weights, variant_options)
 from detmodels.families.yolov3_asff_loss import cxcywh_iou, keep_last
 from detmodels.families.yolov3_asff_weights import asff_key_map
 from detmodels.layers.asff import ASFF, ASFFResize, RFBBlock
@@ -128,9 +129,10 @@ def test_rfb_and_spp_shapes():
 
 
 def test_unknown_options_rejected():
-    with pytest.raises(ValueError, match="unknown head option 'ignore'"):
-        create_model("yolov3", head={"ignore": 0.5})
-    with pytest.raises(ValueError, match="unknown option 'asff'"):
+    with pytest.raises(ValueError, match=r"model\.head\.ignore: unknown option for yolov3_asff; expected one of "
+                                         r"\[ignore_thr, label_smooth\]"):
+        variant_options("yolov3", {"head": {"ignore": 0.5}})
+    with pytest.raises(TypeError, match="unknown option section 'asff'"):
         create_model("yolov3", asff=True)
 
 
@@ -194,7 +196,7 @@ def test_dropblock_schedule_of_asff_star(epoch, max_epochs, sizes, keep):
 def test_dropblock_off_for_plain_asff_unless_asked():
     with torch.device("meta"):
         plain = create_model("yolov3_asff", num_classes=3)
-        asked = create_model("yolov3_asff", num_classes=3, neck={"dropblock": True})
+        asked = create_model("yolov3_asff", num_classes=3, neck=YOLOv3ASFFNeckOptions(dropblock=True))
     plain.set_epoch(200, 300)
     asked.set_epoch(200, 300)
     assert plain.neck.drop5.keep_prob == 1.0 and asked.neck.drop5.keep_prob == 0.9

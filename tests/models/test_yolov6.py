@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import detmodels
-from detmodels import count_params, create_model, list_models, load_official_weights, reparameterize_model
+from detmodels import (count_params, create_model, list_models, load_official_weights, reparameterize_model,
+                       variant_options)
 from detmodels.families.yolov6 import VARIANTS as YOLOV6_CONFIGS
 from detmodels.families.yolov6 import cosine_distill_weight
 from detmodels.families.yolov6_head import EfficientDecoupledHead
@@ -46,7 +47,8 @@ def _model(name: str, **kw):
     key = (name, tuple(sorted((k, str(v)) for k, v in kw.items())))
     if key not in _CACHE:
         torch.manual_seed(0)
-        _CACHE[key] = create_model(name, num_classes=NC, **kw)
+        overrides = {k: v for k, v in kw.items() if v is not None}  # None: the variant's defaults
+        _CACHE[key] = create_model(name, num_classes=NC, options=variant_options(name, overrides))
     return copy.deepcopy(_CACHE[key])
 
 
@@ -230,7 +232,7 @@ def test_dld_loss_keys_and_distill_class_weights():
 
 def test_p6_rejects_training_auxiliaries_and_warms_up_with_atss():
     with pytest.raises(ValueError, match="P5"):
-        create_model("yolov6_n6", num_classes=2, head={"anchor_aided": True})
+        create_model("yolov6_n6", num_classes=2, options=variant_options("yolov6_n6", {"head": {"anchor_aided": True}}))
     assert create_model("yolov6_n6", num_classes=2).criterion.atss_warmup_epochs == 4
     assert create_model("yolov6_n", num_classes=2).criterion.atss_warmup_epochs == 0
 
@@ -281,8 +283,10 @@ def test_cosine_distill_weight():
 
 @pytest.mark.parametrize("section,key", [("head", "anchor_aidd"), ("neck", "depth"), ("assigner", "topk"),
                                          ("backbone", "width")])
-def test_unknown_builder_key_names_it(section, key):
-    with pytest.raises(ValueError, match=key):
+def test_unknown_option_key_names_it(section, key):
+    with pytest.raises(ValueError, match=rf"model\.{section}\.{key}: unknown option for yolov6; expected one of"):
+        variant_options("yolov6_n", {section: {key: 1}})
+    with pytest.raises(TypeError, match="not a dict"):
         create_model("yolov6_n", num_classes=2, **{section: {key: 1}})
 
 

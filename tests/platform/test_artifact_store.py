@@ -70,7 +70,7 @@ def test_check_storage_url(url, env, expected):
 
 
 def test_unknown_storage_scheme_is_refused_before_anything_runs(tmp_path):
-    wf = {"name": "bad-storage", "defaults": {"storage": "s4://bucket/prefix"},
+    wf = {"kind": "workflow", "name": "bad-storage", "defaults": {"storage": "s4://bucket/prefix"},
           "steps": [{"id": "synth", "uses": "synth", "with": {"num_images": 4}}]}
     path = tmp_path / "wf.yaml"
     path.write_text(yaml.safe_dump(wf, sort_keys=False))

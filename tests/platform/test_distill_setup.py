@@ -20,7 +20,8 @@ def _config(teacher: str, model: dict, **distill) -> TrainConfig:
 
 
 def _teacher_checkpoint(tmp_path, model: dict):
-    net = detmodels.create_model(model["name"], num_classes=2, **{k: v for k, v in model.items() if k != "name"})
+    overrides = {k: v for k, v in model.items() if k != "name"}
+    net = detmodels.create_model(model["name"], num_classes=2, options=detmodels.variant_options(model["name"], overrides))
     cfg = _config("unused", model)
     return ckpt_io.save_checkpoint(tmp_path / "teacher", state={"model": net.state_dict()}, config=cfg,
                                    meta={"model": model["name"], "num_classes": 2})
@@ -30,7 +31,8 @@ def test_build_teacher_applies_the_distill_section(tmp_path):
     model = {"name": "yolov6_n", "head": {"dld": True}}
     path = _teacher_checkpoint(tmp_path, model)
     cfg = _config(str(path), model, temperature=4.0, feature=True)
-    student = detmodels.create_model("yolov6_n", num_classes=2, head={"dld": True})
+    dld = detmodels.variant_options("yolov6_n", {"head": {"dld": True}})
+    student = detmodels.create_model("yolov6_n", num_classes=2, options=dld)
     teacher = build_teacher(cfg, student, torch.device("cpu"))
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert student.distill_temperature == teacher.distill_temperature == 4.0

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from detflow.engine import checkpoint as ck
-from detflow.engine.ema import ExpMomentumEMA, RampedEMA
+from detflow.engine.ema import ExpMomentumEMA, RampedEMA, build_ema
 from detflow.engine.loop import TrainLoop, distill_alpha
 from detflow.engine.optim import build_optimizer, param_groups
 from detflow.engine.schedules import IterLRScheduler, LRSchedule, build_schedule
+from detflow.engine.specs import EMASpec, OptimizerSpec, ScheduleSpec
 from detmodels import Detections, Detector
 
 
@@ -60,8 +61,11 @@ def _batches(n_batches: int = 4, batch: int = 2, size: int = 32):
 
 
 def _loop(model, epochs=3, ema=True, **kw):
-    opt = build_optimizer(model, "adamw", total_batch=2, lr=0.05, scale_lr_by_batch=False)
-    sched = IterLRScheduler(opt, build_schedule("flat_cosine", epochs=epochs, iters_per_epoch=4, warmup_iters=0))
+    spec = OptimizerSpec(name="adamw", lr=0.05, weight_decay=0.05, momentum=0.9, nesterov=False, base_batch=256,
+                         scale_lr_by_batch=False)
+    schedule = ScheduleSpec(name="flat_cosine", warmup_iters=0, warmup_epochs=0.0, min_lr_ratio=0.05, flat_fraction=0.5)
+    opt = build_optimizer(model, spec, total_batch=2)
+    sched = IterLRScheduler(opt, build_schedule(schedule, epochs=epochs, iters_per_epoch=4))
     return TrainLoop(model, opt, sched, ema=ExpMomentumEMA(model) if ema else None, max_epochs=epochs, **kw)
 
 
@@ -155,10 +159,24 @@ def test_param_groups_no_decay_on_norms_and_biases():
 
 def test_build_optimizer_scales_lr_and_sgd_nesterov():
     model = nn.Linear(2, 2)
-    opt = build_optimizer(model, "adamw", total_batch=16, lr=0.004, base_batch=256, scale_lr_by_batch=True)
+    adamw = OptimizerSpec(name="adamw", lr=0.004, weight_decay=0.05, momentum=0.9, nesterov=False, base_batch=256,
+                          scale_lr_by_batch=True)
+    opt = build_optimizer(model, adamw, total_batch=16)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == pytest.approx(0.004 * 16 / 256)
-    sgd = build_optimizer(model, "sgd", total_batch=8, scale_lr_by_batch=False)
+    assert opt.defaults["betas"] == (0.9, 0.999) and opt.param_groups[0]["weight_decay"] == 0.05
+    sgd_spec = OptimizerSpec(name="sgd", lr=0.01, weight_decay=5e-4, momentum=0.937, nesterov=True, base_batch=64,
+                             scale_lr_by_batch=False)
+    sgd = build_optimizer(model, sgd_spec, total_batch=8)
     assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.937 and sgd.param_groups[0]["lr"] == 0.01
+
+
+def test_build_ema_from_spec():
+    model = nn.Linear(2, 2)
+    assert build_ema(model, EMASpec(enabled=False, kind="exp_momentum")) is None
+    exp = build_ema(model, EMASpec(enabled=True, kind="exp_momentum", momentum=0.001, gamma=10.0))
+    assert isinstance(exp, ExpMomentumEMA) and (exp.momentum, exp.gamma) == (0.001, 10.0)
+    ramped = build_ema(model, EMASpec(enabled=True, kind="ramped", decay=0.99, gamma=5.0))
+    assert isinstance(ramped, RampedEMA) and (ramped.decay, ramped.ramp) == (0.99, 5.0)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -188,8 +206,14 @@ def test_cosine_step_and_scheduler_state():
 
 
 def test_build_schedule_caps_warmup_for_short_runs():
-    s = build_schedule("cosine", epochs=2, iters_per_epoch=5)  # paper: max(3 epochs, 1000 it)
-    assert s.warmup_iters == 3 and s.warmup_start == 0.0 and s.total_iters == 10
+    spec = ScheduleSpec(name="cosine", warmup_iters=1000, warmup_epochs=3.0, min_lr_ratio=0.01, flat_fraction=0.0)
+    s = build_schedule(spec, epochs=2, iters_per_epoch=5)  # paper: max(3 epochs, 1000 it)
+    assert s.warmup_iters == 3 and s.warmup_start == 0.0 and s.total_iters == 10 and s.min_lr_ratio == 0.01
+    long = build_schedule(spec, epochs=300, iters_per_epoch=100)
+    assert long.warmup_iters == 1000 and long.name == "cosine"
+    flat = build_schedule(ScheduleSpec(name="flat_cosine", warmup_iters=1000, warmup_epochs=0.0, min_lr_ratio=0.05,
+                                       flat_fraction=0.5), epochs=300, iters_per_epoch=100)
+    assert flat.warmup_start == 1e-5 and flat.flat_fraction == 0.5
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -241,7 +241,7 @@ def test_a_driver_whose_lease_is_taken_over_stops_without_writing(tmp_path):
     (fenced) and exits 1 naming the new holder."""
     url, run_id = f"sqlite:///{tmp_path / 'state.db'}", "stolen-1"
     wf = tmp_path / "wf.yaml"
-    wf.write_text(json.dumps({"name": "stolen", "steps": [
+    wf.write_text(json.dumps({"kind": "workflow", "name": "stolen", "steps": [
         {"id": "big", "uses": "synth", "with": {"num_images": 20000, "image_size": 64, "num_classes": 2}},
         {"id": "after", "uses": "synth", "needs": ["big"], "with": {"num_images": 4, "image_size": 64}}]}))
     proc = subprocess.Popen([sys.executable, "-m", "detflow", "run", str(wf), "--run-id", run_id, "--state-url", url,

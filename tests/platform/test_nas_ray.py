@@ -12,6 +12,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 BASE = {
+    "kind": "train",
     "name": "nasbase",
     "model": {"name": "spinenet_49s"},
     "data": {"train": {"annotations": "data/train.json", "images": "data/images"},
@@ -28,7 +29,7 @@ def test_tiny_nas_end_to_end_and_resume(tmp_path):
 
     generate_synthetic(tmp_path / "data", num_images=12, image_size=64, seed=0)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
-    nas = {"name": "tiny-nas", "base": "base.yaml", "num_samples": 2, "metric": "val/bbox_mAP",
+    nas = {"kind": "nas", "name": "tiny-nas", "base": "base.yaml", "num_samples": 2, "metric": "val/bbox_mAP",
            "search": {"name": "random", "seed": 0},
            "proxy": {"filter_size_scale": 0.25, "image_size": 64, "epochs": 1, "holdout_fraction": 0.3,
                      "max_steps_per_epoch": 2}}

@@ -2,10 +2,10 @@
 import optuna
 import pytest
 
-from detflow.config.base import load_config
-from detflow.nas.config import NasConfig, NasSpace
-from detflow.nas.proxy import holdout_split
-from detflow.nas.sampler import repair_spec, sample_spec
+from detflow.config.compose import load_config
+from detflow.archsearch.config import NasConfig, NasSpace
+from detflow.archsearch.proxy import holdout_split
+from detflow.archsearch.sampler import repair_spec, sample_spec
 from detmodels.families.spinenet_spec import NUM_STEM_BLOCKS, SpecError, spinenet49_spec, validate_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -7,16 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detflow.config.train import EMAConfig, MixUpConfig, MosaicConfig, OptimizerConfig, RecipeConfig
+from detflow.config.train import (
+    EMAConfig, MixUpConfig, MosaicConfig, OptimizerConfig, RecipeConfig, ScheduleConfig,
+)
 from detflow.data.geometric import HSVRandomAug, RandomAffine, RandomResizeCrop, YOLOXHSVRandomAug
 from detflow.data.mixing import CachedMixUp, CachedMosaic, CopyPaste, CutMix, MixUp, Mosaic
-from detflow.data.recipes import build_recipe, scaled_last_epochs
+from detflow.data.augment_recipes import scaled_last_epochs
+from detflow.engine.recipes import build_recipe as _build_recipe
 from detflow.data.transforms import LetterboxResize, RandomFlip
 from detflow.errors import ConfigError
 
 _spec = importlib.util.spec_from_file_location("conftest_augment", Path(__file__).with_name("conftest_augment.py"))
 aug = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(aug)
+
+
+def build_recipe(cfg, *, model_name, **kw):
+    """The recipe at ``model_name``'s registered size."""
+    import detmodels
+
+    return _build_recipe(cfg, size=detmodels.get_model_entry(model_name).size, **kw)
 
 
 def _types(pipeline) -> list[type]:
@@ -38,8 +48,9 @@ def test_rtmdet_switch_epoch_and_stage_pipelines():
     assert r.switch_epoch == 280 and r.describe()["recipe.switch_epoch"] == 280
     short = build_recipe(RecipeConfig(name="rtmdet"), model_name="rtmdet_s", image_size=64, epochs=30)
     assert short.switch_epoch == 28
-    s1, s2 = short.train_transforms(0), short.train_transforms(28)
-    assert short.train_transforms(27) is s1 and short.train_transforms(29) is s2  # caches persist
+    aug = short.augmentation
+    s1, s2 = aug.train_transforms(0), aug.train_transforms(28)
+    assert aug.train_transforms(27) is s1 and aug.train_transforms(29) is s2  # caches persist
     assert _types(s1)[0] is CachedMosaic and CachedMixUp in _types(s1)
     assert CachedMosaic not in _types(s2) and CachedMixUp not in _types(s2)
     assert RandomResizeCrop in _types(s2) and YOLOXHSVRandomAug in _types(s2) and RandomFlip in _types(s2)
@@ -49,16 +60,16 @@ def test_rtmdet_switch_epoch_and_stage_pipelines():
 
 def test_rtmdet_size_defaults_tiny_vs_large():
     tiny = build_recipe(RecipeConfig(name="rtmdet"), model_name="rtmdet_tiny", image_size=64, epochs=10)
-    p = tiny.train_transforms(0)
+    p = tiny.augmentation.train_transforms(0)
     mosaic, mixup = _find(p, CachedMosaic), _find(p, CachedMixUp)
     assert (mosaic.cache.max_size, mosaic.cache.random_pop) == (20, False)
     assert (mixup.cache.max_size, mixup.cache.random_pop, mixup.prob) == (10, False, 0.5)
-    assert tiny.augment.ratio_range == (0.5, 2.0)
+    assert tiny.augmentation.spec.ratio_range == (0.5, 2.0)
     large = build_recipe(RecipeConfig(name="rtmdet"), model_name="rtmdet_ins_l", image_size=64, epochs=10)
-    p = large.train_transforms(0)
+    p = large.augmentation.train_transforms(0)
     assert (_find(p, CachedMosaic).cache.max_size, _find(p, CachedMosaic).cache.random_pop) == (40, True)
     assert (_find(p, CachedMixUp).cache.max_size, _find(p, CachedMixUp).prob) == (20, 1.0)
-    assert large.augment.ratio_range == (0.1, 2.0)
+    assert large.augmentation.spec.ratio_range == (0.1, 2.0)
     assert large.optimizer.name == "adamw" and large.optimizer.lr == 0.004 and large.ema.kind == "exp_momentum"
 
 
@@ -67,7 +78,7 @@ def test_overrides_are_honoured():
                        mixup=MixUpConfig(cache=False, prob=0.3), ratio_range=(0.8, 1.2), hsv=False,
                        flip_prob=0.0, cutmix_prob=0.25, copy_paste_prob=0.5, strong_aug_off_epochs=5)
     r = build_recipe(cfg, model_name="rtmdet_tiny", image_size=64, epochs=30)
-    p = r.train_transforms(0)
+    p = r.augmentation.train_transforms(0)
     mosaic = _find(p, CachedMosaic)
     assert (mosaic.cache.max_size, mosaic.cache.random_pop, mosaic.prob) == (7, False, 1.0)
     mixup = _find(p, MixUp)
@@ -77,13 +88,13 @@ def test_overrides_are_honoured():
     assert YOLOXHSVRandomAug not in types and RandomFlip not in types
     assert _find(p, CutMix).prob == 0.25 and _find(p, CopyPaste).prob == 0.5
     assert r.switch_epoch == 25
-    stage2 = _types(r.train_transforms(25))
+    stage2 = _types(r.augmentation.train_transforms(25))
     assert CutMix not in stage2 and CopyPaste not in stage2
 
 
 def test_disabled_mosaic_uses_single_canvas():
     cfg = RecipeConfig(name="rtmdet", mosaic=MosaicConfig(enabled=False))
-    p = build_recipe(cfg, model_name="rtmdet_s", image_size=64, epochs=10).train_transforms(0)
+    p = build_recipe(cfg, model_name="rtmdet_s", image_size=64, epochs=10).augmentation.train_transforms(0)
     assert CachedMosaic not in _types(p) and _find(p, RandomResizeCrop).resize.scale == (64, 64)
 
 
@@ -91,12 +102,12 @@ def test_yolov6_sizes_and_last_15():
     n = build_recipe(RecipeConfig(name="yolov6"), model_name="yolov6_n", image_size=64, epochs=300)
     m = build_recipe(RecipeConfig(name="yolov6"), model_name="yolov6_m", image_size=64, epochs=300)
     assert n.switch_epoch == 285
-    pn, pm = n.train_transforms(0), m.train_transforms(0)
+    pn, pm = n.augmentation.train_transforms(0), m.augmentation.train_transforms(0)
     assert _types(pn)[0] is Mosaic and MixUp not in _types(pn)
     assert _find(pm, MixUp).prob == 0.1 and _find(pm, MixUp).alpha == 32.0
     assert _find(pn, RandomAffine).scale == 0.5 and _find(pm, RandomAffine).scale == 0.9
     assert HSVRandomAug in _types(pn)
-    late = n.train_transforms(290)
+    late = n.augmentation.train_transforms(290)
     assert _types(late)[:2] == [LetterboxResize, RandomAffine] and Mosaic not in _types(late)
     assert (n.optimizer.name, n.optimizer.lr, n.optimizer.nesterov, m.optimizer.lr) == ("sgd", 0.02, True, 0.01)
     assert n.ema.kind == "ramped" and n.schedule.name == "cosine"
@@ -104,8 +115,8 @@ def test_yolov6_sizes_and_last_15():
 
 def test_retinanet_flip_and_scale_jitter_no_switch():
     r = build_recipe(RecipeConfig(name="retinanet"), model_name="spinenet_49s", image_size=64, epochs=12)
-    assert r.switch_epoch == 12 and len(r.stages) == 1
-    p = r.train_transforms(0)
+    assert r.switch_epoch == 12 and len(r.augmentation.stages) == 1
+    p = r.augmentation.train_transforms(0)
     jitter = _find(p, RandomResizeCrop)
     assert jitter.resize.ratio_range == (0.5, 2.0) and jitter.crop.size == (64, 64)
     types = _types(p)
@@ -116,23 +127,34 @@ def test_retinanet_flip_and_scale_jitter_no_switch():
 
 def test_yolov3_asff_mixup_multiscale_and_two_switches():
     r = build_recipe(RecipeConfig(name="yolov3_asff"), model_name="yolov3_asff", image_size=608, epochs=300)
-    assert [(s.start, s.strong, s.multiscale) for s in r.stages] == [(0, True, True), (270, False, True),
-                                                                       (290, False, False)]
+    assert [(s.start, s.strong, s.multiscale) for s in r.augmentation.stages] == [
+        (0, True, True), (270, False, True), (290, False, False)]
     assert r.switch_epoch == 270
-    p = r.train_transforms(0)
+    p = r.augmentation.train_transforms(0)
     assert _find(p, MixUp).alpha == 1.5
     sizes = p.transforms[0].sizes
     assert sizes[0] == 320 and sizes[-1] == 608 and all(b - a == 32 for a, b in zip(sizes, sizes[1:]))
-    assert type(r.train_transforms(295).transforms[0]) is LetterboxResize
+    assert type(r.augmentation.train_transforms(295).transforms[0]) is LetterboxResize
 
 
-def test_bad_overrides_raise_config_error():
-    with pytest.raises(ConfigError, match="recipe.multiscale"):
-        build_recipe(RecipeConfig(name="rtmdet", multiscale=(320, 640)), model_name="rtmdet_s", image_size=64,
-                     epochs=10)
-    with pytest.raises(ConfigError, match="ratio_range"):
-        build_recipe(RecipeConfig(name="rtmdet", ratio_range=(2.0, 1.0)), model_name="rtmdet_s", image_size=64,
-                     epochs=10)
+@pytest.mark.parametrize(("model", "recipe", "message"), [
+    ("rtmdet_s", {"name": "rtmdet", "multiscale": [320, 640]},
+     "x.yaml: recipe.multiscale: expected null: only recipes yolov3_asff and plain use multi-scale sizes, not 'rtmdet'"),
+    ("yolov6_s", {"multiscale": [320, 640]}, "recipe.multiscale to be left out: model yolov6_s's recipe 'yolov6'"),
+    ("rtmdet_s", {"ratio_range": [2.0, 1.0]}, "x.yaml: recipe.ratio_range: expected 0 < low <= high, got [2.0, 1.0]"),
+    ("yolov3_asff", {"multiscale": [16, 640]}, "x.yaml: recipe.multiscale: expected 32 <= min <= max, got [16, 640]"),
+])
+def test_bad_overrides_are_refused_when_the_config_validates(model, recipe, message):
+    """One rule per value, checked by the config (``detflow config validate``, before Ray starts)."""
+    from detflow.config import TrainConfig, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(TrainConfig, {"model": {"name": model}, "data": {"train": {"annotations": "a", "images": "b"}},
+                                   "recipe": recipe}, "x.yaml")
+    assert message in str(err.value)
+    ok = parse_config(TrainConfig, {"model": {"name": "yolov3_asff"}, "data": {"train": {"annotations": "a",
+                                    "images": "b"}}, "recipe": {"multiscale": [256, 320]}})
+    assert ok.recipe.name == "yolov3_asff" and ok.recipe.multiscale == (256, 320)  # its recipe uses them
 
 
 def test_optimizer_and_ema_merging():
@@ -143,16 +165,27 @@ def test_optimizer_and_ema_merging():
     assert r.ema.merged(EMAConfig(enabled=True)).enabled is True
 
 
-@pytest.mark.parametrize("name", ["rtmdet", "yolov6", "retinanet", "yolov3_asff", "plain"])
+@pytest.mark.parametrize(("config", "spec"), [(OptimizerConfig, "OptimizerSpec"), (ScheduleConfig, "ScheduleSpec"),
+                                              (EMAConfig, "EMASpec")])
+def test_every_override_field_is_a_spec_field(config, spec):
+    """``train.optimizer/schedule/ema`` override the typed specs field by field, none dropped."""
+    import dataclasses
+
+    from detflow.engine import specs
+
+    assert set(config.model_fields) <= {f.name for f in dataclasses.fields(getattr(specs, spec))}
+
+
+@pytest.mark.parametrize("name", ["rtmdet", "rtmdet_ins", "yolov6", "retinanet", "yolov3_asff", "plain"])
 def test_recipe_pipelines_end_to_end(name):
     from detmodels import InputSpec
 
     ds = aug.ListDataset([aug.random_sample(i + 1) for i in range(8)])
-    r = build_recipe(RecipeConfig(name=name, cutmix_prob=0.5, copy_paste_prob=0.5,
-                                  mosaic=MosaicConfig(max_cached_images=4), mixup=MixUpConfig(max_cached_images=3)),
-                     model_name=f"{name}_s", image_size=64, epochs=4, input_spec=InputSpec(), with_masks=True)
+    r = _build_recipe(RecipeConfig(name=name, cutmix_prob=0.5, copy_paste_prob=0.5,
+                                   mosaic=MosaicConfig(max_cached_images=4), mixup=MixUpConfig(max_cached_images=3)),
+                      size="s", image_size=64, epochs=4, input_spec=InputSpec(), with_masks=True)
     for epoch in (0, 3):
-        p = r.train_transforms(epoch, dataset=ds)
+        p = r.augmentation.train_transforms(epoch, dataset=ds)
         for i in range(8):
             image, target, meta = p(ds.load_sample(i))
             h, w = image.shape[1:]
@@ -165,14 +198,14 @@ def test_recipe_pipelines_end_to_end(name):
 def test_recipe_state_dict_round_trip():
     ds = aug.ListDataset([aug.random_sample(i + 1) for i in range(8)])
     r1 = build_recipe(RecipeConfig(name="rtmdet"), model_name="rtmdet_tiny", image_size=32, epochs=10)
-    p = r1.train_transforms(0, dataset=ds)
+    p = r1.augmentation.train_transforms(0, dataset=ds)
     for i in range(8):
         p(ds.load_sample(i))
-    state = r1.state_dict()
+    state = r1.augmentation.state_dict()
     r2 = build_recipe(RecipeConfig(name="rtmdet"), model_name="rtmdet_tiny", image_size=32, epochs=10)
-    r2.load_state_dict(state, dataset=ds)
-    assert _find(r2.train_transforms(0), CachedMosaic).cache.image_ids() == list(range(1, 9))
-    assert len(_find(r2.train_transforms(0), CachedMixUp).cache) == len(_find(p, CachedMixUp).cache)
+    r2.augmentation.load_state_dict(state, dataset=ds)
+    assert _find(r2.augmentation.train_transforms(0), CachedMosaic).cache.image_ids() == list(range(1, 9))
+    assert len(_find(r2.augmentation.train_transforms(0), CachedMixUp).cache) == len(_find(p, CachedMixUp).cache)
     np.testing.assert_array_equal(state["stage1"][0]["image_ids"], list(range(1, 9)))
 
 
@@ -181,7 +214,7 @@ def test_yolov6_unmosaicked_samples_are_letterboxed_first():
     ds = aug.ListDataset(big)
     r = build_recipe(RecipeConfig(name="yolov6", mosaic=MosaicConfig(prob=0.5)), model_name="yolov6_s",
                      image_size=32, epochs=10, seed=1)
-    p = r.train_transforms(0, dataset=ds)
+    p = r.augmentation.train_transforms(0, dataset=ds)
     assert isinstance(_find(p, Mosaic).fallback, LetterboxResize)
     for i in range(6):
         out = p(ds.load_sample(i))

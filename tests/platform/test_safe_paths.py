@@ -277,7 +277,7 @@ def test_duplicate_keys_in_a_workflow_file_are_refused_with_both_lines(tmp_path)
     with pytest.raises(ConfigError) as err:
         load_workflow(path)
     assert err.value.exit_code == 2
-    assert err.value.errors == [f"{path}:10: invalid YAML: duplicate key 'epochs' (first at line 8)"]
+    assert err.value.errors == [f"{path}:10: duplicate key 'epochs' (first at line 8)"]
 
 
 def test_duplicate_keys_in_a_config_file_are_refused_with_both_lines(tmp_path):

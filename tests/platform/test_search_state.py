@@ -86,6 +86,13 @@ def _ctx(tmp_path: Path, run_id: str, step_id: str) -> StepContext:
                        storage=str(tmp_path / "store" / run_id / step_id), scratch=str(tmp_path / "scratch" / run_id))
 
 
+def _train_config():
+    from detflow.config import TrainConfig, parse_config
+
+    return parse_config(TrainConfig, {"model": {"name": "spinenet_49s"},
+                                      "data": {"train": {"annotations": "t.json", "images": "img"}}}, "base.yaml")
+
+
 def test_search_name_includes_the_run_id(tmp_path):
     names = {search_steps.search_name(_ctx(tmp_path, run, "sweep")) for run in ("wf-20260101-a1b2", "wf-20260101-c3d4")}
     assert names == {"wf-20260101-a1b2.sweep", "wf-20260101-c3d4.sweep"}
@@ -105,7 +112,7 @@ def test_two_runs_sharing_optuna_storage_get_their_own_sweep_studies(tmp_path, m
         built.append(cfg)
         return SimpleNamespace(best_config_path="", best_values={}, best_metric=None, parent_run_id=None)
 
-    monkeypatch.setattr(search_steps, "_write_base", lambda params, ctx: tmp_path / "base.yaml")
+    monkeypatch.setattr(search_steps, "step_base_config", lambda params, ctx: _train_config())
     monkeypatch.setattr(tune_runner, "run_sweep", fake_sweep)
     params = SweepParams(space={"train.lr": {"uniform": [0.001, 0.01]}}, search={"name": "tpe", "storage": shared})
     for run_id in ("wf-run-1", "wf-run-2"):
@@ -118,8 +125,8 @@ def test_two_runs_sharing_optuna_storage_get_their_own_sweep_studies(tmp_path, m
 
 
 def test_two_runs_sharing_optuna_storage_get_their_own_nas_studies(tmp_path, monkeypatch):
-    import detflow.nas as nas_pkg
-    from detflow.nas.runner import _study
+    import detflow.archsearch as nas_pkg
+    from detflow.archsearch.runner import _study
 
     shared = f"sqlite:///{tmp_path / 'shared-nas.db'}"
     built = []
@@ -131,7 +138,7 @@ def test_two_runs_sharing_optuna_storage_get_their_own_nas_studies(tmp_path, mon
         built.append(cfg)
         raise Stop
 
-    monkeypatch.setattr(search_steps, "_write_base", lambda params, ctx: tmp_path / "base.yaml")
+    monkeypatch.setattr(search_steps, "step_base_config", lambda params, ctx: _train_config())
     monkeypatch.setattr(nas_pkg, "run_nas", fake_nas)
     params = NASParams(search={"name": "random", "storage": shared})
     for run_id in ("wf-run-1", "wf-run-2"):

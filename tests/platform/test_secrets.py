@@ -54,11 +54,11 @@ def _workflow(tmp_path: Path) -> Path:
     cfg_dir = tmp_path / "cfgs"
     cfg_dir.mkdir()
     (cfg_dir / "spec.yaml").write_text("blocks: []\n")
-    (cfg_dir / "train.yaml").write_text("model: {name: spinenet, spec: spec.yaml}\n"
+    (cfg_dir / "train.yaml").write_text("kind: train\nmodel: {name: spinenet, spec: spec.yaml}\n"
                                         "data: {train: {annotations: data/train.json, images: data/images}}\n")
     wf = tmp_path / "wf.yaml"
     wf.write_text(yaml.safe_dump({
-        "name": "secrets", "defaults": {"model": "rtmdet_tiny", "data": "synth", "storage": "s3://runs/detflow"},
+        "kind": "workflow", "name": "secrets", "defaults": {"model": "rtmdet_tiny", "data": "synth", "storage": "s3://runs/detflow"},
         "steps": [{"id": "synth", "uses": "synth", "with": {"num_images": 4, "image_size": 64}},
                   {"id": "train", "uses": "train", "needs": ["synth"], "with": {"config": "cfgs/train.yaml"}}]}))
     return wf
@@ -199,7 +199,7 @@ def test_submit_refuses_a_sqlite_state_url_before_writing_anything(given, tmp_pa
     monkeypatch.setenv("DETFLOW_HOME", str(home))
     monkeypatch.delenv("DETFLOW_STATE_URL", raising=False)
     wf = tmp_path / "wf.yaml"
-    wf.write_text("name: local\nsteps:\n  - {id: synth, uses: synth, with: {num_images: 4, image_size: 64}}\n")
+    wf.write_text("kind: workflow\nname: local\nsteps:\n  - {id: synth, uses: synth, with: {num_images: 4, image_size: 64}}\n")
     args = ["submit", str(wf), "--address", "http://127.0.0.1:1"]
     if given:
         args += ["--state-url", given.format(home=home)]

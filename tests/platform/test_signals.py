@@ -127,6 +127,7 @@ def test_a_signal_ignored_on_entry_stays_ignored():
 
 
 SLOW_WORKFLOW = {
+    "kind": "workflow",
     "name": "sigwf",
     "steps": [
         {"id": "big", "uses": "synth", "with": {"num_images": 20000, "image_size": 64, "num_classes": 2}},

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from detflow.config.base import load_config, parse_config
+from detflow.config.compose import load_config, parse_config
 from detflow.errors import ConfigError
 from detflow.tune.config import SweepConfig
 from detflow.tune.space import apply_trial, to_tune_space, trial_label, validate_space_paths
@@ -42,9 +42,10 @@ def test_bad_param_specs(spec, message):
 def test_unknown_path_lists_close_valid_paths():
     cfg = _sweep(**{"model.assigner.soft_centre_alpha": {"uniform": [1.5, 3]}})
     with pytest.raises(ConfigError) as err:
-        validate_space_paths(cfg.space, "s.yaml")
-    assert "space.model.assigner.soft_centre_alpha: unknown training-config path" in str(err.value)
-    assert "model.assigner.soft_center_alpha" in str(err.value)
+        validate_space_paths(cfg.space, "s.yaml", ["rtmdet_tiny"])
+    assert err.value.errors[0].startswith(
+        "s.yaml: space.model.assigner.soft_centre_alpha: not a training-config field of rtmdet_tiny (rtmdet); "
+        "did you mean model.assigner.soft_center_alpha")
 
 
 def test_apply_trial_validates_values():
@@ -77,6 +78,6 @@ def test_example_sweep_yaml_validates(tmp_path):
 
     path = Path(__file__).resolve().parents[2] / "workflows" / "sweeps" / "rtmdet_tiny_sweep.yaml"
     cfg = load_config(SweepConfig, path)
-    validate_space_paths(cfg.space, str(path))
+    validate_space_paths(cfg.space, str(path), ["rtmdet_tiny"])
     assert cfg.scheduler.name == "asha" and cfg.num_samples == 16
     assert yaml.safe_load(path.read_text())["base"] == cfg.base

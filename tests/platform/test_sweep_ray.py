@@ -14,6 +14,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 BASE = {
+    "kind": "train",
     "name": "swbase",
     "model": {"name": "rtmdet_tiny"},
     "data": {"train": {"annotations": "data/train.json", "images": "data/images"},
@@ -27,7 +28,7 @@ BASE = {
 
 def _sweep_yaml(tmp_path: Path, name: str, samples: int) -> Path:
     sweep = {
-        "name": name, "base": "base.yaml", "metric": "train/loss", "mode": "min",
+        "kind": "sweep", "name": name, "base": "base.yaml", "metric": "train/loss", "mode": "min",
         "space": {"train.optimizer.lr": {"loguniform": [1e-5, 0.3]},
                   "model.assigner.soft_center_alpha": {"uniform": [5.0, 20.0]}},
         "num_samples": samples, "max_concurrent": 2, "search": {"name": "tpe", "seed": 0},
@@ -121,7 +122,7 @@ def test_crashed_trial_is_retried_recorded_and_the_sweep_carries_on(sweep_env):
     error text, its MLflow child run ends FAILED, and the two good trials finish and compete for best."""
     tmp_path, env = sweep_env
     sweep = {
-        "name": "crashy", "base": "base.yaml", "metric": "train/loss", "mode": "min",
+        "kind": "sweep", "name": "crashy", "base": "base.yaml", "metric": "train/loss", "mode": "min",
         "overrides": ["checkpoint.max_failures=0"],  # no Ray Train worker restarts inside a trial
         "space": {"model.head.loss_cls_weight": {"choice": [1.0, 1.0e39, 2.0]}, "train.epochs": 1},
         "search": {"name": "grid"}, "scheduler": {"name": "none"}, "max_concurrent": 2, "max_retries": 1,

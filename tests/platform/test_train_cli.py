@@ -21,7 +21,7 @@ def _write_config(path: Path, synth, **extra) -> Path:
     import yaml
 
     rel = lambda p: str(Path(p).relative_to(path.parent)) if Path(p).is_relative_to(path.parent) else str(p)  # noqa: E731
-    cfg = {"name": "cli", "model": {"name": "rtmdet_tiny"},
+    cfg = {"kind": "train", "name": "cli", "model": {"name": "rtmdet_tiny"},
            "data": {"train": {"annotations": rel(synth.train_json), "images": rel(synth.images_dir)},
                     "image_size": 64},
            "train": {"epochs": 1, "batch_size": 2}, **extra}
@@ -58,9 +58,9 @@ def test_latest_run_picks_newest_run_of_exactly_that_name(tmp_path):
             (tmp_path / name / RUN_MARKER).write_text(json.dumps({"run_id": name}))
     assert _latest_run(str(tmp_path), "exp") == ("exp-20260102-000000-2", {"run_id": "exp-20260102-000000-2"})
     assert _latest_run(str(tmp_path), "nothing") is None
-    first = _new_run_name(str(tmp_path), "exp")
-    (tmp_path / first).mkdir()
-    assert _new_run_name(str(tmp_path), "exp") == first + "-2"
+    first = _new_run_name(str(tmp_path), "exp")  # created exclusively, with a random suffix
+    second = _new_run_name(str(tmp_path), "exp")
+    assert first != second and (tmp_path / first).is_dir() and (tmp_path / second).is_dir()
 
 
 def test_train_bad_override_exits_2(synth, tmp_path, capsys):

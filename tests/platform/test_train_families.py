@@ -39,7 +39,7 @@ def test_every_trainable_parameter_reaches_the_loss(name, kwargs, empty):
     from detflow.train.worker import ddp_find_unused
 
     torch.manual_seed(0)
-    model = detmodels.create_model(name, num_classes=4, **kwargs).train()
+    model = detmodels.create_model(name, num_classes=4, options=detmodels.variant_options(name, kwargs)).train()
     losses = model.loss(model(torch.randn(2, 3, 64, 64)), _targets(64, model.task == "segm", empty))
     sum(losses.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -108,7 +108,7 @@ def _write_config(path: Path, synth, model: str, storage: Path) -> Path:
     import yaml
 
     recipe, optimizer, steps = FAMILY_RUNS[model]
-    cfg = {"name": f"fam-{model}", "model": {"name": model},
+    cfg = {"kind": "train", "name": f"fam-{model}", "model": {"name": model},
            "data": {"train": {"annotations": str(synth.train_json), "images": str(synth.images_dir)},
                     "val": {"annotations": str(synth.val_json), "images": str(synth.images_dir)}, "image_size": 64},
            "recipe": recipe,

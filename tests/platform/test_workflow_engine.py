@@ -319,6 +319,7 @@ def test_lineage_parent_child_runs_and_registry(ray_session, home, monkeypatch):
 
 
 TINY_REAL = """
+kind: workflow
 name: tiny
 defaults:
   model: rtmdet_tiny

@@ -16,8 +16,10 @@ EXAMPLES = sorted((REPO / "workflows").glob("*.yaml"))
 
 
 def _write(tmp_path: Path, text: str) -> Path:
+    """A workflow file; ``kind: workflow`` is appended (a user file needs it) so line numbers stay."""
     path = tmp_path / "wf.yaml"
-    path.write_text(textwrap.dedent(text).lstrip())
+    text = textwrap.dedent(text).lstrip()
+    path.write_text(text if "kind:" in text else text.rstrip("\n") + "\nkind: workflow\n")
     return path
 
 
@@ -170,11 +172,10 @@ def test_quickstart_chain():
 
 
 def test_workflow_is_a_config_kind():
-    import detflow.workflows  # noqa: F401 — registers the kind
-    from detflow.config.kinds import load_any_config
+    from detflow.sdk import validate
 
-    kind, cfg = load_any_config(REPO / "workflows" / "quickstart.yaml")
-    assert kind.name == "workflow" and cfg.name == "quickstart"
+    kind, cfg = validate(REPO / "workflows" / "quickstart.yaml")
+    assert kind == "workflow" and cfg.name == "quickstart" and cfg.kind == "workflow"
 
 
 def test_dry_run_prints_dag_with_cache_status(tmp_path, monkeypatch, capsys):
@@ -260,4 +261,4 @@ def test_duplicate_key_is_exit_2_naming_both_lines(tmp_path, monkeypatch, capsys
     path = _write(tmp_path, GOOD.replace("  - id: distill\n", "  - id: distill\n    uses: train\n", 1))
     assert main(["run", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert f"{path}:11: invalid YAML: duplicate key 'uses' (first at line 10)" in err
+    assert f"{path}:11: duplicate key 'uses' (first at line 10)" in err

@@ -13,6 +13,7 @@ import yaml
 ray = pytest.importorskip("ray")
 
 SWEEP_THEN_TRAIN = """
+kind: workflow
 name: swtiny
 defaults:
   model: rtmdet_tiny
@@ -49,6 +50,7 @@ steps:
 """
 
 NAS_THEN_TRAIN = """
+kind: workflow
 name: nastiny
 defaults:
   data: synth
@@ -170,7 +172,7 @@ def test_nas_feeds_best_spec_to_train(ray_local, home):
 
 def test_search_fields_are_the_search_configs_and_validate_at_lint():
     from detflow.errors import ConfigError
-    from detflow.nas.config import NasConfig, NasObjective
+    from detflow.archsearch.config import NasConfig, NasObjective
     from detflow.tune.config import SweepConfig, SweepSearch
     from detflow.workflows.lint import parse_workflow
     from detflow.workflows.schema import NASParams, SweepParams

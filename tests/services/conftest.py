@@ -142,6 +142,7 @@ def child_env(services_env, ray_address):
 # A tiny real workflow: synthetic data -> RTMDet-tiny (1 Ray Train worker, 2 short epochs), its model
 # registered with the alias ``candidate``. Run once per session through ``detflow run``.
 TINY_WORKFLOW = {
+    "kind": "workflow",
     "name": "svc-tiny",
     "registered_model": "svc-tiny-rtmdet",
     "defaults": {"model": "rtmdet_tiny", "data": "synth", "image_size": 64,
@@ -152,7 +153,7 @@ TINY_WORKFLOW = {
             "recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 6}, "mixup": {"max_cached_images": 3}},
             "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2, "eval_interval": 2,
                       "optimizer": {"lr": 0.002, "scale_lr_by_batch": False}, "schedule": {"warmup_iters": 1}},
-            "checkpointing": {"every": 1, "keep_last": 1}}},
+            "checkpoint": {"every": 1, "keep_last": 1}}},
     ],
 }
 

@@ -43,7 +43,7 @@ def test_missing_bucket_is_refused_before_anything_is_written(s3, tmp_path):
     wf = {"name": "no-bucket", "defaults": {"storage": "s3://no-such-bucket/runs"},
           "steps": [{"id": "synth", "uses": "synth", "with": {"num_images": 4}}]}
     path = tmp_path / "wf.yaml"
-    path.write_text(yaml.safe_dump(wf, sort_keys=False))
+    path.write_text(yaml.safe_dump({"kind": "workflow", **wf}, sort_keys=False))
     home = tmp_path / "home"
     env = {**os.environ, **s3.env(), "DETFLOW_HOME": str(home)}
     proc = subprocess.run([sys.executable, "-m", "detflow", "run", str(path)], env=env, capture_output=True,

@@ -27,7 +27,7 @@ BUCKET = "detflow-cluster"
 TRAIN = {"recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 6}, "mixup": {"max_cached_images": 3}},
          "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2, "eval_interval": 2,
                    "optimizer": {"lr": 0.002, "scale_lr_by_batch": False}, "schedule": {"warmup_iters": 1}},
-         "checkpointing": {"every": 1, "keep_last": 1}}
+         "checkpoint": {"every": 1, "keep_last": 1}}
 
 
 def _on(node: str) -> dict:
@@ -58,7 +58,7 @@ def chain_workflow(name: str, storage: str) -> dict:
 
 def _write(tmp_path: Path, wf: dict) -> Path:
     path = tmp_path / f"{wf['name']}.yaml"
-    path.write_text(yaml.safe_dump(wf, sort_keys=False))
+    path.write_text(yaml.safe_dump({"kind": "workflow", **wf}, sort_keys=False))
     return path
 
 

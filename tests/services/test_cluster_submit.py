@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.services, pytest.mark.cluster]
 TRAIN = {"recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 6}, "mixup": {"max_cached_images": 3}},
          "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2, "eval_interval": 2,
                    "optimizer": {"lr": 0.002, "scale_lr_by_batch": False}, "schedule": {"warmup_iters": 1}},
-         "checkpointing": {"every": 1, "keep_last": 1}}
+         "checkpoint": {"every": 1, "keep_last": 1}}
 
 
 def _tiny(name: str, storage: str) -> dict:
@@ -57,7 +57,7 @@ class Submitter:
 
     def submit(self, wf: dict) -> str:
         path = self.tmp_path / f"{wf['name']}.yaml"
-        path.write_text(yaml.safe_dump(wf, sort_keys=False))
+        path.write_text(yaml.safe_dump({"kind": "workflow", **wf}, sort_keys=False))
         # the cluster's interpreter (here the venv's; the default `python` need not have detflow)
         t0 = time.time()
         run_id = self.cli("submit", str(path), "--python", sys.executable).strip().splitlines()[-1]

@@ -196,6 +196,7 @@ def test_detflow_server_refuses_a_bad_backend_without_leaking_it(capsys, tmp_pat
 def _train_config(tmp_path: Path, synth) -> Path:
     split = lambda js: {"annotations": str(js), "images": str(synth.images_dir)}  # noqa: E731
     cfg = {
+        "kind": "train",
         "name": "s3resume", "experiment": "services-s3", "model": {"name": "rtmdet_tiny"},
         "data": {"train": split(synth.train_json), "val": split(synth.val_json), "image_size": 64},
         "recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 6}, "mixup": {"max_cached_images": 3}},

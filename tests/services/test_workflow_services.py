@@ -71,7 +71,7 @@ def test_runs_visible_through_the_server_with_artifacts_in_s3(tiny_workflow, s3)
 def _synth_workflow(name: str, seed: int) -> dict:
     step = lambda sid, needs, k: {"id": sid, "uses": "synth", "needs": needs,  # noqa: E731
                                   "with": {"num_images": 4, "image_size": 32, "num_classes": 2, "seed": seed + k}}
-    return {"name": name, "steps": [step("a", [], 0), step("b", [], 1), step("c", ["a"], 2), step("d", ["b", "c"], 3)]}
+    return {"kind": "workflow", "name": name, "steps": [step("a", [], 0), step("b", [], 1), step("c", ["a"], 2), step("d", ["b", "c"], 3)]}
 
 
 def test_two_workflows_at_once_on_one_postgresql_state(tmp_path, state_url, child_env):

@@ -53,7 +53,8 @@ class DynamicSoftLabelAssigner:
 
     with the centre of ``g`` its box centre, or its mask's centre of mass when masks are given.
     Each GT takes its ``k = max(1, ⌊Σ top-``topk`` IoUs⌋)`` cheapest priors; a prior chosen by
-    several GTs keeps the cheapest one. Defaults: α 10, β 3, topk 13, iou_weight 3.
+    several GTs keeps the cheapest one. Defaults: α 10, β 3, topk 13, iou_weight 3. The values'
+    rules live in one place, ``detmodels.DSLOptions`` (α > 1, β >= 0, topk >= 1, iou_weight >= 0).
 
     Candidates: as in the reference (mmdetection), a prior is a candidate for every GT once it
     lies inside *some* GT box. ``restrict_to_box=True`` makes it a candidate only for the boxes
@@ -63,10 +64,6 @@ class DynamicSoftLabelAssigner:
 
     def __init__(self, soft_center_alpha: float = 10.0, soft_center_beta: float = 3.0, topk: int = 13,
                  iou_weight: float = 3.0, restrict_to_box: bool = False):
-        if soft_center_alpha <= 0:
-            raise ValueError(f"soft_center_alpha must be > 0, got {soft_center_alpha}")
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
         self.soft_center_alpha = float(soft_center_alpha)
         self.soft_center_beta = float(soft_center_beta)
         self.topk = int(topk)

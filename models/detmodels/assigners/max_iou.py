@@ -41,11 +41,10 @@ class MaxIoUAssigner:
     highest-IoU anchor even below the threshold (the last GT wins a shared anchor, as the TF matcher).
 
     ``assign(anchors A×4, gt_boxes M×4)`` (xyxy, same pixels) → :class:`MaxIoUAssignment`.
+    The thresholds' rule (0 <= neg <= pos <= 1) lives in ``detmodels.MaxIoUOptions``.
     """
 
     def __init__(self, pos_iou_thr: float = 0.5, neg_iou_thr: float = 0.5, force_match: bool = True):
-        if neg_iou_thr > pos_iou_thr:
-            raise ValueError(f"neg_iou_thr ({neg_iou_thr}) must not exceed pos_iou_thr ({pos_iou_thr})")
         self.pos_iou_thr, self.neg_iou_thr, self.force_match = pos_iou_thr, neg_iou_thr, force_match
 
     @torch.no_grad()

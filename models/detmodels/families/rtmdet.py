@@ -2,13 +2,19 @@
 Object Detectors", arXiv 2212.07784): CSPNeXt backbone, CSPNeXtPAFPN neck, shared-conv /
 separate-BN head, dynamic soft-label assignment.
 
->>> import detmodels
->>> model = detmodels.create_model("rtmdet_tiny", num_classes=3, neck={"expand_ratio": 0.75})
+Options (:class:`RTMDetOptions`, shared by RTMDet-Ins in ``rtmdet_ins``): ``neck``
+(:class:`RTMDetNeckOptions`), ``head`` loss weights (:class:`RTMDetHeadOptions`), ``assigner``
+(:class:`DSLOptions`, §3.2)::
+
+    >>> import detmodels
+    >>> from detmodels import RTMDetNeckOptions
+    >>> model = detmodels.create_model("rtmdet_tiny", num_classes=3, neck=RTMDetNeckOptions(expand_ratio=0.75))
+    >>> model.neck.top_down_blocks[0].main_conv.conv.out_channels  # doctest: +SKIP
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +24,13 @@ from ..assigners import DynamicSoftLabelAssigner
 from ..base import Detector, RawOutputs
 from ..layers import ConvNormAct, CSPLayer, PyramidPoolingModule, SPPBottleneck, SqueezeExcitation
 from ..ops import clip_boxes, dense_postprocess, distance2bbox, iou_loss, quality_focal_loss
+from ..options import check, is_int, is_number
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .rtmdet_heads import RTMDetSepBNHead, make_priors
 
-__all__ = ["RTMDetConfig", "RTMDET_CONFIGS", "CSPNeXt", "CSPNeXtPAFPN", "RTMDet", "build_rtmdet"]
+__all__ = ["RTMDetConfig", "RTMDET_CONFIGS", "CSPNeXt", "CSPNeXtPAFPN", "RTMDet", "build_rtmdet", "register_variants",
+           "RTMDetOptions", "RTMDetNeckOptions", "RTMDetHeadOptions", "DSLOptions", "rtmdet_kwargs"]
 
 STRIDES = (8, 16, 32)
 RTMDET_INPUT_SPEC = InputSpec(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), channel_order="BGR")
@@ -54,6 +62,68 @@ RTMDET_CONFIGS: dict[str, RTMDetConfig] = {
     "l": RTMDetConfig(1.0, 1.0, exp_on_reg=True),
     "x": RTMDetConfig(1.33, 1.25, exp_on_reg=True),
 }
+
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RTMDetNeckOptions:
+    """CSPNeXtPAFPN knobs (searched by sweeps): CSP ``expand_ratio`` in (0, 2]; ``se`` adds a
+    SqueezeExcitation after every CSP layer; ``ppm`` a PyramidPoolingModule on C5."""
+
+    expand_ratio: float = 0.5
+    se: bool = False
+    ppm: bool = False
+
+    def __post_init__(self) -> None:
+        ratio = self.expand_ratio
+        check(self, "expand_ratio", is_number(ratio) and 0 < ratio <= 2, "a number > 0 and <= 2")
+        check(self, "se", isinstance(self.se, bool), "true or false")
+        check(self, "ppm", isinstance(self.ppm, bool), "true or false")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RTMDetHeadOptions:
+    """Loss weights (§3.2): QFL 1, GIoU 2, Dice (RTMDet-Ins) 2; each >= 0."""
+
+    loss_cls_weight: float = 1.0
+    loss_bbox_weight: float = 2.0
+    loss_mask_weight: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("loss_cls_weight", "loss_bbox_weight", "loss_mask_weight"):
+            check(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DSLOptions:
+    """Dynamic soft-label assignment (§3.2): centre cost α^(d − β), ``topk`` IoUs for dynamic k,
+    IoU cost weight.
+
+    The one rule for α is α > 1: the cost must grow with the distance d (α = 1 switches the
+    prior off, α < 1 would prefer far priors); the paper uses α = 10, β = 3.
+    """
+
+    soft_center_alpha: float = 10.0
+    soft_center_beta: float = 3.0
+    topk: int = 13
+    iou_weight: float = 3.0
+
+    def __post_init__(self) -> None:
+        alpha, beta = self.soft_center_alpha, self.soft_center_beta
+        check(self, "soft_center_alpha", is_number(alpha) and alpha > 1, "a number > 1")
+        check(self, "soft_center_beta", is_number(beta) and beta >= 0, "a number >= 0")
+        check(self, "topk", is_int(self.topk, 1), "an integer >= 1")
+        check(self, "iou_weight", is_number(self.iou_weight) and self.iou_weight >= 0, "a number >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RTMDetOptions:
+    """Every option of an RTMDet / RTMDet-Ins model (YAML ``model.neck|head|assigner``)."""
+
+    family = "rtmdet"
+    neck: RTMDetNeckOptions = dataclasses.field(default_factory=RTMDetNeckOptions)
+    head: RTMDetHeadOptions = dataclasses.field(default_factory=RTMDetHeadOptions)
+    assigner: DSLOptions = dataclasses.field(default_factory=DSLOptions)
 
 
 class CSPNeXt(nn.Module):
@@ -251,71 +321,43 @@ class RTMDet(Detector):
 
 
 # ---------------------------------------------------------------------- builders
-_SECTION_KEYS = {
-    "neck": {"expand_ratio", "se", "ppm"},
-    "assigner": {"soft_center_alpha", "soft_center_beta", "topk", "iou_weight"},
-    "head": {"loss_cls_weight", "loss_bbox_weight", "loss_mask_weight"},
-}
+def rtmdet_kwargs(options: RTMDetOptions) -> dict:
+    """Keyword arguments of :class:`RTMDet` (and RTMDet-Ins) from typed options."""
+    neck, head, dsl = options.neck, options.head, options.assigner
+    return {
+        "neck_expand_ratio": float(neck.expand_ratio), "neck_se": neck.se, "neck_ppm": neck.ppm,
+        "assigner": DynamicSoftLabelAssigner(soft_center_alpha=dsl.soft_center_alpha,
+                                             soft_center_beta=dsl.soft_center_beta, topk=dsl.topk,
+                                             iou_weight=dsl.iou_weight),
+        "loss_weights": {"cls": float(head.loss_cls_weight), "bbox": float(head.loss_bbox_weight),
+                         "mask": float(head.loss_mask_weight)},
+    }
 
 
-def _check_section(name: str, section: Mapping[str, Any] | None) -> dict[str, Any]:
-    section = dict(section or {})
-    for key in section:
-        if key not in _SECTION_KEYS[name]:
-            raise ValueError(f"unknown {name} option {key!r} for RTMDet; expected one of {sorted(_SECTION_KEYS[name])}")
-    return section
-
-
-def build_rtmdet(size: str, num_classes: int = 80, *, instance: bool = False, neck: Mapping[str, Any] | None = None,
-                 assigner: Mapping[str, Any] | None = None, head: Mapping[str, Any] | None = None,
-                 neck_expand_ratio: float | None = None) -> RTMDet:
-    """Build RTMDet (or RTMDet-Ins when ``instance``) of ``size`` in tiny/s/m/l/x.
-
-    Args:
-        neck: ``{"expand_ratio": 0.5, "se": False, "ppm": False}``.
-        assigner: ``{"soft_center_alpha": 10, "soft_center_beta": 3, "topk": 13, "iou_weight": 3}``.
-        head: loss weights ``{"loss_cls_weight": 1, "loss_bbox_weight": 2, "loss_mask_weight": 2}``.
-        neck_expand_ratio: shorthand for ``neck={"expand_ratio": …}``.
-    Raises:
-        ValueError: naming any unknown key.
-    """
+def build_rtmdet(size: str, num_classes: int = 80, *, options: RTMDetOptions | None = None,
+                 model_cls: type[RTMDet] = RTMDet) -> RTMDet:
+    """Build RTMDet (or ``model_cls``, e.g. RTMDet-Ins) of ``size`` in tiny/s/m/l/x with typed
+    ``options`` (default: the paper's)."""
     if size not in RTMDET_CONFIGS:
         raise ValueError(f"unknown RTMDet size {size!r}; expected one of {sorted(RTMDET_CONFIGS)}")
-    neck_opts = _check_section("neck", neck)
-    dsl_opts = _check_section("assigner", assigner)
-    head_opts = _check_section("head", head)
-    if neck_expand_ratio is not None:
-        neck_opts.setdefault("expand_ratio", neck_expand_ratio)
-    weights = {k[len("loss_"):-len("_weight")]: float(v) for k, v in head_opts.items()}
-    cls = RTMDet
-    if instance:
-        from .rtmdet_ins import RTMDetIns
-
-        cls = RTMDetIns
-    return cls(RTMDET_CONFIGS[size], num_classes, neck_expand_ratio=float(neck_opts.get("expand_ratio", 0.5)),
-               neck_se=bool(neck_opts.get("se", False)), neck_ppm=bool(neck_opts.get("ppm", False)),
-               assigner=DynamicSoftLabelAssigner(**dsl_opts), loss_weights=weights)
+    return model_cls(RTMDET_CONFIGS[size], num_classes, **rtmdet_kwargs(options or RTMDetOptions()))
 
 
-def _register(size: str, instance: bool) -> None:
-    name = f"rtmdet_ins_{size}" if instance else f"rtmdet_{size}"
+def register_variants(model_cls: type[RTMDet], prefix: str, recipe: str, title: str) -> None:
+    """Register ``{prefix}_{size}`` for every size of :data:`RTMDET_CONFIGS` (RTMDet and RTMDet-Ins)."""
+    def register(size: str) -> None:
+        def builder(num_classes: int = 80, *, options: RTMDetOptions) -> RTMDet:
+            return build_rtmdet(size, num_classes, options=options, model_cls=model_cls)
 
-    def builder(num_classes: int = 80, **overrides: Any) -> RTMDet:
-        allowed = {"neck", "assigner", "head", "neck_expand_ratio"}
-        for key in overrides:
-            if key not in allowed:
-                raise ValueError(f"unknown option {key!r} for {name}; expected one of {sorted(allowed)}")
-        return build_rtmdet(size, num_classes, instance=instance, **overrides)
+        builder.__name__ = f"{prefix}_{size}"
+        builder.__doc__ = f"{title}-{size} (arXiv 2212.07784); see build_rtmdet."
+        register_model(builder.__name__, family="rtmdet", task=model_cls.task, input_size=640, size=size,
+                       recipe=recipe, options=RTMDetOptions)(builder)
 
-    builder.__name__ = name
-    builder.__doc__ = f"{'RTMDet-Ins' if instance else 'RTMDet'}-{size} (arXiv 2212.07784); see build_rtmdet."
-    register_model(name, family="rtmdet", task="segm" if instance else "bbox", input_size=640, size=size,
-                   recipe="rtmdet_ins" if instance else "rtmdet")(builder)
+    for size in RTMDET_CONFIGS:
+        register(size)
 
 
-for _size in RTMDET_CONFIGS:
-    _register(_size, False)
-for _size in RTMDET_CONFIGS:
-    _register(_size, True)
+register_variants(RTMDet, "rtmdet", "rtmdet", "RTMDet")
 
 from . import rtmdet_weights  # noqa: E402,F401  (registers the "mmdet" weight source)

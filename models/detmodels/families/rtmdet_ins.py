@@ -1,4 +1,8 @@
-"""RTMDet-Ins (arXiv 2212.07784, §3.3): RTMDet plus dynamic-kernel instance masks."""
+"""RTMDet-Ins (arXiv 2212.07784, §3.3): RTMDet plus dynamic-kernel instance masks.
+
+Registers ``rtmdet_ins_{tiny,s,m,l,x}``; options are RTMDet's (:class:`RTMDetOptions`, whose
+``head.loss_mask_weight`` weights the Dice loss).
+"""
 from __future__ import annotations
 
 import math
@@ -12,7 +16,7 @@ from ..assigners import mask_center_of_mass
 from ..base import RawOutputs
 from ..ops import clip_boxes, dice_loss, letterbox_scales, multiclass_nms
 from ..structures import Detections, Target
-from .rtmdet import RTMDet, RTMDetConfig, _flatten_levels
+from .rtmdet import RTMDet, RTMDetConfig, _flatten_levels, register_variants
 from .rtmdet_heads import RTMDetInsSepBNHead, dynamic_mask_logits
 
 __all__ = ["RTMDetIns"]
@@ -106,3 +110,6 @@ class RTMDetIns(RTMDet):
         size = (max(math.ceil(input_hw[0] / scale), h), max(math.ceil(input_hw[1] / scale), w))
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0, :, :h, :w]
         return logits.sigmoid() > 0.5
+
+
+register_variants(RTMDetIns, "rtmdet_ins", "rtmdet_ins", "RTMDet-Ins")

@@ -8,9 +8,14 @@ builds the published variants (``spinenet_49s`` … ``spinenet_190``) or any val
     >>> import detmodels
     >>> m = detmodels.create_model("spinenet", num_classes=3, spec="my_spec.yaml")  # doctest: +SKIP
 
+Options (:class:`SpineNetOptions`): ``backbone`` (:class:`SpineNetBackboneOptions`: scale settings,
+stochastic depth, activation), ``head`` (:class:`RetinaNetHeadOptions`), ``assigner``
+(:class:`MaxIoUOptions`); SpineNet has no neck. The ``spinenet`` entry also takes ``spec=``.
+
 SpineNet-49S endpoint width: we follow the code's SCALING_MAP (128-d endpoints, 11.27 M params with
-91 classes). The model zoo's 11.9 M is reached with ``backbone={"endpoints_num_filters": 256}``
-(the head stays 128 wide unless ``head={"num_filters": …}`` says otherwise).
+91 classes). The model zoo's 11.9 M is reached with
+``backbone=SpineNetBackboneOptions(endpoints_num_filters=256)`` on top of the variant's defaults
+(the head stays 128 wide unless ``head.num_filters`` says otherwise).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ..base import Detector, RawOutputs
 from ..layers import ConvNormAct, make_act
 from ..layers.spinenet_blocks import BN_EPS, BN_MOMENTUM, BlockGroup, ScalePermutedBlock, block_out_channels
 from ..ops import dense_postprocess, huber_loss, sigmoid_focal_loss
+from ..options import check, is_int, is_number
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .spinenet_spec import (
@@ -36,7 +42,8 @@ from .spinenet_spec import (
 
 __all__ = [
     "SpineNet", "RetinaNetHead", "RetinaNet", "SpineNetVariant", "SPINENET_VARIANTS", "build_spinenet",
-    "resolve_spec", "generate_anchors", "encode_boxes", "decode_boxes",
+    "resolve_spec", "generate_anchors", "encode_boxes", "decode_boxes", "SpineNetOptions", "SpineNetBackboneOptions",
+    "RetinaNetHeadOptions", "MaxIoUOptions",
 ]
 
 # ImageNet mean/std on RGB, 0–255 scale (TF vision input pipeline). The TF parser pads with 0 after
@@ -69,6 +76,102 @@ SPINENET_VARIANTS: dict[str, SpineNetVariant] = {
     "143": SpineNetVariant(ScaleSettings(1.0, 3, 1.0, 256), 4, 256, 4.0, 1280),
     "190": SpineNetVariant(ScaleSettings(1.3, 4, 1.0, 512), 7, 512, 4.0, 1280),
 }
+
+
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpineNetBackboneOptions:
+    """Scale settings (§3.3; ``null``: the variant's, or the spec's ``scale`` for ``spinenet``),
+    ``stochastic_depth_rate`` in [0, 1) and the ``activation`` (``swish`` / ``relu``)."""
+
+    filter_size_scale: float | None = None
+    block_repeats: int | None = None
+    resample_alpha: float | None = None
+    endpoints_num_filters: int | None = None
+    stochastic_depth_rate: float = 0.2
+    activation: str = "swish"
+
+    def __post_init__(self) -> None:
+        for name in ("filter_size_scale", "resample_alpha"):
+            value = getattr(self, name)
+            check(self, name, value is None or (is_number(value) and value > 0), "null or a number > 0")
+        for name in ("block_repeats", "endpoints_num_filters"):
+            value = getattr(self, name)
+            check(self, name, value is None or is_int(value, 1), "null or an integer >= 1")
+        rate = self.stochastic_depth_rate
+        check(self, "stochastic_depth_rate", is_number(rate) and 0 <= rate < 1, "a number >= 0 and < 1")
+        check(self, "activation", self.activation in ("swish", "silu", "relu"), "one of 'swish', 'silu', 'relu'")
+
+    def scale(self, base: ScaleSettings) -> ScaleSettings:
+        """``base`` with the fields set here replaced."""
+        names = [f.name for f in dataclasses.fields(ScaleSettings)]
+        return dataclasses.replace(base, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetinaNetHeadOptions:
+    """RetinaNet head and losses: ``num_convs`` × ``num_filters`` (``null``: the endpoint width),
+    anchors (``anchor_size`` · stride, ``num_scales`` octave scales, ``aspect_ratios``), focal α/γ,
+    Huber δ, box loss weight, top-k boxes before NMS."""
+
+    num_convs: int = 4
+    num_filters: int | None = None
+    anchor_size: float = 3.0
+    num_scales: int = 3
+    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 1.5
+    huber_delta: float = 0.1
+    box_loss_weight: float = 50.0
+    pre_nms_topk: int = 5000
+
+    def __post_init__(self) -> None:
+        for name in ("num_convs", "num_scales", "pre_nms_topk"):
+            check(self, name, is_int(getattr(self, name), 1), "an integer >= 1")
+        check(self, "num_filters", self.num_filters is None or is_int(self.num_filters, 1),
+              "null or an integer >= 1")
+        check(self, "aspect_ratios", isinstance(self.aspect_ratios, tuple) and len(self.aspect_ratios) > 0
+              and all(is_number(r) and r > 0 for r in self.aspect_ratios), "a non-empty list of numbers > 0")
+        check(self, "focal_alpha", is_number(self.focal_alpha) and 0 <= self.focal_alpha <= 1, "a number in [0, 1]")
+        for name in ("anchor_size", "huber_delta"):
+            check(self, name, is_number(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
+        for name in ("focal_gamma", "box_loss_weight"):
+            check(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaxIoUOptions:
+    """Max-IoU matching: positive at IoU >= ``pos_iou_thr``, negative below ``neg_iou_thr``
+    (0 <= neg <= pos <= 1), ``force_match`` every GT to its best anchor."""
+
+    pos_iou_thr: float = 0.5
+    neg_iou_thr: float = 0.5
+    force_match: bool = True
+
+    def __post_init__(self) -> None:
+        check(self, "pos_iou_thr", is_number(self.pos_iou_thr) and 0 <= self.pos_iou_thr <= 1, "a number in [0, 1]")
+        check(self, "neg_iou_thr", is_number(self.neg_iou_thr) and 0 <= self.neg_iou_thr <= self.pos_iou_thr,
+              f"a number in [0, pos_iou_thr={self.pos_iou_thr}]")
+        check(self, "force_match", isinstance(self.force_match, bool), "true or false")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpineNetOptions:
+    """Every option of a SpineNet-RetinaNet (no neck: the backbone feeds the head directly)."""
+
+    family = "spinenet"
+    backbone: SpineNetBackboneOptions = dataclasses.field(default_factory=SpineNetBackboneOptions)
+    head: RetinaNetHeadOptions = dataclasses.field(default_factory=RetinaNetHeadOptions)
+    assigner: MaxIoUOptions = dataclasses.field(default_factory=MaxIoUOptions)
+
+
+def variant_options(key: str) -> SpineNetOptions:
+    """The published options of ``spinenet_<key>`` (scale, head width/depth, anchor size)."""
+    v = SPINENET_VARIANTS[key]
+    backbone = SpineNetBackboneOptions(**dataclasses.asdict(v.scale))
+    head = RetinaNetHeadOptions(num_convs=v.head_convs, num_filters=v.head_filters, anchor_size=v.anchor_size)
+    return SpineNetOptions(backbone=backbone, head=head)
 
 
 def _filters(level: int, scale: float) -> int:
@@ -328,25 +431,6 @@ class RetinaNet(Detector):
 
 
 # ---------------------------------------------------------------------- builders
-_SECTION_KEYS = {
-    "backbone": {"filter_size_scale", "block_repeats", "resample_alpha", "endpoints_num_filters",
-                 "stochastic_depth_rate", "activation"},
-    "neck": set(),
-    "head": {"num_convs", "num_filters", "anchor_size", "num_scales", "aspect_ratios", "focal_alpha",
-             "focal_gamma", "huber_delta", "box_loss_weight", "pre_nms_topk"},
-    "assigner": {"pos_iou_thr", "neg_iou_thr", "force_match"},
-}
-
-
-def _check_section(name: str, section: Mapping[str, Any] | None) -> dict[str, Any]:
-    section = dict(section or {})
-    for key in section:
-        if key not in _SECTION_KEYS[name]:
-            expected = sorted(_SECTION_KEYS[name]) or "none (SpineNet feeds the head directly, no FPN)"
-            raise ValueError(f"unknown {name} option {key!r} for SpineNet; expected one of {expected}")
-    return section
-
-
 def resolve_spec(spec: str | Path | Mapping[str, Any] | SpineNetSpec | None) -> SpineNetSpec:
     """A spec from a YAML path, a dict (the YAML form) or a :class:`SpineNetSpec`; ``None`` → SpineNet-49."""
     if spec is None:
@@ -360,74 +444,49 @@ def resolve_spec(spec: str | Path | Mapping[str, Any] | SpineNetSpec | None) -> 
     raise TypeError(f"spec must be a path, a dict or a SpineNetSpec, got {type(spec).__name__}")
 
 
-def build_spinenet(spec: SpineNetSpec, variant: SpineNetVariant, num_classes: int = 80, *,
-                   backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
-                   head: Mapping[str, Any] | None = None, assigner: Mapping[str, Any] | None = None) -> RetinaNet:
-    """Build a SpineNet-RetinaNet from a spec and a variant's defaults, with section overrides.
-
-    Args:
-        backbone: ScaleSettings fields plus ``stochastic_depth_rate`` (0.2) and ``activation`` ("swish").
-        neck: must be empty (SpineNet has no FPN).
-        head: ``num_convs``, ``num_filters`` (default: the endpoint width), ``anchor_size``, ``num_scales``,
-            ``aspect_ratios``, ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``,
-            ``pre_nms_topk``.
-        assigner: ``pos_iou_thr``, ``neg_iou_thr``, ``force_match``.
-    Raises:
-        ValueError: naming an unknown key.
-    """
-    bb, hd = _check_section("backbone", backbone), _check_section("head", head)
-    _check_section("neck", neck)
-    asg = _check_section("assigner", assigner)
-    scale_keys = {f.name for f in dataclasses.fields(ScaleSettings)}
-    scale = dataclasses.replace(variant.scale, **{k: v for k, v in bb.items() if k in scale_keys})
-    loss_keys = {f.name for f in dataclasses.fields(RetinaNetLossConfig)}
-    loss = RetinaNetLossConfig(**{k: float(v) for k, v in hd.items() if k in loss_keys})
-    head_filters = hd.get("num_filters", variant.head_filters)
+def build_spinenet(spec: SpineNetSpec, base_scale: ScaleSettings, num_classes: int = 80, *,
+                   options: SpineNetOptions) -> RetinaNet:
+    """Build a SpineNet-RetinaNet from a block ``spec``, the scale settings the options' unset
+    (``null``) backbone fields fall back to, and typed ``options``."""
+    bb, hd, asg = options.backbone, options.head, options.assigner
+    scale = bb.scale(base_scale)
+    loss = RetinaNetLossConfig(focal_alpha=float(hd.focal_alpha), focal_gamma=float(hd.focal_gamma),
+                               huber_delta=float(hd.huber_delta), box_loss_weight=float(hd.box_loss_weight))
     return RetinaNet(
-        spec, scale, num_classes, head_convs=int(hd.get("num_convs", variant.head_convs)),
-        head_filters=int(head_filters), anchor_size=float(hd.get("anchor_size", variant.anchor_size)),
-        num_scales=int(hd.get("num_scales", 3)), aspect_ratios=tuple(hd.get("aspect_ratios", (1.0, 2.0, 0.5))),
-        act=str(bb.get("activation", "swish")), stochastic_depth_rate=float(bb.get("stochastic_depth_rate", 0.2)),
-        assigner=MaxIoUAssigner(**asg), loss=loss, pre_nms_topk=int(hd.get("pre_nms_topk", 5000)))
+        spec, scale, num_classes, head_convs=hd.num_convs, head_filters=hd.num_filters or scale.endpoints_num_filters,
+        anchor_size=float(hd.anchor_size), num_scales=hd.num_scales, aspect_ratios=tuple(hd.aspect_ratios),
+        act=bb.activation, stochastic_depth_rate=float(bb.stochastic_depth_rate),
+        assigner=MaxIoUAssigner(asg.pos_iou_thr, asg.neg_iou_thr, force_match=asg.force_match), loss=loss,
+        pre_nms_topk=hd.pre_nms_topk)
 
 
 def _register_variant(key: str) -> None:
     name = f"spinenet_{key}"
     variant = SPINENET_VARIANTS[key]
 
-    def builder(num_classes: int = 80, **overrides: Any) -> RetinaNet:
-        allowed = {"backbone", "neck", "head", "assigner"}
-        for k in overrides:
-            if k not in allowed:
-                raise ValueError(f"unknown option {k!r} for {name}; expected one of {sorted(allowed)}")
-        return build_spinenet(spinenet49_spec(variant.scale, name=f"spinenet-{key}"), variant, num_classes,
-                              **overrides)
+    def builder(num_classes: int = 80, *, options: SpineNetOptions) -> RetinaNet:
+        return build_spinenet(spinenet49_spec(variant.scale, name=f"spinenet-{key}"), variant.scale, num_classes,
+                              options=options)
 
     builder.__name__ = name
     builder.__doc__ = f"SpineNet-{key.upper()} + RetinaNet (arXiv 1912.05027); see build_spinenet."
-    register_model(name, family="spinenet", input_size=variant.input_size, size=key,
-                   recipe="retinanet")(builder)
+    register_model(name, family="spinenet", input_size=variant.input_size, size=key, recipe="retinanet",
+                   options=SpineNetOptions, default_options=variant_options(key))(builder)
 
 
 for _key in SPINENET_VARIANTS:
     _register_variant(_key)
 
 
-@register_model("spinenet", family="spinenet", input_size=640, size="49", recipe="retinanet")
-def spinenet_from_spec(num_classes: int = 80, *, spec: str | Path | Mapping[str, Any] | SpineNetSpec | None = None,
-                       backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
-                       head: Mapping[str, Any] | None = None,
-                       assigner: Mapping[str, Any] | None = None) -> RetinaNet:
+@register_model("spinenet", family="spinenet", input_size=640, size="49", recipe="retinanet",
+                options=SpineNetOptions)
+def spinenet_from_spec(num_classes: int = 80, *, options: SpineNetOptions,
+                       spec: str | Path | Mapping[str, Any] | SpineNetSpec | None = None) -> RetinaNet:
     """Any valid SpineNet spec + RetinaNet. The spec's ``scale`` section (if any) replaces the
-    SpineNet-49 scale settings; ``backbone=`` overrides both. The head width defaults to the
-    endpoint width, 4 convs, anchor size 3.
+    SpineNet-49 scale settings; ``options.backbone`` fields that are set override both. The head
+    width defaults to the endpoint width, 4 convs, anchor size 3.
 
-    >>> m = spinenet_from_spec(3, spec={"blocks": [...], "scale": {"filter_size_scale": 0.25}})  # doctest: +SKIP
+    >>> m = detmodels.create_model("spinenet", 3, spec={"blocks": [...], "scale": {...}})  # doctest: +SKIP
     """
     resolved = resolve_spec(spec)
-    base = SPINENET_VARIANTS["49"]
-    scale = resolved.scale or base.scale
-    endpoints = int(dict(backbone or {}).get("endpoints_num_filters", scale.endpoints_num_filters))
-    variant = dataclasses.replace(base, scale=scale, head_filters=endpoints)
-    return build_spinenet(resolved, variant, num_classes, backbone=backbone, neck=neck, head=head,
-                          assigner=assigner)
+    return build_spinenet(resolved, resolved.scale or SPINENET_VARIANTS["49"].scale, num_classes, options=options)

@@ -7,12 +7,15 @@ Registered: ``yolov3`` (baseline), ``yolov3_asff``, ``yolov3_asff_rfb`` (ASFF*),
 >>> import detmodels
 >>> m = detmodels.create_model("yolov3_asff", num_classes=3)  # doctest: +SKIP
 
+Options (:class:`YOLOv3ASFFOptions`): ``neck.dropblock``, ``head.ignore_thr``, ``head.label_smooth``.
+
 Pixels: RGB, ``/255`` then ImageNet mean/std (the reference ``preproc_for_test``).
 DropBlock (``--dropblock``, on for ASFF*) follows the reference schedule through ``set_epoch``.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import dataclasses
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +27,13 @@ from ..layers.darknet import SPP, Darknet53, DarknetBottleneck, darknet_conv
 from ..layers.deform_conv import DeformConv2d
 from ..layers.dropblock import DropBlock
 from ..ops import box_cxcywh_to_xyxy, dense_postprocess
+from ..options import check, is_number
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .yolov3_asff_loss import YOLOv3LossConfig, yolov3_level_loss
 
 __all__ = ["YOLOv3SPPNeck", "FeatureAdaption", "GuidedAnchorHead", "YOLOv3ASFF", "build_yolov3_asff",
-           "ANCHORS", "YOLOV3_INPUT_SPEC"]
+           "ANCHORS", "YOLOV3_INPUT_SPEC", "YOLOv3ASFFOptions", "YOLOv3ASFFNeckOptions", "YOLOv3ASFFHeadOptions"]
 
 # The reference fills expanded/padded areas with the mean colour (TrainTransform): 114 is its nearest grey.
 YOLOV3_INPUT_SPEC = InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
@@ -251,47 +255,55 @@ class YOLOv3ASFF(Detector):
 
 
 # ---------------------------------------------------------------------- builders
-_HEAD_KEYS = {"ignore_thr", "label_smooth"}
-_NECK_KEYS = {"dropblock"}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class YOLOv3ASFFNeckOptions:
+    """``dropblock``: DropBlock in the neck (on for ASFF* only, as the reference README's command)."""
+
+    dropblock: bool = False
+
+    def __post_init__(self) -> None:
+        check(self, "dropblock", isinstance(self.dropblock, bool), "true or false")
 
 
-def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = False, dropblock: bool = False,
-                      backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
-                      head: Mapping[str, Any] | None = None) -> YOLOv3ASFF:
-    """Build YOLOv3 (+ASFF, +RFB).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class YOLOv3ASFFHeadOptions:
+    """Loss options of the reference: ``ignore_thr`` (``IGNORETHRE`` 0.7, in [0, 1]) and
+    ``label_smooth`` (``LABAL_SMOOTH``)."""
 
-    Args:
-        head: ``{"ignore_thr": 0.7, "label_smooth": True}`` (reference ``IGNORETHRE``, ``LABAL_SMOOTH``).
-        neck: ``{"dropblock": bool}`` (default: on for ASFF* only, as the README's command).
-        backbone: no options (fixed Darknet-53); any key raises.
-    Raises:
-        ValueError: naming an unknown key.
-    """
-    for name, section, allowed in (("backbone", backbone, set()), ("neck", neck, _NECK_KEYS),
-                                   ("head", head, _HEAD_KEYS)):
-        for key in dict(section or {}):
-            if key not in allowed:
-                raise ValueError(f"unknown {name} option {key!r} for YOLOv3-ASFF; expected one of "
-                                 f"{sorted(allowed) or 'none'}")
-    hd = dict(head or {})
-    loss = YOLOv3LossConfig(ignore_thr=float(hd.get("ignore_thr", 0.7)),
-                            label_smooth=bool(hd.get("label_smooth", True)))
-    dropblock = bool(dict(neck or {}).get("dropblock", dropblock))
-    return YOLOv3ASFF(num_classes, asff=asff, rfb=rfb, dropblock=dropblock, loss=loss)
+    ignore_thr: float = 0.7
+    label_smooth: bool = True
+
+    def __post_init__(self) -> None:
+        check(self, "ignore_thr", is_number(self.ignore_thr) and 0 <= self.ignore_thr <= 1, "a number in [0, 1]")
+        check(self, "label_smooth", isinstance(self.label_smooth, bool), "true or false")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class YOLOv3ASFFOptions:
+    """Every option of a YOLOv3(-ASFF) model; the Darknet-53 backbone has none."""
+
+    family = "yolov3_asff"
+    neck: YOLOv3ASFFNeckOptions = dataclasses.field(default_factory=YOLOv3ASFFNeckOptions)
+    head: YOLOv3ASFFHeadOptions = dataclasses.field(default_factory=YOLOv3ASFFHeadOptions)
+
+
+def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = False,
+                      options: YOLOv3ASFFOptions | None = None) -> YOLOv3ASFF:
+    """Build YOLOv3 (+ASFF, +RFB) with typed ``options`` (default: :class:`YOLOv3ASFFOptions`)."""
+    opts = options or YOLOv3ASFFOptions()
+    loss = YOLOv3LossConfig(ignore_thr=float(opts.head.ignore_thr), label_smooth=opts.head.label_smooth)
+    return YOLOv3ASFF(num_classes, asff=asff, rfb=rfb, dropblock=opts.neck.dropblock, loss=loss)
 
 
 def _register(name: str, asff: bool, rfb: bool, doc: str) -> None:
-    def builder(num_classes: int = 80, **overrides: Any) -> YOLOv3ASFF:
-        allowed = {"backbone", "neck", "head"}
-        for key in overrides:
-            if key not in allowed:
-                raise ValueError(f"unknown option {key!r} for {name}; expected one of {sorted(allowed)}")
-        return build_yolov3_asff(num_classes, asff=asff, rfb=rfb, dropblock=rfb, **overrides)
+    def builder(num_classes: int = 80, *, options: YOLOv3ASFFOptions) -> YOLOv3ASFF:
+        return build_yolov3_asff(num_classes, asff=asff, rfb=rfb, options=options)
 
     builder.__name__ = name
     builder.__doc__ = f"{doc} (arXiv 1911.09516); see build_yolov3_asff."
-    register_model(name, family="yolov3_asff", input_size=608, size=name,
-                   recipe="yolov3_asff")(builder)
+    defaults = YOLOv3ASFFOptions(neck=YOLOv3ASFFNeckOptions(dropblock=rfb))
+    register_model(name, family="yolov3_asff", input_size=608, size=name, recipe="yolov3_asff",
+                   options=YOLOv3ASFFOptions, default_options=defaults)(builder)
 
 
 _register("yolov3", False, False, "YOLOv3 strong baseline of the ASFF paper")

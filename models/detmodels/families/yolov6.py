@@ -4,8 +4,14 @@ BiC, Efficient Decoupled Head, TAL/ATSS + VFL/IoU/DFL loss, anchor-aided trainin
 Registered variants ``yolov6_n``, ``yolov6_s``, ``yolov6_m``, ``yolov6_l`` (640 px) and the P6 models
 ``yolov6_n6`` … ``yolov6_l6`` (1280 px, strides 8–64) (arXiv 2301.05586 main table).
 
->>> import detmodels
->>> model = detmodels.create_model("yolov6_n", num_classes=3, head={"anchor_aided": True})
+Options (:class:`YOLOv6Options`): ``backbone`` (block, csp_e), ``neck`` (csp_e), ``head``
+(anchor_aided, dld, reg_max, iou_loss, temperature, distill_class_weight, distill_feat), ``assigner``
+(:class:`TALOptions`: tal_topk, tal_alpha, tal_beta, atss_topk, aat_topk) and ``atss_warmup_epochs``;
+each variant's defaults are ``get_model_entry(name).default_options``.
+
+>>> import detmodels, dataclasses
+>>> head = dataclasses.replace(detmodels.get_model_entry("yolov6_n").default_options.head, anchor_aided=True)
+>>> model = detmodels.create_model("yolov6_n", num_classes=3, head=head)
 >>> out = model(torch.zeros(2, 3, 64, 64))  # doctest: +SKIP
 >>> sorted(out)  # training mode: AAT outputs too           # doctest: +SKIP
 ['box', 'box_ab', 'cls', 'cls_ab']
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,13 +29,15 @@ from torch import Tensor, nn
 from ..base import Detector, RawOutputs
 from ..layers import SPPF, BepC3, BiC, ConvNormAct, RepBlock, SimCSPSPPF, SimSPPF, make_rep_unit
 from ..ops.postprocess import dense_postprocess
+from ..options import check, is_int, is_number
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .yolov6_distill import cosine_distill_weight, yolov6_distill_loss
 from .yolov6_head import EfficientDecoupledHead
 from .yolov6_loss import YOLOv6Criterion, decode_dense
 
-__all__ = ["YOLOv6", "YOLOv6Config", "VARIANTS", "EfficientRep", "RepBiPAN", "cosine_distill_weight"]
+__all__ = ["YOLOv6", "YOLOv6Config", "VARIANTS", "EfficientRep", "RepBiPAN", "cosine_distill_weight", "YOLOv6Options",
+           "YOLOv6BackboneOptions", "YOLOv6NeckOptions", "YOLOv6HeadOptions", "TALOptions", "build_yolov6"]
 
 _BN = {"bn_eps": 1e-3, "bn_momentum": 0.03}
 # Base channels / repeats before width / depth scaling (Y6 configs). Neck: (top-down reduce, outputs P3…).
@@ -91,6 +99,104 @@ VARIANTS: dict[str, YOLOv6Config] = {
     "m6": YOLOv6Config(0.60, 0.75, 2 / 3, "repvgg", "simsppf", 16, "giou", 0.8, p6=True),
     "l6": YOLOv6Config(1.0, 1.0, 1 / 2, "conv_silu", "sppf", 16, "giou", 2.0, p6=True),
 }
+
+
+
+
+def _csp_e_ok(x: object) -> bool:
+    return x is None or (is_number(x) and 0 < x <= 1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class YOLOv6BackboneOptions:
+    """Basic unit (``repvgg`` or ``conv_silu``) and BepC3 ratio ``csp_e`` in (0, 1]; ``null`` =
+    EfficientRep (RepBlocks, N/S), a ratio = CSPBep (M 2/3, L 1/2)."""
+
+    block: Literal["repvgg", "conv_silu"] = "repvgg"
+    csp_e: float | None = None
+
+    def __post_init__(self) -> None:
+        check(self, "block", self.block in ("repvgg", "conv_silu"), "one of 'repvgg', 'conv_silu'")
+        check(self, "csp_e", _csp_e_ok(self.csp_e), "null or a number > 0 and <= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class YOLOv6NeckOptions:
+    """RepBi-PAN BepC3 ratio ``csp_e`` in (0, 1]; ``null``: the backbone's."""
+
+    csp_e: float | None = None
+
+    def __post_init__(self) -> None:
+        check(self, "csp_e", _csp_e_ok(self.csp_e), "null or a number > 0 and <= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class YOLOv6HeadOptions:
+    """Efficient Decoupled Head and its losses: ``anchor_aided`` (AAT), ``dld`` (DLD branch),
+    ``reg_max`` (DFL bins − 1, 0 = plain distances), ``iou_loss``, self-distillation
+    ``temperature``, ``distill_class_weight`` and ``distill_feat`` (channel-wise feature KD)."""
+
+    anchor_aided: bool = False
+    dld: bool = False
+    reg_max: int = 0
+    iou_loss: Literal["siou", "giou"] = "siou"
+    temperature: float = 20.0
+    distill_class_weight: float = 1.0
+    distill_feat: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("anchor_aided", "dld", "distill_feat"):
+            check(self, name, isinstance(getattr(self, name), bool), "true or false")
+        check(self, "reg_max", is_int(self.reg_max, 0), "an integer >= 0")
+        check(self, "iou_loss", self.iou_loss in ("siou", "giou"), "one of 'siou', 'giou'")
+        check(self, "temperature", is_number(self.temperature) and self.temperature > 0, "a number > 0")
+        check(self, "distill_class_weight", is_number(self.distill_class_weight) and self.distill_class_weight >= 0,
+              "a number >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TALOptions:
+    """Task-aligned assigner (topk 13, t = s^α·IoU^β with α 1, β 6), the ATSS warm-up assigner's
+    ``atss_topk`` (9) and the AAT branch's TAL ``aat_topk`` (26)."""
+
+    tal_topk: int = 13
+    tal_alpha: float = 1.0
+    tal_beta: float = 6.0
+    atss_topk: int = 9
+    aat_topk: int = 26
+
+    def __post_init__(self) -> None:
+        for name in ("tal_topk", "atss_topk", "aat_topk"):
+            check(self, name, is_int(getattr(self, name), 1), "an integer >= 1")
+        for name in ("tal_alpha", "tal_beta"):
+            check(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class YOLOv6Options:
+    """Every option of a YOLOv6 model; ``atss_warmup_epochs``: epochs assigned by ATSS before TAL
+    (Y6 configs: 0 for P5, 4 for P6)."""
+
+    family = "yolov6"
+    backbone: YOLOv6BackboneOptions = dataclasses.field(default_factory=YOLOv6BackboneOptions)
+    neck: YOLOv6NeckOptions = dataclasses.field(default_factory=YOLOv6NeckOptions)
+    head: YOLOv6HeadOptions = dataclasses.field(default_factory=YOLOv6HeadOptions)
+    assigner: TALOptions = dataclasses.field(default_factory=TALOptions)
+    atss_warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        check(self, "atss_warmup_epochs", is_int(self.atss_warmup_epochs, 0), "an integer >= 0")
+
+
+def default_options(size: str) -> YOLOv6Options:
+    """The paper's options of ``yolov6_<size>`` (from its row of :data:`VARIANTS`)."""
+    cfg = VARIANTS[size]
+    return YOLOv6Options(
+        backbone=YOLOv6BackboneOptions(block=cfg.block, csp_e=cfg.csp_e),
+        neck=YOLOv6NeckOptions(csp_e=cfg.neck_csp_e),
+        head=YOLOv6HeadOptions(reg_max=cfg.reg_max, iou_loss=cfg.iou_loss,
+                               distill_class_weight=cfg.distill_class_weight),
+        atss_warmup_epochs=4 if cfg.p6 else 0)  # Y6 configs: ATSS warm-up only for the P6 models
 
 
 def _stage_block(block: str, csp_e: float | None, c_in: int, c_out: int, n: int) -> nn.Module:
@@ -255,51 +361,30 @@ class YOLOv6(Detector):
 
 
 # ----------------------------------------------------------------------------- builders
-_SECTION_KEYS = {
-    "head": {"anchor_aided", "dld", "reg_max", "iou_loss", "temperature", "distill_class_weight", "distill_feat"},
-    "neck": {"csp_e"},
-    "backbone": {"block", "csp_e"},
-    "assigner": {"tal_topk", "tal_alpha", "tal_beta", "atss_topk", "aat_topk"},
-}
-
-
-def _check_section(name: str, section: dict[str, Any] | None) -> dict[str, Any]:
-    section = dict(section or {})
-    for key in section:
-        if key not in _SECTION_KEYS[name]:
-            raise ValueError(f"yolov6: unknown {name} key {key!r}; expected one of {sorted(_SECTION_KEYS[name])}")
-    return section
-
-
-def build_yolov6(size: str, num_classes: int = 80, *, head: dict[str, Any] | None = None,
-                 neck: dict[str, Any] | None = None, backbone: dict[str, Any] | None = None,
-                 assigner: dict[str, Any] | None = None, atss_warmup_epochs: int | None = None) -> YOLOv6:
-    """Build ``yolov6_<size>``. Sections: ``head`` (anchor_aided, dld, reg_max, iou_loss, temperature,
-    distill_class_weight, distill_feat), ``backbone`` (block, csp_e), ``neck`` (csp_e), ``assigner``
-    (tal_topk, tal_alpha, tal_beta, atss_topk, aat_topk). ``atss_warmup_epochs`` defaults to 0 (P5) / 4 (P6).
-    Unknown keys raise ``ValueError``."""
-    head, neck, backbone, assigner = (_check_section(n, s) for n, s in
-                                      (("head", head), ("neck", neck), ("backbone", backbone), ("assigner", assigner)))
-    cfg = VARIANTS[size]
-    cfg = dataclasses.replace(cfg, block=backbone.get("block", cfg.block), csp_e=backbone.get("csp_e", cfg.csp_e),
-                              neck_csp_e=neck.get("csp_e", cfg.csp_e), iou_loss=head.pop("iou_loss", cfg.iou_loss))
-    if atss_warmup_epochs is None:
-        atss_warmup_epochs = 4 if cfg.p6 else 0  # Y6 configs: ATSS warm-up only for the P6 models
-    crit = {"atss_warmup_epochs": int(atss_warmup_epochs), **assigner}
-    return YOLOv6(cfg, num_classes, criterion_kwargs=crit, **head)
+def build_yolov6(size: str, num_classes: int = 80, *, options: YOLOv6Options | None = None) -> YOLOv6:
+    """Build ``yolov6_<size>`` with typed ``options`` (default: the variant's, :func:`default_options`)."""
+    if size not in VARIANTS:
+        raise ValueError(f"unknown YOLOv6 size {size!r}; expected one of {sorted(VARIANTS)}")
+    opts = options or default_options(size)
+    bb, head, tal = opts.backbone, opts.head, opts.assigner
+    neck_csp_e = bb.csp_e if opts.neck.csp_e is None else opts.neck.csp_e
+    cfg = dataclasses.replace(VARIANTS[size], block=bb.block, csp_e=bb.csp_e, neck_csp_e=neck_csp_e,
+                              iou_loss=head.iou_loss)
+    crit = {"atss_warmup_epochs": opts.atss_warmup_epochs, "tal_topk": tal.tal_topk, "tal_alpha": tal.tal_alpha,
+            "tal_beta": tal.tal_beta, "atss_topk": tal.atss_topk, "aat_topk": tal.aat_topk}
+    return YOLOv6(cfg, num_classes, reg_max=head.reg_max, anchor_aided=head.anchor_aided, dld=head.dld,
+                  distill_feat=head.distill_feat, temperature=head.temperature,
+                  distill_class_weight=head.distill_class_weight, criterion_kwargs=crit)
 
 
 def _register(size: str) -> None:
     @register_model(f"yolov6_{size}", family="yolov6", input_size=1280 if VARIANTS[size].p6 else 640,
-                    size=size, recipe="yolov6")
-    def builder(num_classes: int = 80, *, head: dict[str, Any] | None = None, neck: dict[str, Any] | None = None,
-                backbone: dict[str, Any] | None = None, assigner: dict[str, Any] | None = None,
-                atss_warmup_epochs: int | None = None) -> YOLOv6:
-        return build_yolov6(size, num_classes, head=head, neck=neck, backbone=backbone, assigner=assigner,
-                            atss_warmup_epochs=atss_warmup_epochs)
+                    size=size, recipe="yolov6", options=YOLOv6Options, default_options=default_options(size))
+    def builder(num_classes: int = 80, *, options: YOLOv6Options) -> YOLOv6:
+        return build_yolov6(size, num_classes, options=options)
 
     builder.__doc__ = (f"YOLOv6-{size.upper()} v3.0 ({1280 if VARIANTS[size].p6 else 640} px). "
-                       "Keywords as :func:`build_yolov6`.")
+                       "Options: :class:`YOLOv6Options`.")
 
 
 for _size in VARIANTS:

@@ -5,16 +5,14 @@ feature distillation, and Decoupled Localization Distillation (DLD) for the N/S 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..base import Detector
 from ..structures import Target
 from .yolov6_loss import LOSS_WEIGHTS, flatten_levels
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .yolov6 import YOLOv6
 
 __all__ = ["cosine_distill_weight", "yolov6_distill_loss", "kl_at_temperature", "channel_wise_distill"]
 
@@ -58,9 +56,12 @@ def _distributions(outputs: dict, reg_max: int) -> tuple[Tensor, int] | None:
     return flatten_levels(maps), maps[0].shape[1] // 4 - 1
 
 
-def yolov6_distill_loss(model: "YOLOv6", student: dict, teacher: dict, targets: Sequence[Target],
+def yolov6_distill_loss(model: Detector, student: dict, teacher: dict, targets: Sequence[Target],
                         weight: float = 1.0) -> dict[str, Tensor]:
     """KD terms of YOLOv6 (student in training mode, teacher outputs of the same layout).
+
+    ``model`` is the student YOLOv6 (its ``distill_temperature``, ``distill_class_weight``, ``reg_max``,
+    ``criterion`` and ``_epoch`` are read; this module does not import ``yolov6``, which imports it).
 
     * ``loss_kd_cls``: Σ over priors of KL at T between softmaxes (over classes) of the *sigmoid*
       class scores, ×T², × the size's class weight (1.0 N/S, 0.8 M, 2.0 L), × ``weight``.

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config.train import MixUpConfig, MosaicConfig, RecipeConfig
+from ..config.train import RECIPE_NAMES, MixUpConfig, MosaicConfig, RecipeConfig
 from ..errors import UserInputError
 
 __all__ = ["run_data_bench", "format_data_bench"]
 
-_DEFAULT_MODEL = {"rtmdet": "rtmdet_s", "yolov6": "yolov6_s", "retinanet": "spinenet_49s",
-                  "yolov3_asff": "yolov3_asff", "plain": "rtmdet_s"}
+_DEFAULT_MODEL = {"rtmdet": "rtmdet_s", "rtmdet_ins": "rtmdet_ins_s", "yolov6": "yolov6_s",
+                  "retinanet": "spinenet_49s", "yolov3_asff": "yolov3_asff", "plain": "rtmdet_s"}
 
 
 def _dataset(dataset: Any, image_size: int, images: int, workdir: Path) -> Any:
@@ -63,9 +63,9 @@ def _time_pipeline(load: Callable[[int], Any], pipeline: Callable[[Any], Any], o
 
 def _pipelines(recipe: str, model_name: str, image_size: int, ds: Any, seed: int) -> dict[str, Any]:
     """The cached / uncached stage-1 pipelines of ``recipe`` and the decode+resize ceiling."""
-    from detmodels import InputSpec
+    from detmodels import InputSpec, get_model_entry
 
-    from ..data.recipes import build_recipe
+    from ..data.augment_recipes import build_augmentation
     from ..data.transforms import Compose, LetterboxResize, PackDetInputs
 
     spec = InputSpec()
@@ -73,8 +73,9 @@ def _pipelines(recipe: str, model_name: str, image_size: int, ds: Any, seed: int
     for name, cache in (("cached", True), ("uncached", False)):
         cfg = RecipeConfig(name=recipe, mosaic=MosaicConfig(enabled=True, cache=cache),
                            mixup=MixUpConfig(enabled=True, cache=cache))
-        r = build_recipe(cfg, model_name=model_name, image_size=image_size, epochs=300, input_spec=spec, seed=seed)
-        pipelines[name] = r.train_transforms(0, dataset=ds)
+        aug = build_augmentation(cfg, size=get_model_entry(model_name).size, image_size=image_size, epochs=300,
+                                 input_spec=spec, seed=seed)
+        pipelines[name] = aug.train_transforms(0, dataset=ds)
     pipelines["ceiling"] = Compose([LetterboxResize(image_size), PackDetInputs(spec)])
     return pipelines
 
@@ -99,8 +100,6 @@ def run_data_bench(recipe: str = "rtmdet", images: int = 200, image_size: int = 
         "images_per_s": {"cached", "uncached", "ceiling"}, "images_per_cpu_s": {same keys},
         "speedup_cached_vs_uncached", "speedup_cached_vs_uncached_cpu", "cached_fraction_of_ceiling"}``.
     """
-    from ..data.recipes import RECIPE_NAMES
-
     if images < 1:
         raise UserInputError(f"bench data --images: expected a positive number, got {images}")
     if recipe not in RECIPE_NAMES:

@@ -2,7 +2,7 @@
 
 The val split goes through the same letterbox (``build_val_transforms``) the model was validated
 with, the artifact runs on the chosen backend, dense outputs go through class-aware NMS
-(``detmodels.ops.dense_postprocess``; graphs with NMS inside are used as they are), boxes go back
+(``detmodels.dense_postprocess``; graphs with NMS inside are used as they are), boxes go back
 to original pixels and :func:`detflow.evaluation.evaluate_coco` scores them.
 
 >>> evaluate_artifact("out/qat", split, input_size=320, backend="onnxruntime")["AP50"]   # doctest: +SKIP
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import detmodels
-from detmodels.ops import dense_postprocess
+from detmodels import dense_postprocess
 
 from ..errors import DataError
 from .backends import Artifact, Runner, load_artifact, make_runner

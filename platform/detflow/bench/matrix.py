@@ -116,7 +116,9 @@ class BenchTable:
             writer.writerow({k: "" if v is None else v for k, v in dataclasses.asdict(row).items()})
         text = buf.getvalue()
         if path is not None:
-            Path(path).write_text(text)
+            from ..atomic import atomic_write
+
+            atomic_write(Path(path), text)
         return text
 
     def to_records(self) -> list[dict[str, Any]]:
@@ -126,10 +128,12 @@ class BenchTable:
         """``benchmark.csv``, ``benchmark.md`` and ``benchmark.json`` (rows + protocol) in ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        from ..atomic import atomic_write
+
         self.to_csv(out / "benchmark.csv")
-        (out / "benchmark.md").write_text(self.to_markdown())
+        atomic_write(out / "benchmark.md", self.to_markdown())
         payload = {"rows": self.to_records(), "protocol": self.protocol}
-        (out / "benchmark.json").write_text(json.dumps(payload, indent=2))
+        atomic_write(out / "benchmark.json", json.dumps(payload, indent=2))
         return {k: str(out / f"benchmark.{k}") for k in ("csv", "md", "json")}
 
     def metrics(self) -> dict[str, float]:
@@ -173,7 +177,7 @@ def latency_stats(latencies_ms: np.ndarray, batch_size: int) -> dict[str, float]
 def protocol_info(*, threads: int, warmup: int, iters: int, backends: Sequence[str], nms: str) -> dict[str, Any]:
     """How the numbers were measured: NMS, threads, iterations, versions, device."""
     from .backends import _device_name
-    from .. import __version__
+    from ..version import __version__
 
     versions = {"detflow": __version__, "torch": torch.__version__}
     for module in ("onnxruntime", "onnx", "tensorrt", "torchao"):

@@ -97,7 +97,7 @@ def _base_config(model: str, data: Any, image_size: int, epochs: int, batch_size
 
 def _sweep_config(name: str, scheduler: str, *, trials: int, max_concurrent: int, metric: str, mode: str,
                   storage: Path):
-    from ..config.base import parse_config
+    from ..config.compose import parse_config
     from ..tune import SweepConfig
 
     data = {"name": name, "base": "base.yaml", "metric": metric, "mode": mode, "space": search_bench_space(),
@@ -140,7 +140,9 @@ def run_search_bench(*, trials: int = 16, epochs: int = 6, images: int = 96, ima
         root = Path(tmp)
         data = generate_synthetic(root / "data", num_images=images + n_val, image_size=image_size, seed=0,
                                   val_fraction=n_val / (images + n_val))
-        (root / "base.yaml").write_text(yaml.safe_dump(_base_config(model, data, image_size, epochs, batch_size)))
+        from ..atomic import atomic_write
+
+        atomic_write(root / "base.yaml", yaml.safe_dump(_base_config(model, data, image_size, epochs, batch_size)))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for scheduler in ("asha", "none"):
             say(f"sweep with scheduler={scheduler}: {trials} trials × {epochs} epochs …")

@@ -80,13 +80,11 @@ def bare_epoch_times(cfg: Any, epochs: int) -> tuple[list[float], int]:
 
 
 def _detflow_epoch_times(cfg: Any) -> list[float]:
-    from mlflow.tracking import MlflowClient
-
+    from .. import tracking
     from ..train import run_training
 
     result = run_training(cfg, progress=False)
-    hist = sorted(MlflowClient().get_metric_history(result.run_id, "epoch"), key=lambda m: m.step)
-    stamps = [m.timestamp / 1000.0 for m in hist]
+    stamps = [ts / 1000.0 for _, _, ts in tracking.Run(result.run_id).metric_history("epoch")]
     first = result.history[0].get("train/epoch_time_s", 0.0)
     return [first] + [b - a for a, b in zip(stamps, stamps[1:])]
 

@@ -5,13 +5,13 @@ Exit codes: 0 success, 2 bad input (config, dataset, arguments, checkpoint), 1 r
 """
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
 from .. import __version__
 from ..errors import DetflowError
+from . import bench, config, data, evaluate, models, search, server, train, workflow
 
 app = typer.Typer(
     name="detflow",
@@ -21,9 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-# Modules under detflow.cli that define ``register(app)``; each owns its commands.
-COMMAND_MODULES = ("config", "data", "evaluate", "models", "train", "workflow", "search", "bench", "server")
 
 
 def _version(value: bool) -> None:
@@ -39,18 +36,9 @@ def _root(
     """detflow: real-time detector workflows on Ray + MLflow."""
 
 
-def _register_all() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue  # area not built yet
-            raise
-        module.register(app)
-
-
-_register_all()
+# Each area's module registers its commands; a module that fails to import is an error, never skipped.
+for _module in (config, data, evaluate, models, train, workflow, search, bench, server):
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

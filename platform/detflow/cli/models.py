@@ -125,30 +125,25 @@ def _print_rows(rows: list[dict], *, with_flops: bool) -> None:
 def write_checkpoint_dir(model: Any, out: Path, *, model_name: str, input_size: int, meta_extra: dict | None = None,
                          class_names: tuple[str, ...] = COCO_CLASS_NAMES,
                          category_ids: tuple[int, ...] = COCO_CATEGORY_IDS) -> Path:
-    """Write ``out/{model.pt, config.yaml, meta.json}`` in the layout of docs/architecture.md.
+    """Write ``out/{model.pt, config.yaml, meta.json}`` in the layout of docs/architecture.md, atomically
+    (:func:`detflow.engine.checkpoint.save_checkpoint`: a crash never leaves a half-written directory).
 
     There is no training state: optimizer/scheduler/scaler/rng are ``None`` and epoch/step 0. The
     config's data split is a placeholder (empty paths) that fine-tuning replaces.
     """
-    import torch
-    import yaml
-
     from .. import __version__
-    from ..config.train import DataConfig, DatasetSplit, ModelConfig, TrainConfig
+    from ..config.train import DataConfig, DatasetSplit, TrainConfig, model_config_class
+    from ..engine.checkpoint import save_checkpoint
 
-    out.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "ema": None, "optimizer": None, "scheduler": None, "scaler": None,
              "epoch": 0, "step": 0, "rng": None}
-    torch.save(state, out / "model.pt")
     cfg = TrainConfig(name=model_name.replace("/", "_"),
-                      model=ModelConfig(name=model_name, num_classes=len(class_names)),
+                      model=model_config_class(model_name)(name=model_name, num_classes=len(class_names)),
                       data=DataConfig(train=DatasetSplit(annotations="", images=""), image_size=input_size))
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     meta = {"model": model_name, "num_classes": len(class_names), "category_ids": list(category_ids),
             "class_names": list(class_names), "epoch": 0, "metrics": {}, "detflow_version": __version__,
             **(meta_extra or {})}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    return out
+    return save_checkpoint(out, state=state, config=cfg, meta=meta)
 
 
 @models_app.command("convert")

@@ -53,16 +53,11 @@ def _end_interrupted_trials(cfg) -> None:
     if not state.exists():
         return
     try:
-        from mlflow.tracking import MlflowClient
+        from .. import tracking
 
-        from ..tracking import configure
-
-        parent = json.loads(state.read_text())["parent_run_id"]
-        client = MlflowClient(configure())
-        experiment = client.get_run(parent).info.experiment_id
-        query = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
-        for run in client.search_runs([experiment], query):
-            client.set_terminated(run.info.run_id, "KILLED")
+        parent = tracking.Run(json.loads(state.read_text())["parent_run_id"])
+        for run in parent.children(status="RUNNING"):
+            run.end("KILLED")
     except Exception as exc:  # noqa: BLE001 — the interrupt matters more than this bookkeeping
         typer.echo(f"warning: could not end the interrupted trials' MLflow runs: {exc}", err=True)
 
@@ -107,7 +102,7 @@ def nas_cmd(
 
     Example: detflow nas workflows/nas/spinenet_proxy_nas.yaml --set num_samples=4
     """
-    from ..nas import find_nas, load_nas_config, run_nas
+    from ..archsearch import find_nas, load_nas_config, run_nas
 
     cfg, config_dir = _config_or_resumed("nas", config, set_, resume, load_nas_config, find_nas)
     with json_stdout(as_json):

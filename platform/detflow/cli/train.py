@@ -24,7 +24,8 @@ def train_cmd(
 
     Example: detflow train workflows/configs/rtmdet_tiny_synth.yaml --set train.epochs=5 --workers 2
     """
-    from ..config import TrainConfig, load_config
+    from ..config import TrainConfig
+    from ..config.kinds import load_user_config
     from ..errors import UserInputError
     from ..train import run_training
     from ..train.runner import latest_run
@@ -34,7 +35,7 @@ def train_cmd(
         overrides.append(f"scaling.workers={workers}")
     if gpus_per_worker is not None:
         overrides.append(f"scaling.gpus_per_worker={gpus_per_worker}")
-    cfg = load_config(TrainConfig, config, overrides)
+    cfg = load_user_config(TrainConfig, config, overrides)  # a user file: `kind: train` required
     if resume and latest_run(cfg, config.resolve().parent) is None:
         raise UserInputError(f"{config}: --resume: no run of {cfg.name!r} to resume in its storage; start it without --resume")
     with json_stdout(as_json):

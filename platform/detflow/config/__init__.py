@@ -1,7 +1,7 @@
 """Typed configuration: pydantic v2 models (frozen, unknown keys forbidden) loaded from YAML."""
-from .base import (StrictModel, apply_overrides, config_to_dict, field_paths, load_config,
-                   parse_config, read_yaml)
+from .base import StrictModel, config_to_dict, field_paths, read_yaml
+from .compose import Layer, compose, load_config, parse_config
 from .train import TrainConfig
 
-__all__ = ["StrictModel", "TrainConfig", "load_config", "parse_config", "apply_overrides",
+__all__ = ["StrictModel", "TrainConfig", "Layer", "compose", "load_config", "parse_config",
            "config_to_dict", "field_paths", "read_yaml"]

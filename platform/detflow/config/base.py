@@ -1,4 +1,6 @@
-"""Strict pydantic base model, YAML loading with readable errors, and ``--set`` overrides.
+"""Strict pydantic base model, YAML loading (repeated keys refused) and readable errors.
+
+Layering configs (``--set``, workflow steps, trials) is :mod:`detflow.config.compose`.
 
 Every config class derives from :class:`StrictModel` (frozen, unknown keys forbidden). Errors name
 the file, the dotted path of the field, what was expected and what was found::
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -18,11 +20,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..errors import ConfigError
 
 __all__ = [
-    "StrictModel", "load_config", "parse_config", "apply_overrides", "parse_override",
-    "format_validation_error", "read_yaml", "config_to_dict", "field_paths", "set_dotted",
+    "StrictModel", "parse_override", "format_validation_error", "format_error_line",
+    "read_yaml", "describe_value", "load_unique", "UniqueKeyLoader", "DuplicateKeyError", "reject_duplicate_keys",
+    "config_to_dict", "field_paths", "set_dotted",
 ]
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -31,12 +32,60 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that repeats a key: ``problem`` is ``duplicate key 'epochs' (first at line 9)``,
+    ``problem_mark`` the repeat; ``line`` and ``first`` are the two 1-based lines."""
+
+    def __init__(self, key: Any, line: int, first: int, mark: Any):
+        super().__init__(None, None, f"duplicate key {key!r} (first at line {first})", mark)
+        self.key, self.line, self.first = key, line, first
+
+
+def reject_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    """Raise :class:`DuplicateKeyError` when ``node`` repeats a key of its own (keys merged in with
+    ``<<`` may be overridden, as YAML allows). Call before ``flatten_mapping``."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise DuplicateKeyError(key, line, seen[key], key_node.start_mark)
+            seen[key] = line
+        except TypeError:  # an unhashable key: the constructor reports it
+            continue
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a repeated key (PyYAML silently keeps the last):
+    what workflow files and config files (``detflow.config.base.read_yaml``) are read with."""
+
+
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode) -> Any:
+    reject_duplicate_keys(loader, node)
+    yield from loader.construct_yaml_map(node)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_unique(text: str, loader: type | None = None) -> Any:
+    """``yaml.safe_load`` through a SafeLoader subclass (default :class:`UniqueKeyLoader`): a repeated
+    key raises :class:`DuplicateKeyError`."""
+    instance = (loader or UniqueKeyLoader)(text)
+    try:
+        return instance.get_single_data()
+    finally:
+        instance.dispose()
+
+
 def read_yaml(path: str | Path) -> Any:
     """``yaml.safe_load`` a file (a local path, or a stored location read through a local copy); a
     missing file, a YAML syntax error or a repeated key (``FILE:12: duplicate key 'epochs' (first at
     line 9)``) is a one-line ConfigError."""
     from ..artifact_store import is_uri, materialize
-    from ..workflows.lint import DuplicateKeyError, load_unique  # the one loader workflows use too
 
     path = materialize(path) if is_uri(path) else Path(path)
     try:
@@ -54,7 +103,7 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError([f"{path}: {where}invalid YAML: {problem}"]) from None
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -80,21 +129,6 @@ def _expected(err: dict) -> str:
     return err.get("msg", kind).removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def _sibling_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names valid next to the unknown key at ``loc`` (walks nested model types)."""
-    cls: Any = model_cls
-    for part in loc[:-1]:
-        if isinstance(part, int) or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            return []
-        field = cls.model_fields.get(part)
-        if field is None:
-            return []
-        cls = _model_in(field.annotation)
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return list(cls.model_fields)
-    return []
-
-
 def _model_in(annotation: Any) -> Any:
     """The BaseModel type inside ``X``, ``X | None``, ``list[X]`` or ``dict[str, X]`` annotations."""
     import typing
@@ -112,18 +146,55 @@ _NUMBER_KINDS = {"int_parsing", "int_type", "int_from_float", "float_parsing", "
                  "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
-def _field_at(model_cls: type[BaseModel], loc: tuple) -> Any:
-    """The pydantic FieldInfo at ``loc`` (walking nested models), or None."""
+def _is_model(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, BaseModel)
+
+
+def _union_members(annotation: Any) -> dict[Any, type[BaseModel]]:
+    """``{tag: model}`` for the BaseModel members of a (discriminated) union annotation; a member's
+    tags are its ``Tag`` metadata, the values of its ``Literal`` fields and its class name."""
+    import typing
+
+    members: dict[Any, type[BaseModel]] = {}
+    for arg in typing.get_args(annotation):
+        tags: list[Any] = []
+        if typing.get_origin(arg) is typing.Annotated:
+            arg, *meta = typing.get_args(arg)
+            tags += [m.tag for m in meta if hasattr(m, "tag")]
+        if not _is_model(arg):
+            members.update(_union_members(arg))
+            continue
+        for field in arg.model_fields.values():
+            if typing.get_origin(field.annotation) is typing.Literal:
+                tags += list(typing.get_args(field.annotation))
+        for tag in [*tags, arg.__name__]:
+            members.setdefault(tag, arg)
+    return members if len(set(members.values())) > 1 else {}
+
+
+def _walk(model_cls: type[BaseModel], loc: tuple) -> tuple[list, Any, Any]:
+    """(the displayed path, the model class holding the last part, its FieldInfo or None) of a
+    pydantic error location: validator names and union tags (``model.yolov6.assigner`` →
+    ``model.assigner``, the tag choosing the member class) are dropped from the path."""
+    shown: list = []
     cls: Any = model_cls
-    field = None
+    parent: Any = None
+    field: Any = None
+    members: dict = {}
     for part in loc:
-        if isinstance(part, int) or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            return None
-        field = cls.model_fields.get(part)
-        if field is None:
-            return None
-        cls = _model_in(field.annotation)
-    return field
+        if isinstance(part, str) and (part.startswith("function-") or "[" in part):
+            continue
+        if members and not isinstance(part, int) and part in members and not (_is_model(cls) and part in cls.model_fields):
+            cls, members = members[part], {}
+            continue
+        shown.append(part)
+        if isinstance(part, int):
+            continue
+        parent = cls
+        field = cls.model_fields.get(part) if _is_model(cls) else None
+        members = _union_members(field.annotation) if field is not None else {}
+        cls = _model_in(field.annotation) if field is not None else None
+    return shown, parent, field
 
 
 def _bounds_of(field: Any) -> tuple[str | None, list[str]]:
@@ -145,9 +216,8 @@ def _bounds_of(field: Any) -> tuple[str | None, list[str]]:
     return noun, bounds
 
 
-def _expected_number(err: dict, model_cls: type[BaseModel], loc: tuple) -> str | None:
+def _expected_number(field: Any) -> str | None:
     """``an integer > 0`` for a constrained numeric field (whatever the error kind), else None."""
-    field = _field_at(model_cls, loc) if loc else None
     if field is None:
         return None
     noun, bounds = _bounds_of(field)
@@ -156,23 +226,26 @@ def _expected_number(err: dict, model_cls: type[BaseModel], loc: tuple) -> str |
     return f"{noun} {' and '.join(bounds)}"
 
 
+def format_error_line(err: dict, source: str, model_cls: type[BaseModel], root: str = "") -> str:
+    """One pydantic error as ``SOURCE: dotted.path: expected …, got …`` (an unknown key gets a
+    did-you-mean, or the keys valid in its section)."""
+    shown, parent, field = _walk(model_cls, tuple(err["loc"]))
+    path = ".".join([root] * bool(root) + [str(p) for p in shown]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        key = str(shown[-1]) if shown else "?"
+        valid = list(parent.model_fields) if _is_model(parent) else []
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; expected one of: {', '.join(valid)}" if valid else "")
+        return f"{source}: {path}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{source}: {path}: missing required value"
+    expected = (_expected_number(field) if err["type"] in _NUMBER_KINDS else None) or _expected(err)
+    return f"{source}: {path}: expected {expected}, got {describe_value(err.get('input'))}"
+
+
 def format_validation_error(exc: ValidationError, source: str, model_cls: type[BaseModel], root: str = "") -> list[str]:
     """One line per pydantic error: ``SOURCE: dotted.path: expected …, got …``."""
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or "[" in p)))
-        path = ".".join([root] * bool(root) + [str(p) for p in loc]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            key = str(loc[-1]) if loc else "?"
-            close = difflib.get_close_matches(key, _sibling_fields(model_cls, loc), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"{source}: {path}: unknown key{hint}")
-        elif err["type"] == "missing":
-            lines.append(f"{source}: {path}: missing required value")
-        else:
-            expected = (_expected_number(err, model_cls, loc) if err["type"] in _NUMBER_KINDS else None) or _expected(err)
-            lines.append(f"{source}: {path}: expected {expected}, got {_describe(err.get('input'))}")
-    return lines
+    return [format_error_line(err, source, model_cls, root) for err in exc.errors()]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -187,17 +260,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Return a deep copy of ``data`` with each ``a.b=value`` applied (creating mappings as needed)."""
-    import copy
-
-    out = copy.deepcopy(data) if data else {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        set_dotted(out, keys, value)
-    return out
-
-
 def set_dotted(node: dict, keys: list[str], value: Any) -> None:
     """``node[k0][k1]…[kn] = value``, creating (or replacing non-mapping) intermediate levels."""
     for key in keys[:-1]:
@@ -205,31 +267,6 @@ def set_dotted(node: dict, keys: list[str], value: Any) -> None:
             node[key] = {}
         node = node[key]
     node[keys[-1]] = value
-
-
-def parse_config(model_cls: type[M], data: Any, source: str = "<config>", overrides: Iterable[str] = ()) -> M:
-    """Validate ``data`` (after ``overrides``) as ``model_cls``; raise :class:`ConfigError` with readable lines."""
-    overrides = list(overrides)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}: (top level): expected a mapping, got {_describe(data)}"])
-    if overrides:
-        data = apply_overrides(data, overrides)
-        source = f"{source} (with --set {' '.join(overrides)})"
-    try:
-        return model_cls.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, model_cls)) from None
-
-
-def load_config(model_cls: type[M], path: str | Path, overrides: Iterable[str] = ()) -> M:
-    """Read YAML ``path`` with ``yaml.safe_load`` and validate it as ``model_cls``.
-
-    Relative paths inside the config are left as written; callers resolve them against the
-    config file's directory with :func:`resolve_path` where that matters.
-    """
-    return parse_config(model_cls, read_yaml(path), str(path), overrides)
 
 
 def config_to_dict(cfg: BaseModel) -> dict:

@@ -2,6 +2,7 @@
 
 Example (``workflows/configs/rtmdet_tiny_synth.yaml``)::
 
+    kind: train
     name: rtmdet-tiny-synth
     model: {name: rtmdet_tiny, neck: {expand_ratio: 0.5}, assigner: {soft_center_alpha: 10.0}}
     data:
@@ -14,16 +15,18 @@ Example (``workflows/configs/rtmdet_tiny_synth.yaml``)::
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, get_args
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from .base import StrictModel
+from .model import ModelConfig, model_config_class
 
 __all__ = [
     "DatasetSplit", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "EMAConfig",
     "TrainLoopConfig", "ScalingConfig", "CheckpointConfig", "TrainConfig", "MosaicConfig",
-    "MixUpConfig", "RecipeConfig", "DistillConfig",
+    "MixUpConfig", "RecipeConfig", "DistillConfig", "RECIPE_NAMES", "RecipeName", "OptimizerName",
+    "ScheduleName", "EMAKind", "model_config_class",
 ]
 
 
@@ -37,67 +40,9 @@ class DatasetSplit(StrictModel):
 class DataConfig(StrictModel):
     train: DatasetSplit
     val: DatasetSplit | None = None
-    image_size: PositiveInt = 640
+    image_size: int = Field(640, ge=32, description="training input size S (mosaic canvas 2S)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
     filter_empty: bool = True
-
-
-class NeckOptions(StrictModel):
-    """Neck knobs searched by sweeps: CSP expansion ratio, SE / PPM switches (seed modules)."""
-
-    expand_ratio: float | None = Field(None, gt=0, le=2)
-    se: bool | None = None
-    ppm: bool | None = None
-
-
-class AssignerOptions(StrictModel):
-    """Label-assignment knobs, e.g. RTMDet's soft centre prior α^(d−β)."""
-
-    soft_center_alpha: float | None = Field(None, gt=1)
-    soft_center_beta: float | None = Field(None, ge=0)
-    topk: PositiveInt | None = None
-    iou_weight: float | None = Field(None, ge=0)
-
-
-class ModelConfig(StrictModel):
-    """Which registered detector, and its overrides (passed to ``detmodels.create_model``)."""
-
-    name: str
-    num_classes: PositiveInt | None = Field(None, description="default: the dataset's category count")
-    pretrained: str | None = Field(None, description="detflow checkpoint to start from")
-    neck: NeckOptions = NeckOptions()
-    assigner: AssignerOptions = AssignerOptions()
-    head: dict[str, Any] = Field(default_factory=dict, description="family-specific head options")
-    spec: str | None = Field(None, description="SpineNet block-spec YAML (model name 'spinenet')")
-    extra: dict[str, Any] = Field(default_factory=dict, description="other builder keyword arguments")
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        import detmodels
-
-        if name not in detmodels.list_models():
-            import difflib
-
-            close = difflib.get_close_matches(name, detmodels.list_models(), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"a registered model name{hint}")
-        return name
-
-    def builder_kwargs(self) -> dict[str, Any]:
-        """Keyword overrides for ``create_model`` (only the sections actually set)."""
-        kwargs: dict[str, Any] = dict(self.extra)
-        for section in ("neck", "assigner"):
-            values = getattr(self, section).model_dump(exclude_none=True)
-            if values:
-                kwargs[section] = values
-        if self.head:
-            kwargs["head"] = dict(self.head)
-        if self.spec:  # a stored spec (a NAS step's output) is read through a local copy
-            from ..artifact_store import local_path
-
-            kwargs["spec"] = str(local_path(self.spec))
-        return kwargs
 
 
 class MosaicConfig(StrictModel):
@@ -121,14 +66,24 @@ class MixUpConfig(StrictModel):
     alpha: float | None = Field(None, gt=0, description="Beta(alpha, alpha) mixing ratio; None = 0.5/0.5")
 
 
+RecipeName = Literal["rtmdet", "rtmdet_ins", "yolov6", "retinanet", "yolov3_asff", "plain"]
+RECIPE_NAMES: tuple[str, ...] = get_args(RecipeName)
+MULTISCALE_RECIPES = ("yolov3_asff", "plain")  # the recipes whose pipeline takes ``recipe.multiscale``
+OptimizerName = Literal["adamw", "sgd"]
+ScheduleName = Literal["flat_cosine", "cosine", "step", "constant"]
+EMAKind = Literal["exp_momentum", "ramped"]
+
+
 class RecipeConfig(StrictModel):
     """A named data pipeline + optimiser + schedule; every field overrides the recipe's default.
 
-    ``name``: ``rtmdet`` | ``yolov6`` | ``retinanet`` | ``yolov3_asff`` | ``plain`` (resize+flip only).
-    Fields left ``None`` take the recipe's (and model size's) paper value.
+    ``name``: ``rtmdet`` | ``rtmdet_ins`` (RTMDet's pipeline; RTMDet-Ins-x: lr 0.002 for 128 images)
+    | ``yolov6`` | ``retinanet`` | ``yolov3_asff`` | ``plain`` (resize+flip only); left out, the
+    model's own (``detmodels.get_model_entry(model).recipe``, filled in by :class:`TrainConfig`).
+    Fields left ``None`` take the recipe's paper value for the model's size (``entry.size``).
     """
 
-    name: Literal["rtmdet", "yolov6", "retinanet", "yolov3_asff", "plain"] = "rtmdet"
+    name: RecipeName | None = Field(None, description="default: the model's recipe (yolov6_s: yolov6)")
     mosaic: MosaicConfig | None = None
     mixup: MixUpConfig | None = None
     ratio_range: tuple[float, float] | None = None
@@ -136,12 +91,32 @@ class RecipeConfig(StrictModel):
     flip_prob: float | None = Field(None, ge=0, le=1)
     cutmix_prob: float | None = Field(None, ge=0, le=1)
     copy_paste_prob: float | None = Field(None, ge=0, le=1)
-    multiscale: tuple[int, int] | None = None
+    multiscale: tuple[int, int] | None = Field(None, description="(min, max) sizes; recipes yolov3_asff and plain")
     strong_aug_off_epochs: int | None = Field(None, ge=0, description="last N epochs without mosaic/mixup")
+
+    @field_validator("ratio_range")
+    @classmethod
+    def _ratio_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError("0 < low <= high")
+        return value
+
+    @field_validator("multiscale")
+    @classmethod
+    def _multiscale(cls, value: tuple[int, int] | None, info: ValidationInfo) -> tuple[int, int] | None:
+        if value is not None and not 32 <= value[0] <= value[1]:
+            raise ValueError("32 <= min <= max")
+        name = info.data.get("name")
+        if value is not None and name is not None and name not in MULTISCALE_RECIPES:
+            raise ValueError(f"null: only recipes {' and '.join(MULTISCALE_RECIPES)} use multi-scale sizes, "
+                             f"not {name!r}")
+        return value
 
 
 class OptimizerConfig(StrictModel):
-    name: Literal["adamw", "sgd"] | None = None
+    """Overrides of the recipe's optimiser (``None``: the recipe's value for the model's size)."""
+
+    name: OptimizerName | None = None
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
     momentum: float | None = Field(None, ge=0, lt=1)
@@ -151,7 +126,9 @@ class OptimizerConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    name: Literal["flat_cosine", "cosine", "step", "constant"] | None = None
+    """Overrides of the recipe's per-iteration LR schedule (``None``: the recipe's value)."""
+
+    name: ScheduleName | None = None
     warmup_iters: int | None = Field(None, ge=0)
     warmup_epochs: float | None = Field(None, ge=0)
     min_lr_ratio: float | None = Field(None, ge=0, le=1)
@@ -159,8 +136,10 @@ class ScheduleConfig(StrictModel):
 
 
 class EMAConfig(StrictModel):
-    enabled: bool = True
-    kind: Literal["exp_momentum", "ramped"] | None = None
+    """Overrides of the recipe's weight EMA (``None``: the recipe's value)."""
+
+    enabled: bool | None = Field(None, description="default: the recipe's (off for retinanet, yolov3_asff)")
+    kind: EMAKind | None = None
     momentum: float | None = Field(None, gt=0, lt=1)
     decay: float | None = Field(None, gt=0, lt=1)
     gamma: float | None = Field(None, gt=0)
@@ -210,6 +189,7 @@ class DistillConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Everything ``detflow train`` needs; also the unit a sweep trial and a workflow step run."""
 
+    kind: Literal["train"] = Field("train", description="config kind: a train config file starts with `kind: train`")
     name: str = Field("train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     model: ModelConfig
     data: DataConfig
@@ -220,3 +200,22 @@ class TrainConfig(StrictModel):
     distill: DistillConfig | None = None
     storage: str = Field("", description="local dir or s3://bucket/prefix; default $DETFLOW_HOME/runs")
     experiment: str = "detflow"
+
+    @model_validator(mode="after")
+    def _model_recipe(self) -> TrainConfig:
+        """``recipe.name`` left out: the model entry's recipe (a yolov6_s run trains with YOLOv6's).
+
+        The filled name is not marked as set, so composing this config with another model picks
+        that model's recipe; a stored ``config.yaml`` shows it.
+        """
+        if self.recipe.name is None:
+            import detmodels
+
+            name = detmodels.get_model_entry(self.model.name).recipe
+            if self.recipe.multiscale is not None and name not in MULTISCALE_RECIPES:
+                raise ValueError(f"recipe.multiscale to be left out: model {self.model.name}'s recipe {name!r} "
+                                 f"does not use multi-scale sizes (recipes {', '.join(MULTISCALE_RECIPES)} do)")
+            recipe = RecipeConfig.model_construct(self.recipe.model_fields_set,
+                                                  **{**dict(self.recipe), "name": name})
+            object.__setattr__(self, "recipe", recipe)  # frozen model: filled once, during validation
+        return self

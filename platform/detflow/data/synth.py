@@ -390,5 +390,7 @@ def generate_synthetic(out_dir: str | Path, *, num_images: int = 200, seed: int 
     paths = SynthPaths(out / "train.json", out / "val.json", images_dir)
     for name, path in (("train", paths.train_json), ("val", paths.val_json)):
         coco = _coco(*split[name], num_classes, seed, name)
-        path.write_text(json.dumps(coco, separators=(",", ":")))
+        from ..atomic import atomic_write
+
+        atomic_write(path, json.dumps(coco, separators=(",", ":")))
     return paths

@@ -1,8 +1,10 @@
 """Checkpoint directories (layout in docs/architecture.md): ``model.pt`` + ``config.yaml`` + ``meta.json``.
 
-Writes are atomic: everything goes into a hidden sibling temp directory which is then renamed onto
-the final name, so a reader never sees a half-written checkpoint (temp names start with ``.tmp-``
-and are ignored by :func:`list_checkpoints`). ``model.pt`` is read with ``weights_only=True``; non
+Writes are atomic (:mod:`detflow.atomic`): everything goes into a hidden sibling temp directory,
+is fsynced, and is renamed (or atomically swapped) onto the final name, so a reader never sees a
+half-written checkpoint (temp names start with ``.tmp-`` and are ignored by :func:`list_checkpoints`;
+:func:`prune_checkpoints` removes leftovers). ``best/`` is published only after its epoch was
+reported (:func:`report_then_publish`). ``model.pt`` is read with ``weights_only=True``; non
 tensor state (numpy arrays in data caches, RNG states) is stored as tensors and plain containers.
 """
 from __future__ import annotations
@@ -12,20 +14,20 @@ import os
 import random
 import re
 import shutil
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import yaml
 
+from ..atomic import atomic_dir, is_temp, read_json_state, remove_temps
 from ..errors import UserInputError
 
 __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "META_FILE", "save_checkpoint", "load_checkpoint_state", "read_meta",
     "read_config", "list_checkpoints", "prune_checkpoints", "publish_checkpoint", "is_checkpoint",
-    "load_checkpoint_model", "rng_state", "set_rng_state", "pack_tree", "unpack_tree", "local_checkpoint",
+    "load_checkpoint_model", "report_then_publish", "rng_state", "set_rng_state", "pack_tree", "unpack_tree", "local_checkpoint",
 ]
 
 MODEL_FILE, CONFIG_FILE, META_FILE = "model.pt", "config.yaml", "meta.json"
@@ -89,62 +91,50 @@ def _config_dict(config: Any) -> dict:
     return config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
 
 
-def _temp_sibling(path: Path) -> Path:
-    return path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` onto ``path``; an existing ``path`` is moved aside first, then deleted."""
-    old = None
-    if path.exists():
-        old = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_checkpoint(path: str | os.PathLike, *, state: dict[str, Any], config: Any, meta: dict[str, Any]) -> Path:
     """Atomically write a checkpoint directory at ``path`` (replacing an existing one).
+
+    The files go into a temporary sibling directory, are fsynced, and the directory is renamed (or
+    swapped, :func:`detflow.atomic.swap_dirs`) onto ``path``: a reader sees the old or the new
+    checkpoint, never a mix.
 
     Args:
         state: ``{"model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", ...}``.
         config: the resolved TrainConfig (or its dict), written as ``config.yaml``.
         meta: ``{"model", "num_classes", "category_ids", "class_names", "epoch", "metrics", ...}``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path)
-    tmp.mkdir()
-    try:
+    with atomic_dir(path) as tmp:
         torch.save(pack_tree(state), tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(_config_dict(config), sort_keys=False))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def publish_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Atomically copy the checkpoint directory ``src`` to ``dst`` (e.g. ``best/``)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(dst)
-    try:
-        shutil.copytree(src, tmp)
-        _replace_dir(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+    """Atomically copy the checkpoint directory ``src`` to ``dst`` (e.g. ``best/``): the copy is made in
+    a temporary sibling and swapped in, so ``dst`` always holds one complete checkpoint."""
+    if not is_checkpoint(src):
+        raise UserInputError(f"{src}: not a complete checkpoint directory; nothing published to {dst}")
+    with atomic_dir(dst) as tmp:
+        for name in (MODEL_FILE, CONFIG_FILE, META_FILE):
+            shutil.copyfile(Path(src) / name, tmp / name)
+    return Path(dst)
+
+
+def report_then_publish(report: Callable[[], Any], checkpoint: str | os.PathLike | None,
+                        best_dir: str | os.PathLike | None, better: bool) -> None:
+    """Report an epoch (``report()``, e.g. ``ray.train.report``), and only once it returned publish
+    ``checkpoint`` as ``best_dir`` when it is ``better``. A process killed before or during the report
+    therefore never leaves ``best/`` holding weights of an epoch that was never reported."""
+    report()
+    if better and best_dir and checkpoint is not None:
+        publish_checkpoint(checkpoint, best_dir)
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
     """A complete checkpoint directory (not a temp one, all three files present)."""
     p = Path(path)
-    return (p.is_dir() and not p.name.startswith((".tmp-", ".old-"))
+    return (p.is_dir() and not is_temp(p.name)
             and all((p / f).is_file() for f in (MODEL_FILE, CONFIG_FILE, META_FILE)))
 
 
@@ -157,15 +147,18 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: (int(_EPOCH_RE.match(p.name).group(1)), p.name))
 
 
-def prune_checkpoints(root: str | os.PathLike, keep_last: int, protect: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
-    """Delete all but the last ``keep_last`` epoch checkpoints (and stale temp dirs); returns the deleted."""
+def prune_checkpoints(root: str | os.PathLike, keep_last: int, protect: tuple[str | os.PathLike, ...] = (),
+                      *, stale_temp_s: float = 0.0) -> list[Path]:
+    """Delete all but the last ``keep_last`` epoch checkpoints, and the temporary directories
+    (``.tmp-*``, ``.old-*``) a crashed write left behind that are at least ``stale_temp_s`` seconds
+    old; returns the deleted paths."""
     root = Path(root)
     keep = {Path(p).resolve() for p in protect}
     ckpts = list_checkpoints(root)
     doomed = [p for p in ckpts[: max(len(ckpts) - keep_last, 0)] if p.resolve() not in keep]
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
-    return doomed
+    return doomed + remove_temps(root, older_than_s=stale_temp_s)
 
 
 # --------------------------------------------------------------------------- reading
@@ -187,7 +180,9 @@ def load_checkpoint_state(path: str | os.PathLike, map_location: str | torch.dev
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((local_checkpoint(path) / META_FILE).read_text())
+    """``meta.json`` of a checkpoint; a corrupt one is a one-line error (exit 2) naming the file."""
+    return read_json_state(local_checkpoint(path) / META_FILE, "checkpoint meta",
+                           "use another checkpoint (e.g. the previous epoch_*) or re-create this one")
 
 
 def read_config(path: str | os.PathLike):
@@ -208,7 +203,7 @@ def load_checkpoint_model(path: str | os.PathLike):
 
     local = local_checkpoint(path)
     cfg, meta = read_config(local), read_meta(local)
-    model = detmodels.create_model(meta["model"], num_classes=int(meta["num_classes"]), **cfg.model.builder_kwargs())
+    model = detmodels.create_model(meta["model"], num_classes=int(meta["num_classes"]), **cfg.model.create_kwargs())
     state = load_checkpoint_state(local)
     weights = state["ema"]["module"] if state.get("ema") else state["model"]
     model.load_state_dict(weights)

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from .specs import EMASpec
+
 __all__ = ["ModelEMA", "ExpMomentumEMA", "RampedEMA", "build_ema", "unwrap_model"]
 
 
@@ -93,11 +95,11 @@ class RampedEMA(ModelEMA):
         return 1.0 - d
 
 
-def build_ema(model: nn.Module, kind: str, *, momentum: float | None = None, decay: float | None = None,
-              gamma: float | None = None) -> ModelEMA:
-    """``kind``: ``exp_momentum`` (RTMDet defaults m=2e-4, gamma=2000) or ``ramped`` (YOLOv6 0.9999, 2000)."""
-    if kind == "exp_momentum":
-        return ExpMomentumEMA(model, momentum=momentum or 2e-4, gamma=gamma or 2000.0)
-    if kind == "ramped":
-        return RampedEMA(model, decay=decay or 0.9999, ramp=gamma or 2000.0)
-    raise ValueError(f"unknown EMA kind {kind!r}; expected 'exp_momentum' or 'ramped'")
+def build_ema(model: nn.Module, spec: EMASpec) -> ModelEMA | None:
+    """The EMA of ``spec`` over ``model`` (``None`` when ``spec.enabled`` is false): ``exp_momentum``
+    (RTMDet: ``momentum``, ``gamma``) or ``ramped`` (YOLOv6: ``decay``, ramp ``gamma``)."""
+    if not spec.enabled:
+        return None
+    if spec.kind == "exp_momentum":
+        return ExpMomentumEMA(model, momentum=spec.momentum, gamma=spec.gamma)
+    return RampedEMA(model, decay=spec.decay, ramp=spec.gamma)

@@ -1,8 +1,13 @@
-"""Optimiser construction: parameter groups without weight decay on norms and biases.
+"""Optimiser construction from a typed :class:`~detflow.engine.specs.OptimizerSpec`: parameter
+groups without weight decay on norms and biases.
 
-RTMDet (MMDetection config): AdamW lr 0.004 at batch 256, weight decay 0.05, ``norm_decay_mult=0``,
-``bias_decay_mult=0``. YOLOv6 v3.0 §3.4: SGD momentum 0.937 Nesterov, lr 0.01 at batch 32·GPUs,
-weight decay 5e-4; BN weights and biases without decay.
+As RTMDet's MMDetection config (``norm_decay_mult=0``, ``bias_decay_mult=0``) and YOLOv6 v3.0 §3.4
+(BN weights and biases without decay). Each recipe's values (lr, batch, momentum …) are in
+:mod:`detflow.engine.recipes`.
+
+Example::
+
+    optimizer = build_optimizer(model, recipe.optimizer, total_batch=64)
 """
 from __future__ import annotations
 
@@ -11,14 +16,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["OPTIMIZER_DEFAULTS", "param_groups", "build_optimizer", "scaled_lr"]
+from .specs import OptimizerSpec
 
-OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adamw": {"lr": 0.004, "weight_decay": 0.05, "momentum": 0.9, "nesterov": False,
-              "scale_lr_by_batch": True, "base_batch": 256},
-    "sgd": {"lr": 0.01, "weight_decay": 5e-4, "momentum": 0.937, "nesterov": True,
-            "scale_lr_by_batch": True, "base_batch": 64},
-}
+__all__ = ["param_groups", "build_optimizer", "scaled_lr"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -43,30 +43,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def scaled_lr(lr: float, total_batch: int, base_batch: int | None, scale: bool) -> float:
+def scaled_lr(lr: float, total_batch: int, base_batch: int, scale: bool) -> float:
     """Linear scaling rule: ``lr · total_batch / base_batch`` when ``scale`` (else ``lr``)."""
-    if not scale or not base_batch:
-        return lr
-    return lr * total_batch / base_batch
+    return lr * total_batch / base_batch if scale else lr
 
 
-def build_optimizer(model: nn.Module, name: str, *, total_batch: int, **options: Any) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov) over :func:`param_groups`.
+def build_optimizer(model: nn.Module, spec: OptimizerSpec, *, total_batch: int) -> torch.optim.Optimizer:
+    """AdamW (β = (``spec.momentum``, 0.999)) or SGD (``spec.nesterov``) over :func:`param_groups`.
 
     Args:
-        name: ``adamw`` | ``sgd``.
+        spec: the resolved optimiser (a recipe's, with the config's overrides merged).
         total_batch: images per step over all workers (for the linear LR scaling rule).
-        options: ``lr, weight_decay, momentum, nesterov, scale_lr_by_batch, base_batch``; ``None``
-            values take :data:`OPTIMIZER_DEFAULTS` of ``name``.
     """
-    if name not in OPTIMIZER_DEFAULTS:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZER_DEFAULTS)}")
-    o = {**OPTIMIZER_DEFAULTS[name], **{k: v for k, v in options.items() if v is not None}}
-    lr = scaled_lr(o["lr"], total_batch, o["base_batch"], o["scale_lr_by_batch"])
-    groups = param_groups(model, o["weight_decay"])
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(o["momentum"], 0.999))
-    return torch.optim.SGD(groups, lr=lr, momentum=o["momentum"], nesterov=o["nesterov"])
+    lr = scaled_lr(spec.lr, total_batch, spec.base_batch, spec.scale_lr_by_batch)
+    groups = param_groups(model, spec.weight_decay)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(spec.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov)
 
 
 def named_groups(optimizer: torch.optim.Optimizer) -> Iterable[tuple[str, float]]:

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+import typing
 
 import torch
 
-__all__ = ["LRSchedule", "IterLRScheduler", "build_schedule", "SCHEDULE_DEFAULTS"]
+from ..config.train import ScheduleName
+from .specs import ScheduleSpec
 
-# Paper defaults per schedule name; a recipe or the config overrides each value.
-SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "flat_cosine": {"warmup_iters": 1000, "warmup_epochs": 0.0, "min_lr_ratio": 0.05, "flat_fraction": 0.5},
-    "cosine": {"warmup_iters": 1000, "warmup_epochs": 3.0, "min_lr_ratio": 0.01, "flat_fraction": 0.0},
-    "step": {"warmup_iters": 2000, "warmup_epochs": 0.0, "min_lr_ratio": 0.0, "flat_fraction": 0.0},
-    "constant": {"warmup_iters": 0, "warmup_epochs": 0.0, "min_lr_ratio": 1.0, "flat_fraction": 1.0},
-}
+__all__ = ["LRSchedule", "IterLRScheduler", "build_schedule", "SCHEDULE_NAMES"]
+
+SCHEDULE_NAMES: tuple[str, ...] = typing.get_args(ScheduleName)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +51,8 @@ class LRSchedule:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.name not in SCHEDULE_DEFAULTS:
-            raise ValueError(f"unknown schedule {self.name!r}; expected one of {sorted(SCHEDULE_DEFAULTS)}")
+        if self.name not in SCHEDULE_NAMES:
+            raise ValueError(f"unknown schedule {self.name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
 
     def warmup(self, it: int) -> float:
         if self.warmup_iters <= 0 or it >= self.warmup_iters:
@@ -80,32 +77,23 @@ class LRSchedule:
         return self.warmup(it) * self.decay(it)
 
 
-def build_schedule(
-    name: str,
-    *,
-    epochs: int,
-    iters_per_epoch: int,
-    warmup_iters: int | None = None,
-    warmup_epochs: float | None = None,
-    min_lr_ratio: float | None = None,
-    flat_fraction: float | None = None,
-    milestones: Sequence[float] = (0.95, 0.98),
-) -> LRSchedule:
-    """Schedule with the paper defaults of ``name`` filled in; warm-up = max(iters, epochs·iters/epoch),
-    capped at a third of training so that short (smoke) runs still train at full LR."""
-    d = SCHEDULE_DEFAULTS[name] if name in SCHEDULE_DEFAULTS else SCHEDULE_DEFAULTS["constant"]
+def build_schedule(spec: ScheduleSpec, *, epochs: int, iters_per_epoch: int) -> LRSchedule:
+    """The :class:`LRSchedule` of ``spec`` for a run of ``epochs`` × ``iters_per_epoch`` iterations.
+
+    Warm-up = max(``warmup_iters``, ``warmup_epochs`` · iters/epoch), capped at a third of training
+    so that short (smoke) runs still train at full LR; it starts from 0 for ``cosine`` (YOLOv6) and
+    from 1e-5 otherwise (MMDetection's LinearLR ``start_factor``).
+    """
     total = max(int(epochs) * int(iters_per_epoch), 1)
-    w_iters = d["warmup_iters"] if warmup_iters is None else warmup_iters
-    w_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-    warm = min(max(int(w_iters), int(round(w_epochs * iters_per_epoch))), total // 3)
+    warm = min(max(int(spec.warmup_iters), int(round(spec.warmup_epochs * iters_per_epoch))), total // 3)
     return LRSchedule(
-        name=name,
+        name=spec.name,
         total_iters=total,
         warmup_iters=warm,
-        warmup_start=0.0 if name == "cosine" else 1e-5,
-        min_lr_ratio=d["min_lr_ratio"] if min_lr_ratio is None else min_lr_ratio,
-        flat_fraction=d["flat_fraction"] if flat_fraction is None else flat_fraction,
-        milestones=tuple(milestones),
+        warmup_start=0.0 if spec.name == "cosine" else 1e-5,
+        min_lr_ratio=spec.min_lr_ratio,
+        flat_fraction=spec.flat_fraction,
+        milestones=tuple(spec.milestones),
     )
 
 

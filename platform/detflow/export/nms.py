@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..atomic import atomic_path
 from ..errors import RuntimeFailure
 
 __all__ = ["append_nms", "NMS_OUTPUTS"]
@@ -115,5 +116,6 @@ def append_nms(
     if opset < 13:
         raise RuntimeFailure(f"NMS in the graph needs ONNX opset >= 13, the graph has {opset}")
     onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
     return str(dst)

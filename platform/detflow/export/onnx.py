@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 import detmodels
 
+from ..atomic import atomic_path, atomic_write, read_json_state
 from ..errors import RuntimeFailure, UserInputError
 
 __all__ = [
@@ -127,7 +128,12 @@ def export_graph(module: nn.Module, example: Tensor, path: Path, *, dynamic_batc
 
     Returns the exporter used (``"dynamo"`` or ``"torchscript"``). Output names are ``boxes``, ``scores``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:  # a crash mid-export never leaves a truncated graph at ``path``
+        return _export_to(module, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
+
+
+def _export_to(module: nn.Module, example: Tensor, path: Path, *, dynamic_batch: bool, opset: int | None) -> str:
+    """:func:`export_graph` into ``path`` (a temporary name)."""
     n_out = len(OUTPUT_NAMES)
     try:
         dyn = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
@@ -189,14 +195,16 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
 
 def write_sidecar(onnx_path: str | os.PathLike, info: dict[str, Any]) -> Path:
     path = sidecar_path(onnx_path)
-    path.write_text(json.dumps(info, indent=2, default=str))
+    atomic_write(path, json.dumps(info, indent=2, default=str))
     return path
 
 
 def read_sidecar(onnx_path: str | os.PathLike) -> dict[str, Any]:
     """The sidecar JSON of an exported graph ({} when there is none)."""
     path = sidecar_path(onnx_path)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    return read_json_state(path, "ONNX sidecar", "export the model again (`detflow export`) to rewrite it")
 
 
 def deploy_info(source: ModelSource, input_size: tuple[int, int], **extra: Any) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import io
 import itertools
 import json
 import logging
-import shutil
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_write
 from ..errors import RuntimeFailure, UserInputError
 from ..export.onnx import (
     ModelSource, compare_onnx_to_torch, deploy_info, export_graph, ort_session, write_sidecar,
@@ -276,8 +276,8 @@ def save_torch_program(module: nn.Module, example: Tensor, out_dir: Path) -> str
             buffer = io.BytesIO()
             torch.export.save(program, buffer)
         data = buffer.getvalue()
-        path.write_bytes(data)
-        _digest_path(path).write_text(f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+        atomic_write(path, data)
+        atomic_write(_digest_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
         return str(path)
     except Exception as exc:  # the ONNX graph is the main artefact; the torch program is a bonus
         log.warning("could not save the int8 torch program: %s: %s", type(exc).__name__, exc)
@@ -341,6 +341,6 @@ def write_quant_dir(out_dir: Path, source: ModelSource, metrics: dict[str, Any])
     meta = dict(source.meta)
     meta["quantization"] = metrics
     meta["source_checkpoint"] = source.checkpoint
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2, default=str))
     if source.checkpoint and (Path(source.checkpoint) / "config.yaml").is_file():
-        shutil.copyfile(Path(source.checkpoint) / "config.yaml", out_dir / "config.yaml")
+        atomic_write(out_dir / "config.yaml", (Path(source.checkpoint) / "config.yaml").read_bytes())

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,22 +25,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import RuntimeFailure, UserInputError
+from ..redact import REDACTED, SAFE_KEYS, is_secret_key, redact, redact_url  # noqa: F401  (re-exported)
 from .fingerprint import count_images, dataset_fingerprint
-from .store import configure, ensure_experiment, redact_url
+from .run import Run, numeric_metrics
+from .store import configure, ensure_experiment
 
 __all__ = [
     "start_run", "log_config", "log_run_context", "log_metrics", "log_best", "log_figure",
     "plot_curves", "flatten_params", "redact", "is_secret_key", "REDACTED", "MAX_PARAMS",
-    "remembered_parent_run",
+    "remembered_parent_run", "active_run",
 ]
 
-REDACTED = "***"
 MAX_PARAMS = 200
 MAX_PARAM_CHARS = 500
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "key")
-# Config keys that contain a secret-looking word but hold no secret.
-SAFE_KEYS = frozenset({"cache_key", "sort_key", "metric_key", "key_metric", "monitor_key"})
-_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-./ ]+")
 
 
 # --------------------------------------------------------------------------- runs
@@ -93,7 +89,36 @@ def start_run(name: str, *, experiment: str = "detflow", tags: Mapping[str, Any]
         status = "FAILED"
         raise
     finally:
+        _end_active_run(status)
+
+
+def _end_active_run(status: str) -> None:
+    """``mlflow.end_run(status)`` (which leaves the run inactive in this process first), its
+    ``set_terminated`` retried through an outage; when the store stays down the run is left RUNNING
+    with a warning: the work it tracked is done, and that must not fail it."""
+    import logging
+
+    import mlflow
+
+    from .run import RetryPolicy, TrackingUnavailable
+
+    active = mlflow.active_run()
+    if active is None:
+        return
+    try:
         mlflow.end_run(status=status)
+        return
+    except Exception:  # noqa: BLE001 — retried below with the run's id
+        pass
+    try:
+        Run(active.info.run_id, policy=RetryPolicy(attempts=6, max_delay_s=10.0)).end(status)
+    except TrackingUnavailable as exc:
+        logging.getLogger(__name__).warning("%s", exc)
+
+
+def active_run() -> Run:
+    """The run :func:`start_run` made active in this process, as a :class:`~detflow.tracking.Run`."""
+    return Run(_run_id())
 
 
 def _run_id() -> str:
@@ -106,23 +131,6 @@ def _run_id() -> str:
 
 
 # --------------------------------------------------------------------------- config + secrets
-def is_secret_key(key: str) -> bool:
-    """True for keys that look like credentials (``*secret*``, ``*password*``, ``*token*``, ``*key*`` …)."""
-    k = str(key).lower()
-    return k not in SAFE_KEYS and any(word in k for word in _SECRET_WORDS)
-
-
-def redact(value: Any) -> Any:
-    """Deep copy of ``value`` with secret-looking keys' values replaced and URL credentials stripped."""
-    if isinstance(value, Mapping):
-        return {k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return redact_url(value)
-    return value
-
-
 def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}, "c": [1, 2]}`` → ``{"a.b": "1", "c": "[1, 2]"}`` (values as MLflow strings)."""
     out: dict[str, str] = {}
@@ -227,7 +235,7 @@ def log_run_context(*, seed: int | None = None, dataset: Any = None) -> dict[str
     """
     import mlflow
 
-    from .. import __version__
+    from ..version import __version__
 
     _run_id()
     tags: dict[str, str] = {
@@ -252,26 +260,12 @@ def log_run_context(*, seed: int | None = None, dataset: Any = None) -> dict[str
 
 
 # --------------------------------------------------------------------------- metrics
-def _numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numbers only (nested mappings flattened with ``/``, e.g. ``per_class/circle``)."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = _METRIC_NAME.sub("_", f"{prefix}{key}")
-        if isinstance(value, Mapping):
-            out.update(_numeric_metrics(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
-            out[name] = float(value.item())
-    return out
-
-
 def log_metrics(metrics: Mapping[str, Any], step: int) -> dict[str, float]:
     """Log numeric ``metrics`` at ``step`` (epoch); strings (e.g. ``note``) are skipped. Returns them."""
     import mlflow
 
     _run_id()
-    values = _numeric_metrics(metrics)
+    values = numeric_metrics(metrics)
     if values:
         mlflow.log_metrics(values, step=step)
     return values
@@ -297,7 +291,7 @@ def log_best(metrics: Mapping[str, Any], mode_for: Callable[[str], str] | Mappin
     run_id = _run_id()
     current = MlflowClient().get_run(run_id).data.metrics
     improved = {}
-    for key, value in _numeric_metrics(metrics).items():
+    for key, value in numeric_metrics(metrics).items():
         if not math.isfinite(value):
             continue
         if callable(mode_for):
@@ -360,11 +354,18 @@ def remembered_parent_run(state: Path, cfg, *, kind: str, resume: bool, extra: M
     import time
 
     if resume and state.exists():
-        return json.loads(state.read_text())["parent_run_id"]
+        from ..atomic import CorruptStateError, read_json_state
+
+        hint = f"delete {state.parent} to start the {kind} afresh"
+        parent = read_json_state(state, f"{kind} state", hint).get("parent_run_id")
+        if not isinstance(parent, str):
+            raise CorruptStateError(f"{state}: corrupt {kind} state (no parent_run_id); {hint}")
+        return parent
     configure()
     with start_run(cfg.name, tags={f"detflow.{kind}": cfg.name, "detflow.kind": kind}) as run:
         log_config(cfg, name=f"{kind}.yaml")
         run_id = run.info.run_id
-    state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"parent_run_id": run_id, "created": time.time(), **dict(extra or {})}))
+    from ..atomic import atomic_write
+
+    atomic_write(state, json.dumps({"parent_run_id": run_id, "created": time.time(), **dict(extra or {})}))
     return run_id

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..storage import redact, s3_settings
+from ..redact import redact_text as redact
+from ..s3settings import s3_settings
 
 __all__ = ["ServerSpec", "server_command", "server_env", "server_url", "is_loopback"]
 

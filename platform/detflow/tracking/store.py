@@ -12,36 +12,10 @@ import os
 import re
 from pathlib import Path
 
+from ..redact import redact_url, strip_credentials  # noqa: F401  (re-exported: the one rule lives in detflow.redact)
+
 __all__ = ["configure", "artifact_root", "ensure_experiment", "uses_embedded_store", "redact_url",
            "strip_credentials"]
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<auth>[^/@\s]+)@")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@:\s]*)(?::[^/@\s]*)?@")
-_SECRET_PARAM = re.compile(r"(?i)secret|passw|pwd|token|credential|signature|api[_\-]?key|access[_\-]?key")
-
-
-def redact_url(text: str) -> str:
-    """``scheme://user:pass@host/…`` → ``scheme://***@host/…`` (anywhere in ``text``)."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
-
-
-def strip_credentials(url: str) -> str:
-    """``url`` as another process may see it: the password of ``scheme://user:password@host`` removed
-    (``scheme://user@host``; the receiver reads it from its own ``PGPASSWORD`` / ``.pgpass`` / …) and
-    query parameters such as ``password=`` / ``token=`` / ``X-Amz-Signature=`` dropped. Other text is
-    returned unchanged.
-
-    Example: ``strip_credentials("postgresql+psycopg://ci:pw@db:5432/state")`` →
-    ``"postgresql+psycopg://ci@db:5432/state"``.
-    """
-    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{m.group('user')}@" if m.group("user") else m.group("scheme"),
-                         str(url))
-    if "://" not in text or "?" not in text:
-        return text
-    base, _, rest = text.partition("?")
-    query, hash_, fragment = rest.partition("#")
-    kept = [p for p in query.split("&") if p and not _SECRET_PARAM.search(p.split("=", 1)[0])]
-    return base + (f"?{'&'.join(kept)}" if kept else "") + hash_ + fragment
 
 
 # The URI configure() chose itself: mlflow.set_tracking_uri exports it as MLFLOW_TRACKING_URI,

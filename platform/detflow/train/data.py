@@ -16,21 +16,13 @@ from torch.utils.data import DistributedSampler
 
 from ..config.train import TrainConfig
 from ..data import CocoDataset, build_dataloader, build_val_transforms
-from ..data.recipes import Recipe, build_recipe
+from ..engine.recipes import Recipe, train_recipe
 
-__all__ = ["TrainData", "build_train_data", "recipe_settings", "model_task"]
+__all__ = ["TrainData", "build_train_data", "model_task"]
 
 
 def model_task(name: str) -> str:
     return detmodels.get_model_entry(name).task
-
-
-def recipe_settings(cfg: TrainConfig, recipe: Recipe) -> tuple[dict, dict, dict]:
-    """Optimizer, schedule and EMA settings: the recipe's paper defaults with the config's overrides."""
-    opt = dataclasses.asdict(recipe.optimizer.merged(cfg.train.optimizer))
-    sched = dataclasses.asdict(recipe.schedule.merged(cfg.train.schedule))
-    ema = dataclasses.asdict(recipe.ema.merged(cfg.train.ema))
-    return opt, sched, ema
 
 
 @dataclasses.dataclass
@@ -65,7 +57,7 @@ class TrainData:
 
     def train_loader(self, epoch: int):
         """The loader of ``epoch``, with the recipe stage of that epoch."""
-        self.train.set_transforms(self.recipe.train_transforms(epoch, dataset=self.train))
+        self.train.set_transforms(self.recipe.augmentation.train_transforms(epoch, dataset=self.train))
         self.sampler.set_epoch(epoch)
         return build_dataloader(self.train, self.cfg.train.batch_size, shuffle=False,
                                 num_workers=self.cfg.data.num_workers, sampler=self.sampler,
@@ -76,11 +68,11 @@ class TrainData:
         return build_dataloader(self.val, self.cfg.train.batch_size, shuffle=False, num_workers=self.cfg.data.num_workers)
 
     def state_dict(self) -> dict | None:
-        return self.recipe.state_dict() if self.cfg.data.num_workers == 0 else None
+        return self.recipe.augmentation.state_dict() if self.cfg.data.num_workers == 0 else None
 
     def load_state_dict(self, state: dict | None, *, epoch: int) -> None:
         if state:
-            self.recipe.load_state_dict(state, dataset=self.train)
+            self.recipe.augmentation.load_state_dict(state, dataset=self.train)
 
 
 def build_train_data(cfg: TrainConfig, input_spec: Any, *, rank: int = 0, world: int = 1) -> TrainData:
@@ -95,8 +87,7 @@ def build_train_data(cfg: TrainConfig, input_spec: Any, *, rank: int = 0, world:
     if cfg.data.val is not None:
         val = CocoDataset(cfg.data.val.annotations, cfg.data.val.images,
                           transforms=build_val_transforms(cfg.data.image_size, spec))
-    recipe = build_recipe(cfg.recipe, model_name=cfg.model.name, image_size=cfg.data.image_size,
-                          epochs=cfg.train.epochs, input_spec=spec, with_masks=with_masks,
-                          batch_size=cfg.train.batch_size, seed=cfg.train.seed * 100 + rank)
+    recipe = train_recipe(cfg, input_spec=spec, with_masks=with_masks, batch_size=cfg.train.batch_size,
+                          seed=cfg.train.seed * 100 + rank)
     sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
     return TrainData(cfg, train, val, recipe, sampler, task, spec)

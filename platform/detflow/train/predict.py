@@ -53,7 +53,9 @@ def _dataset(images_dir: str | None, annotations: str | None, meta: dict, tmp: P
     if not root.is_dir():
         raise UserInputError(f"{root}: --images: expected a directory")
     ann = tmp / "images.json"
-    ann.write_text(json.dumps(_images_only_coco(root, meta)))
+    from ..atomic import atomic_write
+
+    atomic_write(ann, json.dumps(_images_only_coco(root, meta)))
     return CocoDataset(ann, root), True
 
 
@@ -71,7 +73,7 @@ def predict(checkpoint: str | os.PathLike, *, images_dir: str | os.PathLike | No
     from ..engine.checkpoint import load_checkpoint_model
     from ..engine.loop import predict_batches
     from ..evaluation import detections_to_coco
-    from .plots import draw_detections
+    from .draw import draw_detections
 
     model, cfg, meta = load_checkpoint_model(checkpoint)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -91,7 +93,9 @@ def predict(checkpoint: str | os.PathLike, *, images_dir: str | os.PathLike | No
             r["file_name"] = names[r["image_id"]]
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results))
+        from ..atomic import atomic_write
+
+        atomic_write(Path(out), json.dumps(results))
     if draw_dir is not None:
         Path(draw_dir).mkdir(parents=True, exist_ok=True)
         for det, image_id, index in zip(dets, ids, range(len(ids))):

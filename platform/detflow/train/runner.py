@@ -6,10 +6,12 @@ the resolved config is what workers train with and what every checkpoint stores.
 
 Storage layout (``storage`` = a local directory, default ``$DETFLOW_HOME/runs``, or ``s3://…``)::
 
-    STORAGE/NAME-YYYYmmdd-HHMMSS/        Ray Train run (RunConfig name + storage_path)
-        detflow_run.json                 MLflow run id + resolved config (for --resume)
+    STORAGE/NAME-YYYYmmdd-HHMMSS-xxxxxx/ Ray Train run (RunConfig name + storage_path; random suffix,
+                                         directory created exclusively: never shared by two runs)
+        detflow_run.json                 MLflow run id + resolved config (for --resume), written atomically
         epoch_0004-<ts>/                 checkpoints reported to Ray (the last ``keep_last`` kept)
-        best/                            the best checkpoint by val AP (published atomically)
+        best/                            the best checkpoint by val AP (swapped in atomically, only
+                                         after its epoch was reported)
 
 Fault tolerance: ``FailureConfig(max_failures)`` restarts the worker group from the latest
 reported checkpoint; ``resume=True`` (``detflow train CONFIG --resume``) restarts the latest run of
@@ -64,24 +66,28 @@ def _is_uri(path: str) -> bool:
 
 
 def resolve_train_config(cfg: TrainConfig, config_dir: str | os.PathLike | None = None) -> TrainConfig:
-    """``cfg`` with absolute data/checkpoint paths, a storage location and ``model.num_classes`` set."""
+    """``cfg`` with absolute data/checkpoint paths, a storage location and ``model.num_classes`` set:
+    one overlay composed over ``cfg`` (:func:`detflow.config.compose.compose`), validated once."""
+    from ..config.compose import Layer, compose
+
     base = Path(config_dir).resolve() if config_dir is not None else None
 
     def path(p: str | None) -> str | None:
         return p if p is None or _is_uri(p) else str(resolve_path(p, base))
 
-    def split(s):
-        return None if s is None else s.model_copy(update={"annotations": path(s.annotations), "images": path(s.images)})
-
-    data = cfg.data.model_copy(update={"train": split(cfg.data.train), "val": split(cfg.data.val)})
-    model = cfg.model.model_copy(update={"pretrained": path(cfg.model.pretrained), "spec": path(cfg.model.spec)})
-    if model.num_classes is None:
-        model = model.model_copy(update={"num_classes": _count_categories(data.train.annotations)})
-    update: dict[str, Any] = {"data": data, "model": model, "storage": path(cfg.storage) if cfg.storage else str(state_dir() / "runs")}
+    resolved: dict[str, Any] = {"storage": path(cfg.storage) if cfg.storage else str(state_dir() / "runs")}
+    for split in ("train", "val"):
+        if getattr(cfg.data, split) is not None:
+            for key in ("annotations", "images"):
+                resolved[f"data.{split}.{key}"] = path(getattr(getattr(cfg.data, split), key))
+    for key in ("pretrained", "spec"):  # spec: SpineNet only
+        if getattr(cfg.model, key, None) is not None:
+            resolved[f"model.{key}"] = path(getattr(cfg.model, key))
+    if cfg.model.num_classes is None:
+        resolved["model.num_classes"] = _count_categories(resolved["data.train.annotations"])
     if cfg.distill is not None:
-        update["distill"] = cfg.distill.model_copy(update={"teacher": path(cfg.distill.teacher)})
-    # round-trip through validation so the stored config is a valid TrainConfig
-    return TrainConfig.model_validate(cfg.model_copy(update=update).model_dump(mode="json"))
+        resolved["distill.teacher"] = path(cfg.distill.teacher)
+    return compose(TrainConfig, Layer(cfg, f"training config {cfg.name!r}"), Layer(resolved, "resolved paths"))
 
 
 def _count_categories(annotations: str) -> int:
@@ -120,7 +126,7 @@ def check_distill(cfg: TrainConfig) -> None:
         import torch
 
         with torch.device("meta"):  # only the class is needed: no weights are allocated or initialised
-            model = detmodels.create_model(cfg.model.name, num_classes=1, **cfg.model.builder_kwargs())
+            model = detmodels.create_model(cfg.model.name, num_classes=1, **cfg.model.create_kwargs())
         if not model.supports_feature_distill:
             raise ConfigError([f"distill.feature: {cfg.model.name} has no feature distillation; expected false"])
 
@@ -135,46 +141,85 @@ def _fs(storage: str):
 
 
 def _write_marker(storage: str, name: str, payload: dict) -> None:
-    fs, root = _fs(storage)
-    fs.create_dir(f"{root}/{name}", recursive=True)
-    with fs.open_output_stream(f"{root}/{name}/{RUN_MARKER}") as f:
-        f.write(json.dumps(payload, indent=2).encode())
+    """``STORAGE/NAME/detflow_run.json``, written atomically (a local file through
+    :func:`detflow.atomic.atomic_write`; an object store's single PUT is atomic by itself)."""
+    from .. import artifact_store
+
+    artifact_store.write_text(_join(storage, name, RUN_MARKER), json.dumps(payload, indent=2))
 
 
+def _read_marker(storage: str, name: str) -> dict:
+    """The marker of run directory ``name``; a truncated or corrupt one is a one-line error (exit 2)."""
+    from .. import artifact_store
+    from ..atomic import parse_json_state
+
+    where = _join(storage, name, RUN_MARKER)
+    hint = (f"delete the run directory {_join(storage, name)} (or that file) to start afresh, or run without "
+            "--resume")
+    try:
+        text = artifact_store.read_text(where)
+    except UnicodeDecodeError:
+        text = "\0"  # not text: reported as corrupt below
+    marker = parse_json_state(text, where, "run marker", hint)
+    if not isinstance(marker.get("run_id"), str):
+        from ..atomic import CorruptStateError
+
+        raise CorruptStateError(f"{where}: corrupt run marker (no run_id); {hint}")
+    return marker
+
+
+# NAME-YYYYmmdd-HHMMSS, then a random suffix (``-3fa9c1``; older runs: none or ``-2``, ``-3`` …)
 def _run_name_re(cfg_name: str):
     import re
 
-    return re.compile(rf"^{re.escape(cfg_name)}-\d{{8}}-\d{{6}}(-\d+)?$")
+    return re.compile(rf"^{re.escape(cfg_name)}-(\d{{8}}-\d{{6}})(?:-([0-9a-f]{{6}}|\d+))?$")
 
 
 def _latest_run(storage: str, cfg_name: str) -> tuple[str, dict] | None:
-    """(run directory name, marker) of the newest run of ``cfg_name`` under ``storage``, if any."""
+    """(run directory name, marker) of the newest run of ``cfg_name`` under ``storage``, if any: the
+    latest start second, and within one second the marker written last (its ``created`` time)."""
     import pyarrow.fs as pafs
 
     fs, root = _fs(storage)
     pattern = _run_name_re(cfg_name)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory and pattern.match(i.base_name)),
-                   key=lambda n: (n[len(cfg_name) + 1:len(cfg_name) + 16], int(n[len(cfg_name) + 17:] or 0)))
-    for name in reversed(names):
-        marker = f"{root}/{name}/{RUN_MARKER}"
-        if fs.get_file_info(marker).type == pafs.FileType.File:
-            with fs.open_input_stream(marker) as f:
-                return name, json.loads(f.read().decode())
+    stamps: dict[str, str] = {}
+    for info in infos:
+        match = pattern.match(info.base_name)
+        if info.type == pafs.FileType.Directory and match:
+            stamps[info.base_name] = match.group(1)
+    for stamp in sorted(set(stamps.values()), reverse=True):
+        found = []
+        for name in sorted(n for n, s in stamps.items() if s == stamp):
+            if fs.get_file_info(f"{root}/{name}/{RUN_MARKER}").type == pafs.FileType.File:
+                marker = _read_marker(storage, name)
+                found.append((float(marker.get("created") or 0.0), _legacy_rank(name), name, marker))
+        if found:
+            _, _, name, marker = max(found, key=lambda f: f[:3])
+            return name, marker
     return None
 
 
-def _new_run_name(storage: str, cfg_name: str) -> str:
-    """``NAME-YYYYmmdd-HHMMSS`` (``-2``, ``-3`` … when that directory already exists)."""
-    import pyarrow.fs as pafs
+def _legacy_rank(name: str) -> int:
+    """Order of pre-suffix runs started in one second (``NAME-…-2`` after ``NAME-…``)."""
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() and len(tail) < 6 else 1
 
-    fs, root = _fs(storage)
-    base = f"{cfg_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, n = base, 1
-    while fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound:
-        n += 1
-        name = f"{base}-{n}"
-    return name
+
+def _new_run_name(storage: str, cfg_name: str) -> str:
+    """A fresh ``NAME-YYYYmmdd-HHMMSS-<6 hex>`` run directory, created here: locally with an exclusive
+    ``mkdir`` (two runs started in the same second never share a directory); on an object store,
+    where directories do not exist, the random suffix alone keeps names apart."""
+    import secrets
+
+    from ..atomic import mkdir_exclusive
+
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for _ in range(100):
+        name = f"{cfg_name}-{stamp}-{secrets.token_hex(3)}"
+        if _is_uri(storage) or mkdir_exclusive(Path(storage) / name):
+            return name
+    raise RuntimeFailure(f"{storage}: could not create a fresh run directory for {cfg_name!r}")
 
 
 def latest_run(cfg: TrainConfig, config_dir: str | os.PathLike | None = None) -> str | None:
@@ -263,13 +308,13 @@ def _best_val(meta: dict) -> dict[str, float]:
 
 
 def _log_recipe(cfg: TrainConfig) -> None:
-    """The resolved recipe (stages, switch epoch, optimiser/schedule/EMA defaults) as MLflow params."""
-    import mlflow
+    """The resolved recipe (stages, switch epoch, optimiser/schedule/EMA with overrides) as MLflow params."""
+    from .. import tracking
 
-    from ..data.recipes import build_recipe
+    from ..engine.recipes import train_recipe
 
-    recipe = build_recipe(cfg.recipe, model_name=cfg.model.name, image_size=cfg.data.image_size, epochs=cfg.train.epochs)
-    mlflow.log_params({f"resolved.{k}": str(v)[:500] for k, v in recipe.describe().items()})
+    recipe = train_recipe(cfg)
+    tracking.active_run().log_params({f"resolved.{k}": str(v)[:500] for k, v in recipe.describe().items()})
 
 
 def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -315,9 +360,12 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
             tracking.log_config(cfg)
             tracking.log_run_context(seed=cfg.train.seed, dataset=(cfg.data.train.annotations, cfg.data.train.images))
             _log_recipe(cfg)
-            _write_marker(cfg.storage, name, {"run_id": run_id, "name": name, "config": cfg.model_dump(mode="json")})
+            _write_marker(cfg.storage, name, {"run_id": run_id, "name": name, "created": time.time(),
+                                              "config": cfg.model_dump(mode="json")})
         best_dir = None if _is_uri(cfg.storage) else _join(cfg.storage, name, "best")
-        loop_config = {"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "best_dir": best_dir, "progress": progress}
+        spool = tracking.spool_file(None if _is_uri(cfg.storage) else _join(cfg.storage, name), run_id)
+        loop_config = {"cfg": cfg, "run_id": run_id, "best_dir": best_dir, "progress": progress,
+                       "spool": str(spool)}
         _ensure_ray()
         trainer = _build_trainer(cfg, name, loop_config, uri, tune_report)
         from ..ray_env import worker_group_janitor
@@ -334,6 +382,7 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         best = best_dir if best_dir and ckpt_io.is_checkpoint(best_dir) else last
         meta = ckpt_io.read_meta(last)
         metrics = _best_val(meta)
+        tracking.EpochMetrics(tracking.Run(run_id), tracking.MetricSpool(spool)).flush()  # what the workers left
         log_training_artifacts(cfg, meta, best=best, last=last)
     return TrainResult(run_id=run_id, checkpoint=best, last_checkpoint=last, metrics=metrics,
                        history=list(meta.get("history", [])), storage_path=_join(cfg.storage, name),

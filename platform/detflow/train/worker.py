@@ -4,8 +4,11 @@
 :class:`~detflow.config.TrainConfig`, restores the latest Ray checkpoint when there is one (worker
 restart or driver recovery) and drives :class:`detflow.engine.TrainLoop` epoch by epoch. At each
 checkpoint epoch rank 0 writes the checkpoint directory (atomically), reports it with
-``ray.train.report``, publishes the best one and logs the epoch's metrics to MLflow — each epoch at
-most once: epochs already in the run's history (a restart re-running an epoch) are not logged again.
+``ray.train.report``, only then swaps it in as ``best/`` when it is the best so far, and logs the
+epoch's metrics to MLflow — each epoch at most once: epochs already in the run's history (a restart
+re-running an epoch) are not logged again.
+A tracking outage never fails the run: the metrics wait in the run directory's spool and are re-sent
+at the next epoch (:class:`EpochLogger`).
 """
 from __future__ import annotations
 
@@ -19,11 +22,11 @@ import torch
 
 from ..config.train import TrainConfig
 from ..engine import checkpoint as ckpt_io
-from ..engine.ema import ModelEMA, build_ema
+from ..engine.ema import build_ema
 from ..engine.loop import TrainLoop, emit, evaluate_model, primary_metric, reduce_stats
 from ..engine.optim import build_optimizer
 from ..engine.schedules import IterLRScheduler, build_schedule
-from .data import TrainData, build_train_data, recipe_settings
+from .data import TrainData, build_train_data
 
 __all__ = ["train_worker", "EpochLogger", "build_model", "ddp_find_unused", "PID_DIR_ENV", "FIND_UNUSED_ENV"]
 
@@ -41,38 +44,37 @@ def ddp_find_unused(model: torch.nn.Module) -> bool:
 
 
 class EpochLogger:
-    """Logs one dict of metrics per epoch to an MLflow run, never twice for the same epoch.
+    """Rank 0's per-epoch metrics on the run's MLflow run, exactly once and outage-proof
+    (:class:`detflow.tracking.EpochMetrics`: spooled to ``spool`` first, retried with backoff and
+    jitter, re-sent at the next epoch while MLflow is down). Without a run it logs nothing."""
 
-    The marker metric ``epoch`` is written in the same ``log_batch`` as the epoch's metrics, so the
-    set of logged epochs is read back from its history after a restart.
-    """
+    def __init__(self, run_id: str | None, spool: str | Path | None = None):
+        from .. import tracking
 
-    def __init__(self, run_id: str | None):
         self.run_id = run_id
-        self.client = None
-        self.done: set[int] = set()
+        self.metrics: Any = None
         if run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient()
-            self.done = {int(m.step) for m in self.client.get_metric_history(run_id, "epoch")}
+            run = tracking.worker_run(run_id)
+            self.metrics = tracking.EpochMetrics(run, tracking.MetricSpool(spool or tracking.spool_file(None, run_id)))
 
     def log(self, epoch: int, metrics: dict[str, float]) -> bool:
-        if self.client is None or epoch in self.done:
-            return False
-        from mlflow.entities import Metric
+        """Spool and send ``metrics`` of ``epoch`` (plus anything still pending); False while MLflow is down."""
+        return False if self.metrics is None else self.metrics.log(epoch, metrics)
 
-        ts = int(time.time() * 1000)
-        rows = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()
-                if k != "epoch" and isinstance(v, (int, float))]
-        rows.append(Metric("epoch", float(epoch), ts, epoch))
-        self.client.log_batch(self.run_id, metrics=rows)
-        self.done.add(epoch)
-        return True
+    def finish(self, wait_s: float = 60.0) -> bool:
+        """At the end of training: keep re-sending what is pending for up to ``wait_s`` seconds."""
+        return True if self.metrics is None else self.metrics.flush_until(wait_s)
 
     def log_artifact(self, path: str | Path, artifact_path: str) -> None:
-        if self.client is not None:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Best effort (a plot): skipped with a warning when MLflow is down."""
+        from .. import tracking
+
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.run.log_artifact(path, artifact_path)
+        except tracking.TrackingUnavailable as exc:
+            emit(f"warning: {exc}")
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
@@ -80,7 +82,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     where names and shapes match (a different class count leaves the class predictors fresh)."""
     import detmodels
 
-    model = detmodels.create_model(cfg.model.name, num_classes=num_classes, **cfg.model.builder_kwargs())
+    model = detmodels.create_model(cfg.model.name, num_classes=num_classes, **cfg.model.create_kwargs())
     if cfg.model.pretrained:
         state = ckpt_io.load_checkpoint_state(cfg.model.pretrained)
         weights = state["ema"]["module"] if state.get("ema") else state["model"]
@@ -104,14 +106,11 @@ def build_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.devi
 
 def _build_loop(cfg: TrainConfig, model: torch.nn.Module, recipe: Any, steps: int, world: int,
                 device: torch.device, teacher: torch.nn.Module | None, progress: bool) -> TrainLoop:
-    opt, sched, ema_opts = recipe_settings(cfg, recipe)
-    name = opt.pop("name")
-    optimizer = build_optimizer(model, name, total_batch=cfg.train.batch_size * world, **opt)
-    schedule = build_schedule(sched.pop("name"), epochs=cfg.train.epochs, iters_per_epoch=steps, **sched)
-    ema: ModelEMA | None = None
-    if ema_opts["enabled"]:
-        ema = build_ema(model, ema_opts["kind"], momentum=ema_opts["momentum"], decay=ema_opts["decay"],
-                        gamma=ema_opts["gamma"]).to(device)
+    optimizer = build_optimizer(model, recipe.optimizer, total_batch=cfg.train.batch_size * world)
+    schedule = build_schedule(recipe.schedule, epochs=cfg.train.epochs, iters_per_epoch=steps)
+    ema = build_ema(model, recipe.ema)
+    if ema is not None:
+        ema.to(device)
     d = cfg.distill
     return TrainLoop(model, optimizer, IterLRScheduler(optimizer, schedule), device=device, ema=ema,
                      amp=cfg.train.amp, grad_clip=cfg.train.grad_clip, teacher=teacher,
@@ -122,7 +121,7 @@ def _build_loop(cfg: TrainConfig, model: torch.nn.Module, recipe: Any, steps: in
 
 def _meta(cfg: TrainConfig, data: TrainData, epoch: int, metrics: dict, history: list, best: dict,
           resumed_from: int) -> dict:
-    from .. import __version__
+    from ..version import __version__
 
     return {"model": cfg.model.name, "num_classes": data.num_classes, "category_ids": data.category_ids,
             "class_names": data.class_names, "epoch": epoch, "metrics": metrics, "history": history,
@@ -147,10 +146,14 @@ class _WorkerRun:
         from ..ray_env import quiet_ray_train_worker_logs
 
         quiet_ray_train_worker_logs()
-        self.cfg = TrainConfig.model_validate(config["cfg"])
+        self.cfg: TrainConfig = config["cfg"]  # resolved and validated once, by the driver
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.best_dir = config.get("best_dir")
+        if self.best_dir and self.rank == 0:  # a publish cut short by a kill may have left its temporary
+            from ..atomic import remove_temps
+
+            remove_temps(Path(self.best_dir).parent)
         torch.set_num_threads(max(int(self.cfg.scaling.cpus_per_worker), 1))
         torch.manual_seed(self.cfg.train.seed + self.rank)
         self.device = ray.train.torch.get_device()
@@ -165,7 +168,7 @@ class _WorkerRun:
         # DDP wrapping after the EMA copy was taken from the bare module
         self.loop.model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": ddp_find_unused(model)})
-        self.logger = EpochLogger(config.get("run_id") if self.rank == 0 else None)
+        self.logger = EpochLogger(config.get("run_id") if self.rank == 0 else None, config.get("spool"))
         self.start_epoch, self.history, self.best = 0, [], {}
         self._restore(ray.train.get_checkpoint())
         self.resumed_from = self.start_epoch  # first epoch this attempt trains (0: fresh start)
@@ -183,8 +186,8 @@ class _WorkerRun:
         self.start_epoch = int(state["epoch"]) + 1
         self.history, self.best = list(meta.get("history", [])), dict(meta.get("best", {}))
         self.data.load_state_dict(state.get("data"), epoch=self.start_epoch)
-        if self.history:  # the checkpointed epoch may have been reported but not logged
-            self.logger.log(int(state["epoch"]), self.history[-1])
+        for past in self.history:  # epochs reported but not logged (an outage, a crash) go now, once
+            self.logger.log(int(past.get("epoch", state["epoch"])), past)
         if self.rank == 0:
             emit(f"resumed from checkpoint of epoch {int(state['epoch']) + 1} (step {self.loop.step})")
 
@@ -229,10 +232,11 @@ class _WorkerRun:
             checkpoint, better = None, False
             if self.rank == 0 and (last or (epoch + 1) % self.cfg.checkpoint.every == 0):
                 checkpoint, better = self._checkpoint(epoch, metrics, Path(tmp))
-                if better and self.best_dir:
-                    ckpt_io.publish_checkpoint(checkpoint.path, self.best_dir)
             name = f"epoch_{epoch:04d}-{int(time.time())}" if checkpoint is not None else None
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+            # best/ only after the report: it never holds weights of an epoch that was not reported
+            ckpt_io.report_then_publish(
+                lambda: ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name),
+                checkpoint.path if checkpoint is not None else None, self.best_dir, better)
             self.logger.log(epoch, metrics)
             if last and (Path(tmp) / "pr_curve.png").exists():
                 self.logger.log_artifact(Path(tmp) / "pr_curve.png", "plots")
@@ -242,13 +246,15 @@ class _WorkerRun:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: ``{"cfg": resolved TrainConfig dict, "run_id": MLflow run or
-    None, "best_dir": where rank 0 publishes the best checkpoint, "progress": bool}``."""
+    """Ray Train entry point. ``config``: ``{"cfg": the resolved TrainConfig, "run_id": MLflow run or
+    None, "best_dir": where rank 0 publishes the best checkpoint, "progress": bool, "spool": the
+    local metric spool file (default: :func:`detflow.tracking.spool_file`)}``."""
     from ..artifact_store import clear_cache
 
     try:
         run = _WorkerRun(config)
         for epoch in range(run.start_epoch, run.cfg.train.epochs):
             run.run_epoch(epoch)
+        run.logger.finish()
     finally:  # a worker is killed, not exited, when its run ends: remove the dataset copies now
         clear_cache()

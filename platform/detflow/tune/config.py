@@ -2,6 +2,7 @@
 
 Example (``workflows/sweeps/rtmdet_tiny_sweep.yaml``)::
 
+    kind: sweep
     name: rtmdet-tiny-dsl
     base: ../configs/rtmdet_tiny_synth.yaml
     metric: val/bbox_mAP50
@@ -125,6 +126,7 @@ class _SweepTarget(StrictModel):
 class SweepConfig(SweepSearch, _SweepTarget):
     """A hyperparameter sweep over a base training config."""
 
+    kind: Literal["sweep"] = Field("sweep", description="config kind: a sweep file starts with `kind: sweep`")
     resources: TrialResources = TrialResources()
     max_retries: int = Field(1, ge=0, description="retries of a crashed trial (same config)")
     storage: str = Field("", description="local dir or s3:// URI; default $DETFLOW_HOME/sweeps")

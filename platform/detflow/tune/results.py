@@ -75,11 +75,22 @@ def _fmt(value: Any) -> str:
 
 
 def _mlflow_runs_by_trial(parent_run_id: str) -> dict[str, str]:
-    import mlflow
+    """``{trial_id: run_id}`` of the sweep's trial runs (in any experiment)."""
+    from .. import tracking
 
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
-    return {r.data.tags.get("detflow.trial_id"): r.info.run_id for r in runs if r.data.tags.get("detflow.trial_id")}
+    runs = tracking.search_runs(f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {r.found.data.tags["detflow.trial_id"]: r.run_id for r in runs if r.found.data.tags.get("detflow.trial_id")}
+
+
+def base_epochs(cfg: SweepConfig, base: Any, source: str = "sweep base") -> int:
+    """Epochs of a full trial: a fixed ``train.epochs`` in the space, else the base config's (a
+    TrainConfig, or a mapping composed with the sweep's overrides)."""
+    fixed = cfg.space.get("train.epochs")
+    if fixed is not None and fixed.kind == "fixed":
+        return int(fixed.fixed)
+    if hasattr(base, "train"):
+        return int(base.train.epochs)
+    return apply_trial(base, cfg.overrides, {}, source).train.epochs
 
 
 # trial directory: ``_trial_fn_<id>_<index>_<values>_<date>``; ids are ``abcde_00001`` (basic variant
@@ -106,10 +117,9 @@ def _trial_status(result, max_epochs: int) -> str:
 def collect_results(cfg: SweepConfig, grid, parent_run_id: str, exp_dir: Path, base: dict, source: str,
                     *, wall_time_s: float = 0.0) -> SweepResult:
     """Build the :class:`SweepResult` from Tune's ResultGrid and write ``best.yaml``."""
-    from .runner import _base_epochs
     from .stats import error_line, median_overhead, read_trial_stats
 
-    max_epochs = cfg.scheduler.max_epochs or _base_epochs(cfg, base, source)
+    max_epochs = cfg.scheduler.max_epochs or base_epochs(cfg, base, source)
     mlflow_ids = _mlflow_runs_by_trial(parent_run_id)
     stats = read_trial_stats(exp_dir)
     trials = []
@@ -135,7 +145,9 @@ def collect_results(cfg: SweepConfig, grid, parent_run_id: str, exp_dir: Path, b
         best_cfg = best_cfg.model_copy(update={"name": f"{cfg.name}-best"})
         best_path = exp_dir / "best.yaml"
         data = _absolute_paths(best_cfg.model_dump(mode="json"), Path(source).parent)
-        best_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        from ..atomic import atomic_write
+
+        atomic_write(best_path, yaml.safe_dump(data, sort_keys=False))
     return SweepResult(cfg.name, parent_run_id, cfg.metric, cfg.mode, trials,
                        {k: best[k] for k in cfg.space} if best else None,
                        best["metric"] if best else None, str(best_path) if best_path else None,
@@ -171,31 +183,29 @@ def finalize_trial_runs(result: SweepResult) -> None:
     or right after the last report at ``max_t`` — before the trial closes its run (which stays
     RUNNING, or ends FAILED on the interruption): the run of every trial that did not fail ends FINISHED.
     """
-    from mlflow.tracking import MlflowClient
+    from .. import tracking
 
-    client = MlflowClient()
     for t in result.trials:
-        run_id = t.get("mlflow_run_id")
-        if not run_id:
+        if not t.get("mlflow_run_id"):
             continue
-        status = client.get_run(run_id).info.status
+        run = tracking.Run(t["mlflow_run_id"])
+        status = run.status
         if t["status"] == "ERROR":
-            client.set_tag(run_id, "detflow.error", (t.get("error") or "unknown error")[:500])
+            run.set_tags({"detflow.error": (t.get("error") or "unknown error")[:500]})
             if status != "FAILED":
-                client.set_terminated(run_id, status="FAILED")
+                run.end("FAILED")
             continue
         if t["status"] == "STOPPED_EARLY":
-            client.set_tag(run_id, "detflow.stopped_early", f"after epoch {t['epochs']}")
+            run.set_tags({"detflow.stopped_early": f"after epoch {t['epochs']}"})
         if status != "FINISHED":  # RUNNING, or FAILED by the interruption of a stopped trial
-            client.set_terminated(run_id, status="FINISHED")
+            run.end("FINISHED")
 
 
 def log_sweep_summary(cfg: SweepConfig, result: SweepResult, exp_dir: Path) -> None:
     """Parent run: best metric and values, the median per-trial Tune overhead, the trial table (CSV),
     best.yaml, and plots; the trials' child runs end as the trials did (:func:`finalize_trial_runs`)."""
     import csv
-
-    import mlflow
+    import io
 
     from .. import tracking
     from .plots import plot_importances, plot_metric_vs_trial
@@ -203,19 +213,25 @@ def log_sweep_summary(cfg: SweepConfig, result: SweepResult, exp_dir: Path) -> N
     finalize_trial_runs(result)
     rows = result.table_rows()
     table_path = exp_dir / "trials.csv"
-    with table_path.open("w", newline="") as fh:
-        csv.writer(fh).writerows(rows)
-    with tracking.start_run(cfg.name, run_id=result.parent_run_id):
-        if result.best_metric is not None:
-            mlflow.log_metric(f"best/{cfg.metric}", result.best_metric)
-            mlflow.log_params({f"best.{k}": v for k, v in (result.best_values or {}).items()})
-            mlflow.log_artifact(result.best_config_path)
-        if result.median_trial_overhead_s is not None:
-            mlflow.log_metric("tune/median_trial_overhead_s", result.median_trial_overhead_s)
-        mlflow.log_artifact(str(table_path))
-        mlflow.set_tag("detflow.trials", str(len(result.trials)))
-        mlflow.set_tag("detflow.failed_trials", str(sum(t["status"] == "ERROR" for t in result.trials)))
-        tracking.log_figure(plot_metric_vs_trial(result), "search/metric_vs_trial.png")
-        fig = plot_importances(cfg, exp_dir)
-        if fig is not None:
-            tracking.log_figure(fig, "search/param_importances.png")
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    from ..atomic import atomic_write
+
+    atomic_write(table_path, buf.getvalue())
+    parent = tracking.Run(result.parent_run_id)
+    summary: dict[str, float] = {}
+    if result.best_metric is not None:
+        summary[f"best/{cfg.metric}"] = result.best_metric
+        parent.log_params({f"best.{k}": v for k, v in (result.best_values or {}).items()})
+        parent.log_artifact(result.best_config_path)
+    if result.median_trial_overhead_s is not None:
+        summary["tune/median_trial_overhead_s"] = result.median_trial_overhead_s
+    parent.log_metrics(0, summary)
+    parent.log_artifact(table_path)
+    parent.set_tags({"detflow.trials": str(len(result.trials)),
+                     "detflow.failed_trials": str(sum(t["status"] == "ERROR" for t in result.trials))})
+    parent.log_figure(plot_metric_vs_trial(result), "search/metric_vs_trial.png")
+    fig = plot_importances(cfg, exp_dir)
+    if fig is not None:
+        parent.log_figure(fig, "search/param_importances.png")
+    parent.end("FINISHED")

@@ -9,13 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config.base import parse_config, read_yaml
+from ..config.base import read_yaml
+from ..config.compose import Layer, compose
 from ..config.train import TrainConfig
 from ..errors import UserInputError
 from ..paths import resolve_path, state_dir
 from .config import SweepConfig
 from .results import SweepResult, collect_results, log_sweep_summary
-from .space import apply_trial, to_tune_space, trial_label, validate_space_paths
+from .results import base_epochs as _base_epochs
+from .space import apply_trial, space_model_names, to_tune_space, trial_label, validate_space_paths
 
 __all__ = ["run_sweep", "sweep_dir"]
 
@@ -28,15 +30,20 @@ def sweep_dir(cfg: SweepConfig) -> Path:
     return (root / cfg.name).resolve()
 
 
-def _validate(cfg: SweepConfig, base: dict, source: str) -> None:
-    """Fail before anything runs: unknown paths, and the extremes of every range must validate."""
-    validate_space_paths(cfg.space, source)
-    parse_config(TrainConfig, base, source, cfg.overrides)
+def _validate(cfg: SweepConfig, base: dict, source: str) -> TrainConfig:
+    """Fail before anything runs (before Ray starts): the base with the sweep's overrides must
+    validate, every space key must be a field of the model's family, and every range's extremes must
+    validate as trial values (TrainConfig's own rules, through :func:`compose`). Returns the
+    composed base every trial starts from."""
+    base_cfg = apply_trial(base, cfg.overrides, {}, source)
+    sweep = f"sweep {cfg.name!r}"
+    validate_space_paths(cfg.space, sweep, space_model_names(cfg.space, base_cfg.model.name))
     for path, spec in cfg.space.items():
         probes = {"uniform": spec.uniform, "loguniform": spec.loguniform, "int": spec.int,
                   "choice": spec.choice, "fixed": [spec.fixed]}[spec.kind]
         for value in probes:
-            apply_trial(base, cfg.overrides, {path: value}, f"{source}: space.{path}={value!r}")
+            apply_trial(Layer(base_cfg, source), [], {path: value}, f"{sweep}: space.{path}={value!r}")
+    return base_cfg
 
 
 # Where the trial's run lands: the sweep driver's store, also when the trial actor's process did not
@@ -66,14 +73,17 @@ def _public_sweep(cfg: SweepConfig) -> dict:
 def _write_sweep_record(exp_dir: Path, cfg: SweepConfig, config_dir: str | Path | None) -> Path:
     """``sweep.json`` (what ``--resume NAME`` reads back): the config as trials see it, i.e. the Optuna
     storage URL without its password (on resume the driver's ``PGPASSWORD`` / ``.pgpass`` supply it)."""
+    from ..atomic import atomic_write
+
     path = exp_dir / "sweep.json"
-    path.write_text(json.dumps({"config": _public_sweep(cfg), "config_dir": str(Path(config_dir or ".").resolve())}))
+    atomic_write(path, json.dumps({"config": _public_sweep(cfg), "config_dir": str(Path(config_dir or ".").resolve())}))
     return path
 
 
-def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_run_id: str, trials_dir: str,
+def _trial_fn(config: dict, *, base: TrainConfig, base_dir: str, sweep: dict, parent_run_id: str, trials_dir: str,
               env: dict[str, str] | None = None) -> None:
-    """Body of one Tune trial: a full ``run_training`` of the trial's config."""
+    """Body of one Tune trial: a full ``run_training`` of ``base`` (the composed, validated base
+    config) with the trial's sampled values and its name, storage and resources as overlays."""
     from ray import tune
 
     from ..storage import apply_public_env
@@ -86,14 +96,12 @@ def _trial_fn(config: dict, *, base: dict, base_dir: str, sweep: dict, parent_ru
     trial_id = tune.get_context().get_trial_id()
     values = {k: config[k] for k in cfg.space}
     label = trial_label(values, cfg.space)
-    train_cfg = apply_trial(base, cfg.overrides, values, f"sweep {cfg.name}, trial {trial_id}")
     res = cfg.resources
-    train_cfg = train_cfg.model_copy(update={
-        "name": f"{cfg.name}-{trial_id}",
-        "storage": trials_dir,
-        "scaling": train_cfg.scaling.model_copy(update={
-            "workers": res.workers, "cpus_per_worker": res.cpus_per_worker, "gpus_per_worker": res.gpus_per_worker}),
-    })
+    settings = {"name": f"{cfg.name}-{trial_id}", "storage": trials_dir, "scaling": {
+        "workers": res.workers, "cpus_per_worker": res.cpus_per_worker, "gpus_per_worker": res.gpus_per_worker}}
+    train_cfg = compose(TrainConfig, Layer(base, f"sweep {cfg.name} base"),
+                        Layer(values, f"sweep {cfg.name}, trial {trial_id}"),
+                        Layer(settings, f"sweep {cfg.name}, trial {trial_id} (name, storage, resources)"))
     tags = {"detflow.sweep": cfg.name, "detflow.trial_id": trial_id, "detflow.trial_label": label,
             "mlflow.runName": label}
     run_training(train_cfg, config_dir=base_dir, parent_run_id=parent_run_id, tags=tags,
@@ -152,13 +160,6 @@ def _scheduler(cfg: SweepConfig, base_epochs: int):
     )
 
 
-def _base_epochs(cfg: SweepConfig, base: dict, source: str) -> int:
-    fixed = cfg.space.get("train.epochs")
-    if fixed is not None and fixed.kind == "fixed":
-        return int(fixed.fixed)
-    return parse_config(TrainConfig, base, source, cfg.overrides).train.epochs
-
-
 def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume: bool = False,
               ray_address: str | None = None, verbose: int = 1) -> SweepResult:
     """Run (or resume) the sweep ``cfg``; returns the trial table, best config and parent run id.
@@ -168,7 +169,7 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     base_path = resolve_path(cfg.base, config_dir)
     base = read_yaml(base_path) or {}
     source = str(base_path)
-    _validate(cfg, base, source)
+    base_cfg = _validate(cfg, base, source)
     exp_dir = sweep_dir(cfg)
     if exp_dir.exists() and not resume and (exp_dir / _STATE_FILE).exists():
         raise UserInputError(f"sweep {cfg.name!r} already exists at {exp_dir}: resume it with "
@@ -184,13 +185,13 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     if not resume:
         _write_sweep_record(exp_dir, cfg, config_dir)
     trainable = tune.with_parameters(
-        _trial_fn, base=base, base_dir=str(base_path.parent), sweep=_public_sweep(cfg),
+        _trial_fn, base=base_cfg, base_dir=str(base_path.parent), sweep=_public_sweep(cfg),
         parent_run_id=parent, trials_dir=str(exp_dir / "trials"),
         env=_trial_env())
     # The trial driver only waits on its Ray Train job: it holds no CPU (a token of memory instead,
     # since Tune needs a non-empty request), so max_concurrent × workers × cpus fit the cluster exactly.
     trainable = tune.with_resources(trainable, {"memory": 64 * 1024**2})
-    tuner = _make_tuner(cfg, exp_dir, trainable, base, source, resume, verbose)
+    tuner = _make_tuner(cfg, exp_dir, trainable, base_cfg, resume, verbose)
     started = time.time()
     grid = tuner.fit()
     result = collect_results(cfg, grid, parent, exp_dir, base, source, wall_time_s=time.time() - started)
@@ -198,7 +199,7 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     return result
 
 
-def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: str, resume: bool, verbose: int = 1):
+def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: TrainConfig, resume: bool, verbose: int = 1):
     """A new Tuner, or the stored one on resume. A crashed trial is retried ``cfg.max_retries`` times
     with its config (Tune's ``FailureConfig``), then recorded as ERROR; the sweep always carries on."""
     from ray import tune
@@ -214,7 +215,7 @@ def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: 
         tune_config=tune.TuneConfig(
             metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples if cfg.search.name != "grid" else 1,
             # the searcher limits concurrency itself (ConcurrencyLimiter / BasicVariantGenerator)
-            search_alg=_searcher(cfg, exp_dir, tune_space), scheduler=_scheduler(cfg, _base_epochs(cfg, base, source)),
+            search_alg=_searcher(cfg, exp_dir, tune_space), scheduler=_scheduler(cfg, _base_epochs(cfg, base)),
         ),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=str(exp_dir.parent),
@@ -225,10 +226,13 @@ def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: dict, source: 
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, Path]:
-    """Read a sweep YAML (with ``--set`` overrides); returns the config and its directory."""
-    from ..config.base import load_config
+    """Read a user's sweep YAML (with ``--set`` overrides); returns the config and its directory. The
+    file and its ``base:`` must carry their ``kind`` (sweep, train)."""
+    from ..config.kinds import load_user_config, read_user_config
 
-    return load_config(SweepConfig, path, overrides), Path(path).resolve().parent
+    cfg = load_user_config(SweepConfig, path, overrides)
+    read_user_config(resolve_path(cfg.base, Path(path).resolve().parent), "train")
+    return cfg, Path(path).resolve().parent
 
 
 def find_sweep(name: str) -> tuple[SweepConfig, Path]:
@@ -237,5 +241,10 @@ def find_sweep(name: str) -> tuple[SweepConfig, Path]:
     stored = root / "sweep.json"
     if not stored.exists():
         raise UserInputError(f"no sweep named {name!r} under {root.parent}: run `detflow sweep FILE.yaml` first")
-    data: dict[str, Any] = json.loads(stored.read_text())
+    from ..atomic import CorruptStateError, read_json_state
+
+    hint = f"delete {root} and start the sweep again with `detflow sweep FILE.yaml`"
+    data: dict[str, Any] = read_json_state(stored, "sweep state", hint)
+    if not isinstance(data.get("config"), dict) or not isinstance(data.get("config_dir"), str):
+        raise CorruptStateError(f"{stored}: corrupt sweep state (no config / config_dir); {hint}")
     return SweepConfig.model_validate(data["config"]), Path(data["config_dir"])

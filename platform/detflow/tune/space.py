@@ -4,29 +4,59 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from ..config.base import apply_overrides, field_paths, parse_config
+from ..config.base import field_paths
+from ..config.compose import Layer, compose, set_layers
 from ..config.train import TrainConfig
 from ..errors import ConfigError
 from .config import ParamSpec
 
-__all__ = ["validate_space_paths", "to_tune_space", "apply_trial", "trial_label"]
-
-# Paths under these prefixes take free-form keys (validated by the model builder instead).
-_OPEN_PREFIXES = ("model.head.", "model.extra.")
+__all__ = ["validate_space_paths", "space_model_names", "allowed_paths", "to_tune_space", "apply_trial", "trial_label"]
 
 
-def validate_space_paths(space: dict[str, ParamSpec], source: str) -> None:
-    """Every key must be a leaf path of :class:`TrainConfig`; errors list the closest valid paths."""
-    valid = field_paths(TrainConfig)
+def allowed_paths(model_name: str) -> list[str]:
+    """Every dotted leaf path a search space may name for ``model_name``: its family's model fields
+    (``model.assigner.tal_topk`` for YOLOv6, ``model.assigner.soft_center_alpha`` for RTMDet …) and
+    the other TrainConfig sections."""
+    from ..config.train import model_config_class
+
+    common = [p for p in field_paths(TrainConfig) if p != "model" and not p.startswith("model.")]
+    return field_paths(model_config_class(model_name), "model.") + common
+
+
+def space_model_names(space: dict[str, ParamSpec], base_model: str) -> list[str]:
+    """The models a sweep trains: the values a ``model.name`` dimension takes, else the base's."""
+    spec = space.get("model.name")
+    if spec is None:
+        return [base_model]
+    names = spec.choice if spec.kind == "choice" else [spec.fixed] if spec.kind == "fixed" else []
+    return [str(n) for n in names] or [base_model]
+
+
+def validate_space_paths(space: dict[str, ParamSpec], source: str, model_names: list[str]) -> None:
+    """Every key must be a leaf path of the TrainConfig of each model in ``model_names`` (refused
+    before anything runs); an error names the key, the family and the fields valid in its section."""
+    import detmodels
+
     errors = []
-    for path in space:
-        if path in valid or path.startswith(_OPEN_PREFIXES):
-            continue
-        close = difflib.get_close_matches(path, valid, n=3, cutoff=0.5)
-        hint = f"; close valid paths: {', '.join(close)}" if close else ""
-        errors.append(f"{source}: space.{path}: unknown training-config path{hint}")
+    for name in dict.fromkeys(model_names):
+        valid = allowed_paths(name)
+        for path in space:
+            if path not in valid:
+                errors.append(f"{source}: space.{path}: {_not_a_field(path, name, detmodels.get_model_entry(name).family, valid)}")
     if errors:
         raise ConfigError(errors)
+
+
+def _not_a_field(path: str, model: str, family: str, valid: list[str]) -> str:
+    section = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    siblings = [p for p in valid if section and p.startswith(section) and "." not in p[len(section):]]
+    close = difflib.get_close_matches(path, valid, n=3, cutoff=0.5)
+    text = f"not a training-config field of {model} ({family})"
+    if close:
+        text += f"; did you mean {', '.join(close)}?"
+    if siblings:
+        text += f"; {family} fields of {section.rstrip('.')}: {', '.join(p[len(section):] for p in siblings)}"
+    return text
 
 
 def to_tune_space(space: dict[str, ParamSpec], search: str) -> dict[str, Any]:
@@ -49,17 +79,13 @@ def to_tune_space(space: dict[str, ParamSpec], search: str) -> dict[str, Any]:
     return out
 
 
-def apply_trial(base: dict, overrides: list[str], values: dict[str, Any], source: str) -> TrainConfig:
-    """The base config dict with the sweep's overrides and one trial's values, validated."""
-    data = apply_overrides(base, overrides)
-    sets = [f"{k}={_yaml_scalar(v)}" for k, v in values.items()]
-    return parse_config(TrainConfig, data, source, sets)
-
-
-def _yaml_scalar(value: Any) -> str:
-    import json
-
-    return json.dumps(value) if not isinstance(value, str) else value
+def apply_trial(base: Layer | TrainConfig | dict, overrides: list[str], values: dict[str, Any],
+                source: str) -> TrainConfig:
+    """:func:`~detflow.config.compose.compose` of the base config, the sweep's ``--set`` overrides
+    and one trial's values (a layer of dotted keys named ``source``, e.g. ``sweep s, trial 3``);
+    the base and overrides are named after the base layer's source (``source`` for a bare base)."""
+    base = base if isinstance(base, Layer) else Layer(base, source)
+    return compose(TrainConfig, base, *set_layers(overrides, base.source), Layer(values, source))
 
 
 def trial_label(values: dict[str, Any], space: dict[str, ParamSpec]) -> str:

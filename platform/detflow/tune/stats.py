@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 import time
@@ -90,9 +89,9 @@ class TrialStatsCallback(Callback):
         return self.stats.setdefault(trial_id, {"attempts": 0, "errors": []})
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.stats, indent=1))
-        os.replace(tmp, self.path)
+        from ..atomic import atomic_write
+
+        atomic_write(self.path, json.dumps(self.stats, indent=1))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._entry(trial.trial_id)["attempts"] += 1

@@ -18,7 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, artifact_store
+from .. import artifact_store
+from ..version import __version__
 from .schema import Workflow
 
 __all__ = ["topological_order", "step_keys", "path_fingerprint", "code_identity", "outputs_exist", "artifact_paths"]

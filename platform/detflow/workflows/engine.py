@@ -16,6 +16,7 @@ import contextlib
 import datetime as _dt
 import json
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,7 +196,7 @@ class _Driver:
     def launch(self, sid: str) -> None:
         step = self.wf.step(sid)
         try:
-            run_fn = step.kind.run_fn()
+            run_fn = step.kind.run
         except Exception as exc:  # noqa: BLE001 — a broken step module fails the step, not the driver
             self.attempts[sid] = step.retries + 1
             self.on_failure(sid, RuntimeFailure(f"cannot load the {step.uses!r} step: {type(exc).__name__}: {exc}"))
@@ -206,7 +207,8 @@ class _Driver:
         ctx = StepContext(
             run_id=self.run_id, step_id=sid, kind=step.uses, workflow=self.wf.name,
             storage=artifact_store.join(self.storage_root, self.run_id, sid),
-            defaults=self.wf.defaults.model_dump(mode="json", exclude_none=True), inputs=self.inputs_for(sid),
+            defaults=self.wf.defaults.model_dump(mode="json", exclude_unset=True, exclude_none=True),
+            inputs=self.inputs_for(sid),
             attempt=attempt, mlflow_run_id=child, tags=self.call_lineage("step_tags", step) or {},
             env=_forward_env())
         options = {**step.ray_resources(), "max_retries": 0, "name": f"{self.wf.name}.{sid}"}
@@ -477,7 +479,8 @@ def cancel_run(run_id: str, *, state_url: str | None = None, wait_s: float = 30.
     A run whose driver holds a live lease is asked to cancel, and waited for up to ``wait_s``; if the
     lease is still live then, the run is left to its driver (which cancels it when it next polls) and
     ``"cancel requested"`` is returned. Only a run without a live lease is marked cancelled here,
-    after taking its lease, so that no ``resume`` can start driving it in between."""
+    after taking its lease, so that no ``resume`` can start driving it in between; its MLflow runs
+    (parent, steps and the runs nested under them) are then ended KILLED."""
     store = StateStore(state_url)
     run = store.get_run(run_id)
     if run is None:
@@ -518,4 +521,48 @@ def _finalise_cancel(store: StateStore, run_id: str) -> str:
                                   error="cancelled", finished_at=time.time() if row.started_at else None)
         store.update_run(run_id, token=lease.token, status=RunStatus.CANCELLED, error="cancelled",
                          finished_at=time.time(), cancel_requested=0)
+    _end_tracking(store, run_id)
     return RunStatus.CANCELLED
+
+
+def _end_tracking(store: StateStore, run_id: str) -> list[str]:
+    """End the MLflow runs a dead driver left open (the run's parent, its steps' runs and the runs
+    nested under them, in any experiment) as KILLED, deepest first; returns their ids. A tracking
+    problem is printed, never raised: the run is cancelled in the state DB either way."""
+    run = store.get_run(run_id)
+    ids = [i for i in [run.mlflow_run_id] + [row.mlflow_run_id for row in store.steps(run_id)] if i]
+    if not ids:
+        return []
+    try:
+        return _kill_open_runs(ids)
+    except Exception as exc:  # noqa: BLE001
+        from ..redact import redact_text
+
+        print(f"warning: run {run_id} is cancelled, but its MLflow runs could not be ended: "
+              f"{redact_text(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
+        return []
+
+
+_OPEN = ("RUNNING", "SCHEDULED")
+_MAX_NESTING = 8  # workflow → step → sweep → trial → …: deeper than detflow nests
+
+
+def _kill_open_runs(run_ids: list[str]) -> list[str]:
+    """KILLED for every run of ``run_ids`` and of their descendants still open; returns the ids ended."""
+    from ..tracking import Run, search_runs
+
+    tree: dict[str, tuple[int, Any]] = {}
+    frontier = [(Run(rid), 0) for rid in dict.fromkeys(run_ids)]
+    while frontier:
+        node, depth = frontier.pop()
+        if node.run_id in tree or depth > _MAX_NESTING:
+            continue
+        tree[node.run_id] = (depth, node)
+        frontier += [(child, depth + 1) for child in search_runs(f"tags.`mlflow.parentRunId` = '{node.run_id}'")]
+    ended = []
+    for _, node in sorted(tree.values(), key=lambda item: -item[0]):  # children before their parent
+        if node.status in _OPEN:
+            node.set_tags({"detflow.status": RunStatus.CANCELLED})
+            node.end("KILLED")
+            ended.append(node.run_id)
+    return ended

@@ -1,9 +1,10 @@
 """Step-kind registry: each ``uses:`` value maps to a typed parameter class and a run function.
 
-Built-in kinds (``train``, ``distill``, ``qat``, ``ptq``, ``export``, ``benchmark``, ``evaluate``,
-``sweep``, ``nas``, ``synth``) are registered by :mod:`detflow.workflows.schema`; their run functions
-live in ``detflow.workflows.steps.<kind>`` and are imported only when a step runs. Tests register
-fake kinds with :func:`register_step_kind`.
+The built-in kinds (``synth``, ``train``, ``distill``, ``qat``, ``ptq``, ``export``, ``benchmark``,
+``evaluate``, ``sweep``, ``nas``) are one table of imported objects,
+:data:`detflow.workflows.builtin.BUILTIN_KINDS`, registered when :mod:`detflow.workflows` is
+imported. This module imports neither the schema nor the steps (so the schema can import it). Tests
+register fake kinds with :func:`register_step_kind`.
 
 A parameter field that names an upstream step carries a :class:`Ref` marker in its ``Annotated``
 metadata, saying which outputs the referenced step must produce::
@@ -12,7 +13,6 @@ metadata, saying which outputs the referenced step must produce::
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,7 +36,8 @@ class Ref:
 class StepKind:
     """One ``uses:`` kind.
 
-    ``run``: ``fn(params, ctx) -> outputs dict`` or ``"module:function"`` imported lazily.
+    ``run``: ``fn(params, ctx) -> outputs dict`` (a step module imports its heavy dependencies
+    inside the function, so that the table stays cheap to import).
     ``produces``: output names other steps may reference (``checkpoint``, ``onnx``, ``dataset`` …).
     ``resources``: default Ray resources of the step task (a train step's task needs no CPU: its
     Ray Train workers reserve their own). ``registers_model``: the step's model goes to the registry.
@@ -45,18 +46,16 @@ class StepKind:
 
     name: str
     params: type[BaseModel]
-    run: Callable[..., dict] | str
+    run: Callable[..., dict]
     produces: frozenset[str] = frozenset()
     resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 1.0})
     registers_model: bool = False
     needs_data: bool = False
     needs_model: bool = False
 
-    def run_fn(self) -> Callable[..., dict]:
-        if callable(self.run):
-            return self.run
-        module, _, name = self.run.partition(":")
-        return getattr(importlib.import_module(module), name)
+    def __post_init__(self) -> None:
+        if not callable(self.run):
+            raise TypeError(f"step kind {self.name!r}: run must be a function, got {self.run!r}")
 
 
 _KINDS: dict[str, StepKind] = {}
@@ -71,7 +70,6 @@ def register_step_kind(kind: StepKind, *, replace: bool = False) -> StepKind:
 
 
 def get_step_kind(name: str) -> StepKind:
-    _ensure_builtin()
     try:
         return _KINDS[name]
     except KeyError:
@@ -79,12 +77,7 @@ def get_step_kind(name: str) -> StepKind:
 
 
 def step_kinds() -> dict[str, StepKind]:
-    _ensure_builtin()
     return dict(_KINDS)
-
-
-def _ensure_builtin() -> None:
-    importlib.import_module("detflow.workflows.schema")
 
 
 def ref_fields(params_cls: type[BaseModel]) -> dict[str, Ref]:

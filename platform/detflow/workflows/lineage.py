@@ -6,11 +6,12 @@ Child runs are named after the step id and tagged ``detflow.workflow``, ``detflo
 them as a new version of the workflow's registered model with lineage tags (source step, upstream
 steps, teacher, calibration set); the alias ``candidate`` points at the last successful one.
 A benchmark step's table goes up as CSV/Markdown artifacts (child and parent) and metrics, with a
-plot of mAP against latency. Uses :class:`mlflow.tracking.MlflowClient` only (no global active run),
-so the driver can track several steps at once.
+plot of mAP against latency. Uses :class:`detflow.tracking.Run` only (runs by id, no global active
+run), so the driver can track several steps at once.
 
 Nothing goes to MLflow unredacted: the logged spec, the ``with:`` params, error texts and tags pass
-through :func:`redacted` (``user:password@`` in URLs, secret-named keys, ``token=…`` pairs, AWS keys).
+through :func:`detflow.redact.redact` (``user:password@`` in URLs, secret-named keys, ``token=…``
+pairs, AWS keys).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import artifact_store
+from .. import artifact_store, tracking
+from ..redact import redact
 from .context import StepContext
 from .schema import Step, Workflow
 
@@ -46,21 +48,7 @@ def flatten_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def redacted(value: Any) -> Any:
-    """``value`` (a string, or a nested dict/list) as it may be logged: secret-named keys' values and URL
-    credentials replaced (:func:`detflow.tracking.redact`), then every string through
-    :func:`detflow.storage.redact` (``key=…`` secrets, presigned signatures, AWS credential values)."""
-    from ..storage import redact as redact_text
-    from ..tracking import redact as redact_tree
-
-    def strings(item: Any) -> Any:
-        if isinstance(item, dict):
-            return {k: strings(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [strings(v) for v in item]
-        return redact_text(item) if isinstance(item, str) else item
-
-    return strings(redact_tree(value))
+redacted = redact  # the one rule (detflow.redact), under the name this module always exported
 
 
 def _git_commit() -> str | None:
@@ -127,14 +115,8 @@ class Lineage:
     """MLflow runs and registry versions of one workflow run (see module docstring)."""
 
     def __init__(self, wf: Workflow, run_id: str):
-        from mlflow.tracking import MlflowClient
-
-        from ..tracking import configure, ensure_experiment
-
         self.wf, self.run_id = wf, run_id
-        self.uri = configure()
-        self.client = MlflowClient(self.uri)
-        self.experiment_id = ensure_experiment(wf.name)
+        self.uri = tracking.configure()
         self.parent: str | None = None
         self.commit = _git_commit()
 
@@ -147,12 +129,12 @@ class Lineage:
     def start_workflow(self, existing: str | None = None) -> str:
         """Create (or, on resume, reopen) the parent run; returns its id."""
         if existing:
-            self.client.update_run(existing, status="RUNNING")
+            tracking.Run(existing).reopen()
             self.parent = existing
             return existing
-        run = self.client.create_run(self.experiment_id, run_name=self.run_id, tags=self.base_tags())
-        self.parent = run.info.run_id
-        self.client.log_dict(self.parent, redacted(self.wf.to_dict()), "workflow.yaml")
+        run = tracking.Run.create(self.run_id, experiment=self.wf.name, tags=self.base_tags())
+        self.parent = run.run_id
+        run.log_dict(self.wf.to_dict(), "workflow.yaml")
         return self.parent
 
     def step_tags(self, step: Step) -> dict[str, str]:
@@ -161,88 +143,72 @@ class Lineage:
 
     def start_step(self, step: Step, cache_key: str) -> str:
         tags = {**self.step_tags(step), "detflow.cache_key": cache_key}
-        if self.parent:
-            tags["mlflow.parentRunId"] = self.parent
-        run = self.client.create_run(self.experiment_id, run_name=step.id, tags=tags)
+        run = tracking.Run.create(step.id, experiment=self.wf.name, tags=tags, parent=self.parent)
         params = flatten_params(redacted(step.with_.model_dump(mode="json", exclude_none=True)))
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in list(params.items())[:200]]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run.info.run_id, params=items[i:i + 100])
-        return run.info.run_id
+        run.log_params(dict(list(params.items())[:200]))
+        return run.run_id
 
     def step_succeeded(self, step: Step, child: str | None, outputs: dict, inputs: dict[str, dict]) -> None:
         if child is None:
             return
-        metrics = flatten_metrics(outputs.get("metrics") or {})
-        self._log_metrics(child, metrics)
-        self._tag_dataset(step, child, inputs)
+        run = tracking.Run(child)
+        run.log_metrics(0, flatten_metrics(outputs.get("metrics") or {}))
+        self._tag_dataset(step, run, inputs)
         if step.uses == "benchmark":
-            self._log_table(child, outputs)
+            self._log_table(run, outputs)
         if step.kind.registers_model:
-            self._register(step, child, outputs)
-        self.client.set_terminated(child, "FINISHED")
+            self._register(step, run, outputs)
+        run.end("FINISHED")
 
     def step_failed(self, step: Step, child: str | None, error: str) -> None:
         if child is None:
             return
-        self.client.set_tag(child, "detflow.error", redacted(error)[:4000])
-        self.client.set_terminated(child, "KILLED" if error == "cancelled" else "FAILED")
+        run = tracking.Run(child)
+        run.set_tags({"detflow.error": redacted(error)[:4000]})
+        run.end("KILLED" if error == "cancelled" else "FAILED")
 
     def finish(self, status: str, result: Any) -> None:
         if not self.parent:
             return
         summary = {sid: {k: v for k, v in info.items() if k in ("status", "attempts", "duration_s", "error")}
                    for sid, info in result.steps.items()}
-        self.client.log_dict(self.parent, redacted(summary), "steps.json")
+        parent = tracking.Run(self.parent)
+        parent.log_dict(summary, "steps.json")
         mlflow_status = {"succeeded": "FINISHED", "cancelled": "KILLED", "interrupted": "KILLED"}.get(status, "FAILED")
-        self.client.set_tag(self.parent, "detflow.status", status)
-        self.client.set_terminated(self.parent, mlflow_status)
+        parent.set_tags({"detflow.status": status})
+        parent.end(mlflow_status)
 
     # ------------------------------------------------------------------------------- details
-    def _log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, v, now, 0) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
-
-    def _tag_dataset(self, step: Step, child: str, inputs: dict[str, dict]) -> None:
+    def _tag_dataset(self, step: Step, child: tracking.Run, inputs: dict[str, dict]) -> None:
         if "data" not in type(step.with_).model_fields:
             return
         ctx = StepContext(self.run_id, step.id, step.uses, self.wf.name, storage="",
-                          defaults=self.wf.defaults.model_dump(mode="json", exclude_none=True), inputs=inputs)
+                          defaults=self.wf.defaults.model_dump(mode="json", exclude_unset=True, exclude_none=True), inputs=inputs)
         try:
             data = ctx.dataset(step.with_.data)
         except Exception:  # noqa: BLE001 — a dataset from a base config: no tag
             return
         split = data.get("train") or data.get("val")
         if split and artifact_store.exists(split["annotations"]):
-            from ..tracking import dataset_fingerprint
+            child.set_tags({"dataset.fingerprint": tracking.dataset_fingerprint(split["annotations"], split["images"]),
+                            "dataset.annotations": split["annotations"]})
 
-            self.client.set_tag(child, "dataset.fingerprint", dataset_fingerprint(split["annotations"], split["images"]))
-            self.client.set_tag(child, "dataset.annotations", redacted(split["annotations"]))
-
-    def _log_table(self, child: str, outputs: dict) -> None:
+    def _log_table(self, child: tracking.Run, outputs: dict) -> None:
+        parent = tracking.Run(self.parent) if self.parent else None
+        targets = [child] + ([parent] if parent else [])
         for key in ("table_csv", "table_md"):
             if outputs.get(key) and artifact_store.exists(outputs[key]):
-                local = str(artifact_store.materialize(outputs[key]))
-                self.client.log_artifact(child, local, "benchmark")
-                if self.parent:
-                    self.client.log_artifact(self.parent, local, "benchmark")
+                local = artifact_store.materialize(outputs[key])
+                for run in targets:
+                    run.log_artifact(local, "benchmark")
         rows = outputs.get("rows") or []
         with tempfile.TemporaryDirectory() as tmp:
             plot = plot_map_vs_latency(rows, Path(tmp) / "map_vs_latency.png")
             if plot is not None:
-                self.client.log_artifact(child, str(plot), "benchmark")
-                if self.parent:
-                    self.client.log_artifact(self.parent, str(plot), "benchmark")
-        if self.parent:
-            self._log_metrics(self.parent, {f"bench/{k}": v for k, v in flatten_metrics(outputs.get("metrics") or {}).items()})
+                for run in targets:
+                    run.log_artifact(plot, "benchmark")
+        if parent:
+            parent.log_metrics(0, {f"bench/{k}": v for k, v in flatten_metrics(outputs.get("metrics") or {}).items()})
 
     def _model_files(self, outputs: dict) -> list[Path]:
         """Local copies of a step's model files (its checkpoint's and its ONNX model), wherever stored."""
@@ -254,34 +220,27 @@ class Lineage:
             stored.append(outputs["onnx"])
         return [artifact_store.materialize(f) for f in stored if artifact_store.exists(f)]
 
-    def _register(self, step: Step, child: str, outputs: dict) -> None:
+    def _register(self, step: Step, child: tracking.Run, outputs: dict) -> None:
         files = self._model_files(outputs)
         if not files:
             return
         for f in files:
-            self.client.log_artifact(child, str(f), "model")
+            child.log_artifact(f, "model")
         name = self.wf.model_name
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(name, tags={"detflow.workflow": self.wf.name})
-        except MlflowException:
-            pass  # exists (or created concurrently)
         tags = {**self.step_tags(step), "detflow.source_step": step.id, "detflow.upstream": ",".join(step.needs),
                 "detflow.formats": ",".join(sorted({f.suffix.lstrip('.') for f in files}))}
         for field in ("teacher", "checkpoint", "init"):
             value = getattr(step.with_, field, None)
             if isinstance(value, str):
-                tags[f"detflow.{field}"] = redacted(value)
+                tags[f"detflow.{field}"] = value
         data = getattr(step.with_, "data", None)
         if step.uses in ("qat", "ptq"):
-            tags["detflow.calibration_set"] = redacted(
+            tags["detflow.calibration_set"] = (
                 json.dumps(data.model_dump(mode="json")) if hasattr(data, "model_dump")
                 else str(data or self.wf.defaults.data or "training set of the checkpoint"))
-        artifact_uri = self.client.get_run(child).info.artifact_uri
-        version = self.client.create_model_version(name, f"{artifact_uri}/model", run_id=child, tags=tags)
-        self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
-        self.client.set_tag(child, "detflow.registered_model", f"{name}/{version.version}")
+        version = child.register_model(name, "model", tags=tags, alias=CANDIDATE_ALIAS,
+                                       model_tags={"detflow.workflow": self.wf.name})
+        child.set_tags({"detflow.registered_model": f"{name}/{version}"})
 
 
 def flatten_params(data: Any, prefix: str = "") -> dict[str, str]:

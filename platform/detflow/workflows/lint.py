@@ -18,7 +18,9 @@ from typing import Any, Callable, Iterable
 import yaml
 from pydantic import ValidationError
 
-from ..config.base import format_validation_error, parse_override, set_dotted
+from ..config.base import (DuplicateKeyError, UniqueKeyLoader, format_validation_error, load_unique, parse_override,
+                           reject_duplicate_keys, set_dotted)
+from ..config.kinds import check_kind, read_user_config
 from ..errors import ConfigError
 from ..paths import resolve_path
 from .kinds import StepKind, ref_values, step_kinds
@@ -41,51 +43,12 @@ class LineDict(dict):
         return self.key_lines.get(key, self.line)
 
 
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A mapping that repeats a key: ``problem`` is ``duplicate key 'epochs' (first at line 9)``,
-    ``problem_mark`` the repeat; ``line`` and ``first`` are the two 1-based lines."""
-
-    def __init__(self, key: Any, line: int, first: int, mark: Any):
-        super().__init__(None, None, f"duplicate key {key!r} (first at line {first})", mark)
-        self.key, self.line, self.first = key, line, first
-
-
-def _reject_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
-    """Raise :class:`DuplicateKeyError` when ``node`` repeats a key of its own (keys merged in with
-    ``<<`` may be overridden, as YAML allows). Call before ``flatten_mapping``."""
-    seen: dict = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        try:
-            if key in seen:
-                raise DuplicateKeyError(key, line, seen[key], key_node.start_mark)
-            seen[key] = line
-        except TypeError:  # an unhashable key: the constructor reports it
-            continue
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with a repeated key (PyYAML silently keeps the last):
-    what workflow files and config files (``detflow.config.base.read_yaml``) are read with."""
-
-
-def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode) -> Any:
-    _reject_duplicate_keys(loader, node)
-    yield from loader.construct_yaml_map(node)
-
-
-UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
 class LineLoader(UniqueKeyLoader):
     """:class:`UniqueKeyLoader` whose mappings are :class:`LineDict` with line numbers."""
 
 
 def _construct_mapping(loader: LineLoader, node: yaml.MappingNode) -> LineDict:
-    _reject_duplicate_keys(loader, node)
+    reject_duplicate_keys(loader, node)
     loader.flatten_mapping(node)
     out = LineDict()
     out.line = node.start_mark.line + 1
@@ -204,11 +167,19 @@ def rule_unknown_keys(raw: dict) -> list[LintError]:
             continue
         allowed = set(kind.params.model_fields)
         for key in _with(step):
-            if key not in allowed:
+            if _RENAMED.get(key) in allowed:
+                errors.append(LintError(_line(step["with"], key), step.get("id"),
+                                        f"`with` key {key!r} is now {_RENAMED[key]!r} (the TrainConfig section name)",
+                                        f"rename it to `{_RENAMED[key]}:`"))
+            elif key not in allowed:
                 errors.append(LintError(_line(step["with"], key), step.get("id"),
                                         f"unknown `with` key {key!r} for kind {kind.name!r}{_close(key, allowed)}",
                                         f"use one of {', '.join(sorted(allowed))}"))
     return errors
+
+
+# ``with`` keys renamed to TrainConfig's section names
+_RENAMED = {"checkpointing": "checkpoint"}
 
 
 def rule_needs_exist(raw: dict) -> list[LintError]:
@@ -379,9 +350,63 @@ def rule_storage(raw: dict) -> list[LintError]:
                       "use a local/shared path or s3://BUCKET/PREFIX (gs://, hdfs://, abfs:// also work)")]
 
 
+def _model_names(raw: dict, step: dict) -> list[str]:
+    """The model a train-like step trains: ``with.model``, ``defaults.model`` or its ``config:`` file's."""
+    defaults = raw.get("defaults") if isinstance(raw.get("defaults"), dict) else {}
+    for model in (_with(step).get("model"), defaults.get("model")):
+        name = model.get("name") if isinstance(model, dict) else model
+        if isinstance(name, str):
+            return [name]
+    config = _with(step).get("config")
+    if isinstance(config, str) and Path(config).is_file():
+        from ..config.base import read_yaml
+
+        try:
+            model = (read_yaml(config) or {}).get("model")
+        except (ConfigError, AttributeError):
+            return []  # the step reports its config file when it runs
+        name = model.get("name") if isinstance(model, dict) else None
+        return [name] if isinstance(name, str) else []
+    return []
+
+
+def rule_search_space(raw: dict) -> list[LintError]:
+    """A sweep step's ``space`` names only fields of its model's family (the check ``detflow sweep``
+    makes before Ray starts: :func:`detflow.tune.space.validate_space_paths`)."""
+    from ..tune.config import ParamSpec, SweepSearch
+    from ..tune.space import space_model_names, validate_space_paths
+
+    errors = []
+    for step in _steps(raw):
+        kind, space = _kind(step), _with(step).get("space")
+        if kind is None or not issubclass(kind.params, SweepSearch) or not isinstance(space, dict):
+            continue
+        try:
+            specs = {str(k): ParamSpec.model_validate(v if isinstance(v, dict) else {"fixed": v}) for k, v in space.items()}
+        except ValidationError:
+            continue  # rule_param_types reports the bad range
+        base = _model_names(raw, step)
+        names = [n for n in space_model_names(specs, base[0] if base else "") if n in _registered()]
+        try:
+            validate_space_paths(specs, "", names)
+        except ConfigError as exc:
+            for text in exc.errors:
+                key = text.removeprefix(": space.").split(":", 1)[0]
+                errors.append(LintError(_line(space, key), step.get("id"), text.removeprefix(": "),
+                                        "search only fields of the model's family (see the listed fields)"))
+    return errors
+
+
+def _registered() -> set[str]:
+    import detmodels
+
+    return set(detmodels.list_models())
+
+
 RULES: tuple[Callable[[dict], list[LintError]], ...] = (
     rule_step_ids, rule_unknown_kinds, rule_unknown_keys, rule_needs_exist, rule_cycles,
     rule_refs_upstream, rule_ref_outputs, rule_required_inputs, rule_param_types, rule_defaults, rule_storage,
+    rule_search_space,
 )
 
 
@@ -437,25 +462,15 @@ def parse_workflow(raw: Any, source: str = "<workflow>", base_dir: str | Path | 
     overrides = list(overrides)
     if overrides and isinstance(raw, dict):
         raw = apply_workflow_overrides(raw, overrides)
+    if base_dir is not None:  # first, so that the rules can read a step's config file
+        raw = _absolutize(raw, Path(base_dir))
     errors = lint(raw)
     if errors:
         raise ConfigError([e.format(source) for e in errors])
-    if base_dir is not None:
-        raw = _absolutize(raw, Path(base_dir))
     try:
         return Workflow.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, Workflow)) from None
-
-
-def load_unique(text: str, loader: type | None = None) -> Any:
-    """``yaml.safe_load`` through a SafeLoader subclass (default :class:`UniqueKeyLoader`): a repeated
-    key raises :class:`DuplicateKeyError`."""
-    instance = (loader or UniqueKeyLoader)(text)
-    try:
-        return instance.get_single_data()
-    finally:
-        instance.dispose()
 
 
 def _safe_load_with_lines(text: str) -> Any:
@@ -472,8 +487,21 @@ def load_workflow(path: str | Path, overrides: Iterable[str] = ()) -> Workflow:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
         raw = _safe_load_with_lines(text)
+    except DuplicateKeyError as exc:  # FILE:12: duplicate key 'epochs' (first at line 9)
+        raise ConfigError([f"{path}:{exc.line}: {exc.problem}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise ConfigError([f"{path}{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
-    return parse_workflow(raw, str(path), path.parent.resolve(), overrides)
+    check_kind(raw, "workflow", str(path))  # a user file: `kind: workflow` required
+    wf = parse_workflow(raw, str(path), path.parent.resolve(), overrides)
+    _check_config_kinds(wf)
+    return wf
+
+
+def _check_config_kinds(wf: Workflow) -> None:
+    """A step's ``config:`` is a user's train config file: it must carry ``kind: train`` too."""
+    for step in wf.steps:
+        config = getattr(step.with_, "config", None)
+        if isinstance(config, str) and "://" not in config and Path(config).is_file():
+            read_user_config(config, "train")

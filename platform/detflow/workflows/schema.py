@@ -2,6 +2,7 @@
 
 Example (``workflows/quickstart.yaml``, abridged)::
 
+    kind: workflow
     name: quickstart
     defaults: {model: rtmdet_tiny, data: synth, image_size: 320, scaling: {workers: 2}}
     steps:
@@ -13,7 +14,8 @@ Example (``workflows/quickstart.yaml``, abridged)::
 
 Upstream outputs are named by step id (``teacher: train``), never by path. ``with`` is typed per
 kind: :class:`Step` validates it with the class registered for ``uses`` (a union discriminated by
-``uses``, kept in a registry so new kinds — and test fakes — plug in). Relative paths are resolved
+``uses``, kept in a registry so new kinds — and test fakes — plug in; the built-in kinds are the
+table in :mod:`detflow.workflows.builtin`). Relative paths are resolved
 against the workflow file's directory when it is loaded (:func:`detflow.workflows.lint.load_workflow`).
 """
 from __future__ import annotations
@@ -23,18 +25,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, SerializeAsAny, ValidationInfo, field_validator
 
+from ..archsearch.config import NasObjective
 from ..config.base import StrictModel
 from ..config.train import (CheckpointConfig, DatasetSplit, ModelConfig, RecipeConfig, ScalingConfig,
                             TrainLoopConfig)
-from ..nas.config import NasObjective
 from ..tune.config import SweepSearch, TrialResources
-from .kinds import Ref, StepKind, get_step_kind, register_step_kind
+from .kinds import Ref, StepKind, get_step_kind
 from .retry import DEFAULT_JITTER, DEFAULT_MAX_DELAY_S, NEVER_RETRIED, SHORTHANDS
 
 __all__ = [
     "DatasetSpec", "Defaults", "Resources", "StepParams", "Step", "Workflow", "SynthParams", "TrainParams",
     "DistillParams", "QATParams", "PTQParams", "ExportParams", "BenchmarkParams", "EvaluateParams",
-    "SweepParams", "NASParams", "BUILTIN_KINDS", "DataRef",
+    "SweepParams", "NASParams", "DataRef",
 ]
 
 STEP_ID = r"^[A-Za-z][A-Za-z0-9_\-]*$"
@@ -89,16 +91,19 @@ class SynthParams(StepParams):
 
 
 class _TrainSections(StepParams):
-    """TrainConfig sections a step may override (merged over ``config`` / upstream / defaults)."""
+    """TrainConfig sections a step may set, under TrainConfig's names (``model``, ``recipe``,
+    ``train``, ``scaling``, ``checkpoint``), composed over ``config`` / upstream / ``defaults``
+    (:func:`detflow.config.compose.compose`: only the values written count). ``data`` names the
+    dataset (an upstream step or {train, val} paths) and ``image_size`` sets ``data.image_size``."""
 
-    config: str | None = Field(None, description="base training config YAML")
-    model: str | ModelConfig | None = None
+    config: str | None = Field(None, description="base training config YAML (`kind: train`)")
+    model: str | ModelConfig | None = Field(None, description="model name or TrainConfig `model:` section")
     data: DataRef = None
-    image_size: PositiveInt | None = None
+    image_size: PositiveInt | None = Field(None, description="data.image_size of the training config")
     recipe: RecipeConfig | None = None
     train: TrainLoopConfig | None = None
     scaling: ScalingConfig | None = None
-    checkpointing: CheckpointConfig | None = None
+    checkpoint: CheckpointConfig | None = Field(None, description="TrainConfig `checkpoint:` section")
     init: Annotated[str | None, Ref("checkpoint")] = Field(None, description="start from this step's weights")
 
 
@@ -184,31 +189,7 @@ class SweepParams(SweepSearch, _TrainSections):
 
 class NASParams(NasObjective, _TrainSections):
     """SpineNet architecture search (``detflow.nas``): proxy-train sampled specs, keep the best. The
-    training-config sections plus a NAS YAML's search fields (:class:`~detflow.nas.config.NasObjective`)."""
-
-
-_TRAIN_RES = {"num_cpus": 0.0}  # a train-like step only drives its Ray Train / Tune job
-_CPU = {"num_cpus": 1.0}
-_TRAINED = frozenset({"checkpoint", "config", "metrics"})
-_QUANT = frozenset({"checkpoint", "onnx", "metrics"})
-_STEPS = "detflow.workflows.steps"
-BUILTIN_KINDS = (
-    StepKind("synth", SynthParams, f"{_STEPS}.synth:run", frozenset({"dataset"})),
-    StepKind("train", TrainParams, f"{_STEPS}.train:run_train", _TRAINED, _TRAIN_RES,
-             registers_model=True, needs_data=True, needs_model=True),
-    StepKind("distill", DistillParams, f"{_STEPS}.train:run_distill", _TRAINED, _TRAIN_RES, registers_model=True),
-    StepKind("qat", QATParams, f"{_STEPS}.quant:run_qat", _QUANT, _CPU, registers_model=True),
-    StepKind("ptq", PTQParams, f"{_STEPS}.quant:run_ptq", _QUANT, _CPU, registers_model=True),
-    StepKind("export", ExportParams, f"{_STEPS}.export:run", frozenset({"onnx"}), _CPU, registers_model=True),
-    StepKind("benchmark", BenchmarkParams, f"{_STEPS}.benchmark:run", frozenset({"table", "metrics"}), _CPU),
-    StepKind("evaluate", EvaluateParams, f"{_STEPS}.evaluate:run", frozenset({"metrics"}), _CPU),
-    StepKind("sweep", SweepParams, f"{_STEPS}.search:run_sweep", frozenset({"best_config", "metrics"}),
-             _TRAIN_RES, needs_data=True, needs_model=True),
-    StepKind("nas", NASParams, f"{_STEPS}.search:run_nas", frozenset({"best_config", "spec", "metrics"}),
-             _TRAIN_RES, needs_data=True),
-)
-for _kind in BUILTIN_KINDS:
-    register_step_kind(_kind, replace=True)
+    training-config sections plus a NAS YAML's search fields (:class:`~detflow.archsearch.config.NasObjective`)."""
 
 
 class Step(StrictModel):
@@ -279,6 +260,7 @@ class Step(StrictModel):
 class Workflow(StrictModel):
     """A validated workflow; build it with :func:`detflow.workflows.lint.load_workflow`."""
 
+    kind: Literal["workflow"] = Field("workflow", description="config kind: a workflow file starts with `kind: workflow`")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     description: str = ""
     registered_model: str | None = Field(None, description="MLflow registry name; default the workflow name")

@@ -11,7 +11,8 @@ raise :class:`~detflow.workflows.lease.LeaseLost` otherwise.
 
 Schema migrations are versioned SQL files shipped in ``detflow/workflows/migrations/NNNN_*.sql``;
 the ``schema_version`` table records the applied version and :func:`migrate` applies the rest
-(in one transaction) whenever a store is opened.
+(in one transaction, under a lock taken before the version table is even created) whenever a store
+is opened. Stored error strings go through :func:`detflow.redact.redact_text`.
 """
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ..paths import state_dir
+from ..redact import redact_text
 from .lease import LeaseLost
 
 __all__ = [
     "StepStatus", "RunStatus", "WorkflowRun", "StepRun", "StateStore", "default_state_url", "make_engine",
-    "migrate", "schema_version", "MIGRATIONS_DIR", "latest_version",
+    "migrate", "schema_version", "MIGRATIONS_DIR", "latest_version", "MIGRATION_LOCK_KEY",
 ]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -126,6 +128,13 @@ def _without_credentials(value: Any) -> Any:
     return strip_credentials(value) if isinstance(value, str) else value
 
 
+def _redact_error(fields: dict[str, Any]) -> None:
+    """``fields["error"]`` through :func:`detflow.redact.redact_text`: a stored error never keeps a
+    credential an exception quoted (``postgresql://u:secret@h/db`` loses its password)."""
+    if isinstance(fields.get("error"), str):
+        fields["error"] = redact_text(fields["error"])
+
+
 def default_state_url() -> str:
     return os.environ.get("DETFLOW_STATE_URL") or f"sqlite:///{state_dir() / 'workflows.db'}"
 
@@ -143,8 +152,8 @@ def make_engine(url: str | None = None) -> Engine:
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=60000")
+        _set_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
@@ -153,6 +162,24 @@ def make_engine(url: str | None = None) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _set_wal(cur: Any, timeout_s: float = 60.0) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: SQLite answers "database is locked" at once, without its
+    busy handler, while another connection is switching a fresh database to WAL (two processes opening
+    a new state DB together)."""
+    import random
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.02, 0.2))
 
 
 def _migration_files() -> list[tuple[int, Path]]:
@@ -175,22 +202,37 @@ def _statements(sql: str) -> Iterator[str]:
             yield stmt.strip()
 
 
+# Key of the PostgreSQL advisory lock that serialises migrations (any constant unique to detflow).
+MIGRATION_LOCK_KEY = 0x6465_7466_6C6F  # "detflo"
+
+
+def _version_table(conn: Any) -> None:
+    conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+
+
 def schema_version(engine: Engine) -> int:
-    """The applied schema version (0 for an empty database)."""
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    """The applied schema version (0 for an empty database); creates nothing."""
+    from sqlalchemy import inspect
+
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("schema_version"):
+            return 0
         row = conn.exec_driver_sql("SELECT MAX(version) FROM schema_version").fetchone()
     return int(row[0] or 0)
 
 
 def migrate(engine: Engine, target: int | None = None) -> int:
     """Apply the migrations newer than the database's version, up to ``target`` (default: latest).
-    Runs in one transaction (serialised between processes); returns the resulting version."""
+
+    Runs in one transaction that first takes the migration lock (PostgreSQL: a transaction-scoped
+    advisory lock; SQLite: the ``BEGIN IMMEDIATE`` write lock), and only then creates the version table
+    and reads it, so concurrent first migrations of a fresh database queue instead of racing on
+    ``CREATE TABLE``; returns the resulting version."""
     target = latest_version() if target is None else target
     with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        _version_table(conn)
         current = int(conn.exec_driver_sql("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
         for version, path in _migration_files():
             if current < version <= target:
@@ -244,6 +286,7 @@ class StateStore:
     def update_run(self, run_id: str, *, token: int | None = None, **fields: Any) -> None:
         """Set columns of a run; with ``token`` (a driver's fencing token) only while it is the run's
         current lease token, else :class:`LeaseLost` is raised and nothing changes."""
+        _redact_error(fields)
         query = update(WorkflowRun).where(WorkflowRun.id == run_id)
         if token is not None:
             query = query.where(WorkflowRun.lease_token == token)
@@ -279,10 +322,7 @@ class StateStore:
         (checked in the same ``UPDATE``), else :class:`LeaseLost` is raised and nothing changes."""
         if "outputs" in fields and not isinstance(fields["outputs"], (str, type(None))):
             fields["outputs"] = json.dumps(fields["outputs"])
-        if isinstance(fields.get("error"), str):
-            from ..storage import redact
-
-            fields["error"] = redact(fields["error"])  # never store a credential an exception quoted
+        _redact_error(fields)
         query = update(StepRun).where(StepRun.run_id == run_id, StepRun.step_id == step_id)
         if token is not None:
             query = query.where(exists().where(WorkflowRun.id == run_id, WorkflowRun.lease_token == token))

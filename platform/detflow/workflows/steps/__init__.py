@@ -7,23 +7,17 @@ locations, and the task stores the scratch and rewrites them (:mod:`..execute`).
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+from ...config.compose import Layer, layer_values, without_variant_defaults
 from ..context import StepContext
 
-__all__ = ["deep_merge", "split_of", "section_overrides", "checkpoint_config"]
+__all__ = ["split_of", "section_layers", "checkpoint_config", "TRAIN_SECTIONS"]
 
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """``base`` updated recursively with ``over`` (a new dict)."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+# The TrainConfig sections a workflow's ``defaults`` and a train-like step's ``with`` may set, under
+# TrainConfig's own names; ``model: NAME`` is short for ``model: {name: NAME}``, ``image_size`` sets
+# ``data.image_size`` (``data`` names the dataset: an upstream step or {train, val} paths).
+TRAIN_SECTIONS = ("model", "recipe", "train", "scaling", "checkpoint")
 
 
 def split_of(ctx: StepContext, data: Any, which: str = "val") -> Any:
@@ -44,26 +38,26 @@ def checkpoint_config(checkpoint: str) -> dict:
     return (read_yaml(artifact_store.materialize(path)) or {}) if artifact_store.exists(path) else {}
 
 
-def section_overrides(params: Any, ctx: StepContext) -> dict:
-    """TrainConfig-shaped overrides from the workflow defaults then the step's ``with`` sections."""
-    out: dict = {}
-    for layer in (ctx.defaults, _explicit(params)):
-        model = layer.get("model")
-        if model is not None:
-            out = deep_merge(out, {"model": {"name": model} if isinstance(model, str) else model})
-        for key, target in (("recipe", "recipe"), ("scaling", "scaling"), ("train", "train"),
-                            ("checkpointing", "checkpoint")):
-            if layer.get(key) is not None:
-                out = deep_merge(out, {target: layer[key]})
-        if layer.get("image_size") is not None:
-            out = deep_merge(out, {"data": {"image_size": layer["image_size"]}})
-    data = getattr(params, "data", None)
-    resolved = ctx.dataset(data)
+def section_layers(params: Any, ctx: StepContext) -> list[Layer]:
+    """The overlays of a train-like step's base config, in order: the workflow ``defaults``, the
+    step's ``with`` sections (only the values written: a step class's defaults do not override the
+    base), and the dataset the step resolves (``data: STEP`` or paths)."""
+    step = f"step {ctx.step_id!r}"
+    layers = [Layer(_sections(ctx.defaults), "workflow defaults"),
+              Layer(_sections(layer_values(params)), f"{step} (with)")]
+    resolved = ctx.dataset(getattr(params, "data", None))
     if resolved.get("train"):
-        out = deep_merge(out, {"data": {k: v for k, v in resolved.items() if v}})
+        layers.append(Layer({"data": {k: v for k, v in resolved.items() if v}}, f"{step} (data)"))
+    return layers
+
+
+def _sections(values: dict) -> dict:
+    """The TrainConfig-shaped part of a ``defaults`` / ``with`` mapping."""
+    out = {key: values[key] for key in TRAIN_SECTIONS if values.get(key) is not None}
+    if isinstance(out.get("model"), str):
+        out["model"] = {"name": out["model"]}
+    elif isinstance(out.get("model"), dict):  # a validated section: drop the variant defaults it was filled with
+        out["model"] = without_variant_defaults(out["model"])
+    if values.get("image_size") is not None:
+        out["data.image_size"] = values["image_size"]
     return out
-
-
-def _explicit(params: Any) -> dict:
-    """The ``with`` values the user set (defaults of the step class do not override the base)."""
-    return params.model_dump(mode="json", exclude_unset=True)

@@ -1,10 +1,13 @@
 """``sweep`` (Ray Tune + Optuna over a training config) and ``nas`` (SpineNet search) steps.
 
-Both write the step's layered training config to ``base.yaml`` in the step's scratch and hand it
-to the search as its base; the search's own directory (Tune experiment, Optuna study) lives in the
-scratch and is stored with the step's outputs, and a retried or resumed step restores it first; the output ``best_config`` is a full training YAML a ``train`` step takes
-with ``config_from: STEP``. The search fields of a step are those of the search's own YAML
-(:class:`~detflow.tune.config.SweepSearch`, :class:`~detflow.nas.config.NasObjective`) and pass through as is.
+Both compose the step's training config (:func:`~detflow.workflows.steps.train.base_layer` ←
+workflow ``defaults`` ← the step's ``with`` sections, validated once), write it to ``base.yaml`` in
+the step's scratch and hand it to the search as its base; the search's own directory (Tune
+experiment, Optuna study) lives in the scratch and is stored with the step's outputs, and a retried
+or resumed step restores it first; the output ``best_config`` is a full training YAML a ``train``
+step takes with ``config_from: STEP``. The search fields of a step are those of the search's own
+YAML (:class:`~detflow.tune.config.SweepSearch`, :class:`~detflow.archsearch.config.NasObjective`) and pass
+through as is.
 """
 from __future__ import annotations
 
@@ -15,21 +18,30 @@ from typing import Any
 
 import yaml
 
+from ...config.compose import Layer, compose
+from ...config.train import TrainConfig
 from ..context import StepContext
 from ..schema import NASParams, SweepParams
-from . import deep_merge, section_overrides
+from . import section_layers
 
-__all__ = ["run_sweep", "run_nas", "full_scale_spec", "search_name"]
+__all__ = ["run_sweep", "run_nas", "full_scale_spec", "search_name", "step_base_config"]
 
 
-def _write_base(params, ctx: StepContext) -> Path:  # noqa: ANN001
-    from ...config.base import read_yaml
+def step_base_config(params: SweepParams | NASParams, ctx: StepContext) -> TrainConfig:
+    """The step's training config: its ``config:`` file ← ``defaults`` ← ``with`` sections, named
+    after the step unless the file names it."""
+    from .train import base_layer
 
-    base = read_yaml(params.config) if params.config else {}
-    data = deep_merge(base or {}, section_overrides(params, ctx))
-    data.setdefault("name", ctx.step_id)
-    path = ctx.path / "base.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return compose(TrainConfig, Layer({"name": ctx.step_id}, f"step {ctx.step_id!r}"), base_layer(params, ctx),
+                   *section_layers(params, ctx))
+
+
+def _write_config(cfg: TrainConfig, path: Path) -> Path:
+    """``cfg`` as a training YAML (the values set, ``kind: train`` first)."""
+    data = {"kind": "train", **cfg.model_dump(mode="json", exclude_unset=True)}
+    from ...atomic import atomic_write
+
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 
@@ -61,7 +73,7 @@ def run_sweep(params: SweepParams, ctx: StepContext) -> dict:
     from ...tune.config import SweepConfig, SweepSearch
     from ...tune.runner import run_sweep as sweep
 
-    base = _write_base(params, ctx)
+    base = _write_config(step_base_config(params, ctx), ctx.path / "base.yaml")
     resume = _restore(ctx, "sweeps")
     cfg = SweepConfig(**_shared(params, SweepSearch), name=search_name(ctx), base=str(base),
                       resources=params.trial_resources, storage=str(ctx.path / "sweeps"))
@@ -78,8 +90,8 @@ def full_scale_spec(best_spec: str | Path, base_model: dict, out: Path) -> Path:
     architecture found is then built at the target model's scale settings (§3.3): those of the named
     variant (``spinenet_49s`` …), of the base ``spec`` for ``spinenet``, else SpineNet-49's.
     """
-    from detmodels.families.spinenet import SPINENET_VARIANTS
-    from detmodels.families.spinenet_spec import load_spec, save_spec
+    from detmodels import SPINENET_VARIANTS
+    from detmodels import load_spec, save_spec
 
     name = str(base_model.get("name", "spinenet"))
     variant = SPINENET_VARIANTS.get(name.removeprefix("spinenet_"))
@@ -92,25 +104,24 @@ def full_scale_spec(best_spec: str | Path, base_model: dict, out: Path) -> Path:
 
 
 def run_nas(params: NASParams, ctx: StepContext) -> dict:
-    from ...config.base import read_yaml
     from ...errors import RuntimeFailure
-    from ...nas import NasConfig, run_nas as nas
-    from ...nas.config import NasObjective
+    from ...archsearch import NasConfig, run_nas as nas
+    from ...archsearch.config import NasObjective
 
-    base = _write_base(params, ctx)
+    base_cfg = step_base_config(params, ctx)
+    base = _write_config(base_cfg, ctx.path / "base.yaml")
     resume = _restore(ctx, "nas")
     cfg = NasConfig(**_shared(params, NasObjective), name=search_name(ctx), base=str(base),
                     storage=str(ctx.path / "nas"))
     result = nas(cfg, config_dir=ctx.path, resume=resume)
     if not result.best_spec_path:
         raise RuntimeFailure(f"step {ctx.step_id!r}: the search produced no valid architecture")
-    best = read_yaml(base) or {}
-    spec = full_scale_spec(result.best_spec_path, best.get("model") or {}, ctx.path / "best_spec.yaml")
+    spec = full_scale_spec(result.best_spec_path, base_cfg.model.model_dump(mode="json"), ctx.path / "best_spec.yaml")
     # ``spec`` is read by the generic ``spinenet`` builder, not by a named variant's; the config names
     # the spec's stored location (the scratch copy is gone once the step ends)
-    best["model"] = {**(best.get("model") or {}), "name": "spinenet", "spec": ctx.uri(spec.name)}
-    best_path = ctx.path / "best_config.yaml"
-    best_path.write_text(yaml.safe_dump(best, sort_keys=False))
+    best = compose(TrainConfig, Layer(base_cfg, f"step {ctx.step_id!r}"),
+                   Layer({"model": {"name": "spinenet", "spec": ctx.uri(spec.name)}}, f"step {ctx.step_id!r} (best spec)"))
+    best_path = _write_config(best, ctx.path / "best_config.yaml")
     metric = result.ranked[0].get(cfg.metric) if result.ranked else None
     return {"best_config": str(best_path), "spec": str(spec), "proxy_spec": result.best_spec_path,
             "metrics": {"best": metric} if isinstance(metric, (int, float)) else {}, "nas_run_id": result.parent_run_id}

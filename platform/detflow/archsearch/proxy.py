@@ -5,6 +5,8 @@ import json
 import random
 from pathlib import Path
 
+from ..atomic import atomic_write
+
 __all__ = ["holdout_split"]
 
 
@@ -25,6 +27,6 @@ def holdout_split(annotations: Path, out_dir: Path, fraction: float, seed: int) 
         part["images"] = [im for im in data["images"] if keep(im["id"])]
         part["annotations"] = [a for a in data["annotations"] if keep(a["image_id"])]
         path = out_dir / name
-        path.write_text(json.dumps(part))
+        atomic_write(path, json.dumps(part))
         paths.append(path)
     return paths[0], paths[1]

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from detmodels.families.spinenet_spec import (NUM_STEM_BLOCKS, BlockSpec, SpecError, SpineNetSpec,
-                                              validate_spec)
+from detmodels import NUM_STEM_BLOCKS, BlockSpec, SpecError, SpineNetSpec, validate_spec
 
 from .config import NasSpace
 

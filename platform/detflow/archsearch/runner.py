@@ -7,32 +7,20 @@ State lives in an Optuna SQL study we own plus a small JSON file, so an interrup
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
-from ..config.base import apply_overrides, load_config, parse_config, read_yaml
+from ..config.base import read_yaml
+from ..config.compose import Layer, compose, set_layers
 from ..config.train import TrainConfig
 from ..errors import UserInputError
 from ..paths import resolve_path, state_dir
 from .config import NasConfig
 from .proxy import holdout_split
 from .sampler import sample_spec
+from .tracking import NasResult  # noqa: F401  (defined beside summarize, which builds it)
 
 __all__ = ["NasResult", "run_nas", "load_nas_config", "find_nas"]
-
-
-@dataclasses.dataclass
-class NasResult:
-    """Ranked sampled architectures (best first), the best spec YAML and the MLflow parent run."""
-
-    name: str
-    parent_run_id: str
-    metric: str
-    ranked: list[dict]
-    best_spec_path: str | None
-    path: str
-    rejected: int = 0
 
 
 def _nas_dir(cfg: NasConfig) -> Path:
@@ -40,39 +28,35 @@ def _nas_dir(cfg: NasConfig) -> Path:
     return (root / cfg.name).resolve()
 
 
-def _base_config(cfg: NasConfig, config_dir: Path | None) -> tuple[dict, Path]:
+def _base_config(cfg: NasConfig, config_dir: Path | None) -> tuple[TrainConfig, Path]:
+    """The base training config with the search's ``overrides`` (composed and validated once)."""
     base_path = resolve_path(cfg.base, config_dir)
-    base = apply_overrides(read_yaml(base_path) or {}, cfg.overrides)
-    parsed = parse_config(TrainConfig, base, str(base_path))
-    if parsed.model.name != "spinenet" and not parsed.model.name.startswith("spinenet"):
-        raise UserInputError(f"{base_path}: model.name: expected a spinenet model for NAS, got {parsed.model.name!r}")
+    base = compose(TrainConfig, Layer(read_yaml(base_path), str(base_path)), *set_layers(cfg.overrides, str(base_path)))
+    if base.model.name != "spinenet" and not base.model.name.startswith("spinenet"):
+        raise UserInputError(f"{base_path}: model.name: expected a spinenet model for NAS, got {base.model.name!r}")
     return base, base_path
 
 
-def _proxy_config(cfg: NasConfig, base: dict, base_path: Path, spec_path: Path, exp_dir: Path, idx: int) -> TrainConfig:
-    parsed = parse_config(TrainConfig, base, str(base_path))
-    train_ann = resolve_path(parsed.data.train.annotations, base_path.parent)
-    images = str(resolve_path(parsed.data.train.images, base_path.parent))
+def _proxy_config(cfg: NasConfig, base: TrainConfig, base_path: Path, spec_path: Path, exp_dir: Path, idx: int) -> TrainConfig:
+    """``base`` with one sample's proxy task as an overlay (SpineNet §4): its spec, the held-out
+    split, the proxy image size and epochs, the search's workers and trial storage."""
+    train_ann = resolve_path(base.data.train.annotations, base_path.parent)
+    images = str(resolve_path(base.data.train.images, base_path.parent))
     p_train, p_val = holdout_split(train_ann, exp_dir / "proxy_data", cfg.proxy.holdout_fraction, cfg.proxy.seed)
-    data = dict(base)
-    data["name"] = f"{cfg.name}-arch{idx:03d}"
-    data["model"] = {**base.get("model", {}), "name": "spinenet", "spec": str(spec_path)}
-    data["data"] = {**base.get("data", {}), "image_size": cfg.proxy.image_size,
-                    "train": {"annotations": str(p_train), "images": images},
-                    "val": {"annotations": str(p_val), "images": images}}
-    train = {**base.get("train", {}), "epochs": cfg.proxy.epochs, "eval_interval": cfg.proxy.epochs}
+    train: dict = {"epochs": cfg.proxy.epochs, "eval_interval": cfg.proxy.epochs}
     if cfg.proxy.max_steps_per_epoch:
         train["max_steps_per_epoch"] = cfg.proxy.max_steps_per_epoch
-    data["train"] = train
-    data["scaling"] = {**base.get("scaling", {}), "workers": cfg.workers}
-    data["storage"] = str(exp_dir / "trials")
-    return parse_config(TrainConfig, data, f"{cfg.name} proxy config")
+    proxy = {"name": f"{cfg.name}-arch{idx:03d}", "model": {"name": "spinenet", "spec": str(spec_path)},
+             "data": {"image_size": cfg.proxy.image_size, "train": {"annotations": str(p_train), "images": images},
+                      "val": {"annotations": str(p_val), "images": images}},
+             "train": train, "scaling": {"workers": cfg.workers}, "storage": str(exp_dir / "trials")}
+    return compose(TrainConfig, Layer(base, str(base_path)), Layer(proxy, f"NAS {cfg.name}, sample {idx} (proxy task)"))
 
 
-def _evaluate_sample(trial, cfg: NasConfig, base: dict, base_path: Path, exp_dir: Path, parent: str, base_spec):
+def _evaluate_sample(trial, cfg: NasConfig, base: TrainConfig, base_path: Path, exp_dir: Path, parent: str, base_spec):
     """Objective of one Optuna trial: sample → spec YAML → proxy training → reward."""
     import optuna
-    from detmodels.families.spinenet_spec import ScaleSettings, SpecError, save_spec
+    from detmodels import ScaleSettings, SpecError, save_spec
 
     from ..train import run_training
     from .tracking import log_architecture
@@ -98,7 +82,7 @@ def _evaluate_sample(trial, cfg: NasConfig, base: dict, base_path: Path, exp_dir
 
 def run_nas(cfg: NasConfig, *, config_dir: str | Path | None = None, resume: bool = False) -> NasResult:
     """Run (or resume) the search; returns the ranked architectures and the best spec path."""
-    from detmodels.families.spinenet_spec import spinenet49_spec
+    from detmodels import spinenet49_spec
 
     from ..tracking import remembered_parent_run
     from .tracking import summarize
@@ -139,12 +123,22 @@ def _study(cfg: NasConfig, exp_dir: Path):
 
 
 def load_nas_config(path: str | Path, overrides: list[str] = ()) -> tuple[NasConfig, Path]:
-    return load_config(NasConfig, path, overrides), Path(path).resolve().parent
+    """Read a user's NAS YAML; the file and its ``base:`` must carry their ``kind`` (nas, train)."""
+    from ..config.kinds import load_user_config, read_user_config
+
+    cfg = load_user_config(NasConfig, path, overrides)
+    read_user_config(resolve_path(cfg.base, Path(path).resolve().parent), "train")
+    return cfg, Path(path).resolve().parent
 
 
 def find_nas(name: str) -> tuple[NasConfig, Path]:
     state = state_dir() / "nas" / name / "detflow_nas.json"
     if not state.exists():
         raise UserInputError(f"no NAS named {name!r} under {state.parent.parent}: run `detflow nas FILE.yaml` first")
-    data = json.loads(state.read_text())
+    from ..atomic import CorruptStateError, read_json_state
+
+    hint = f"delete {state.parent} and start the search again with `detflow nas FILE.yaml`"
+    data = read_json_state(state, "NAS state", hint)
+    if not isinstance(data.get("config"), dict) or not isinstance(data.get("config_dir"), str):
+        raise CorruptStateError(f"{state}: corrupt NAS state (no config / config_dir); {hint}")
     return NasConfig.model_validate(data["config"]), Path(data["config_dir"])

@@ -2,6 +2,7 @@
 
 Example (``workflows/nas/spinenet_proxy_nas.yaml``)::
 
+    kind: nas
     name: spinenet-proxy
     base: ../configs/spinenet_49s_synth.yaml   # training config of a spinenet model
     metric: val/bbox_mAP
@@ -71,5 +72,6 @@ class _NasTarget(StrictModel):
 class NasConfig(NasObjective, _NasTarget):
     """A SpineNet architecture search over a base training config of a spinenet model."""
 
+    kind: Literal["nas"] = Field("nas", description="config kind: a NAS file starts with `kind: nas`")
     workers: PositiveInt = 1
     storage: str = Field("", description="default $DETFLOW_HOME/nas")
