@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from .ops.postprocess import dense_postprocess
 from .structures import Detections, InputSpec, Target
 
 __all__ = ["Detector", "RawOutputs"]
@@ -85,6 +86,21 @@ class Detector(nn.Module, abc.ABC):
         scale_factors: Sequence[float] | None = None,
     ) -> list[Detections]:
         """Per-image detections in original image pixels (see ``structures`` for the letterbox rule)."""
+
+    # ----------------------------------------------------------------- shared by the families
+    def _input_hw(self, outputs: RawOutputs, key: str = "cls") -> tuple[int, int]:
+        """Network input ``(H, W)``: the first level of ``outputs[key]`` times ``strides[0]``."""
+        h, w = outputs[key][0].shape[-2:]
+        return h * self.strides[0], w * self.strides[0]
+
+    def _dense_postprocess(self, outputs: RawOutputs, image_sizes: Sequence[tuple[int, int]], score_thr: float,
+                           nms_iou: float, max_det: int, scale_factors: Sequence[float] | None, *,
+                           key: str = "cls", pre_nms_topk: int = 30000) -> list[Detections]:
+        """``postprocess`` of a dense detector: :meth:`decode`, then :func:`~detmodels.ops.dense_postprocess`
+        (score filter, class-aware NMS, rescale) at the input size read from ``outputs[key]``."""
+        boxes, scores = self.decode(outputs)
+        return dense_postprocess(boxes, scores, self._input_hw(outputs, key), image_sizes, score_thr, nms_iou,
+                                 max_det, scale_factors, pre_nms_topk=pre_nms_topk)
 
     # ----------------------------------------------------------------- optional hooks
     def set_epoch(self, epoch: int, max_epochs: int) -> None:

@@ -1,9 +1,10 @@
 """Typed model options: the one place a family's knobs, their defaults and their rules live.
 
 Every family declares its options as frozen, keyword-only dataclasses next to its variant table
-(``RTMDetOptions``, ``YOLOv6Options``, ``SpineNetOptions``, ``YOLOv3ASFFOptions``). A value is
-checked once, in the dataclass's ``__post_init__`` (through :func:`check`), which raises an
-:class:`OptionError` naming the field and the value. This module is a leaf (standard library only)::
+(``RTMDetOptions``, ``YOLOv6Options``, ``SpineNetOptions``, ``YOLOv3ASFFOptions``). A field carries
+its rule (``topk: int = option(13, integer(1))``, a :class:`Rule`); a value is checked once, in
+:class:`Options`' ``__post_init__``, which raises an :class:`OptionError` naming the field and the
+value. This module is a leaf (standard library only)::
 
     >>> from detmodels import YOLOv3ASFFOptions
     >>> options_from_dict(YOLOv3ASFFOptions, {"head": {"ignore_thr": 0.5}}).head
@@ -23,10 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import typing
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
-__all__ = ["OptionError", "check", "is_number", "is_int", "options_from_dict", "options_to_dict", "option_paths",
+__all__ = ["OptionError", "check", "is_number", "is_int", "Rule", "FLAG", "number", "integer", "one_of", "optional",
+           "option", "Options", "family_options", "options_from_dict", "options_to_dict", "option_paths",
            "section_types", "merge_options"]
 
 T = TypeVar("T")
@@ -58,6 +61,74 @@ def is_number(x: object) -> bool:
 def is_int(x: object, low: int | None = None) -> bool:
     """An int (not a bool), at least ``low`` when given."""
     return isinstance(x, int) and not isinstance(x, bool) and (low is None or x >= low)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A field's rule: ``ok(value)`` must hold, else an :class:`OptionError` shows ``expected``."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+FLAG = Rule(lambda x: isinstance(x, bool), "true or false")
+
+_BOUNDS = (("gt", ">", operator.gt), ("ge", ">=", operator.ge), ("lt", "<", operator.lt), ("le", "<=", operator.le))
+
+
+def number(**bounds: float) -> Rule:
+    """A number within ``gt``/``ge``/``lt``/``le`` bounds (``number(gt=0, le=2)``: "a number > 0 and <= 2";
+    ``ge`` with ``le``: "a number in [lo, hi]")."""
+    tests = [(symbol, op, bounds[key]) for key, symbol, op in _BOUNDS if key in bounds]
+    if set(bounds) == {"ge", "le"}:
+        text = f"a number in [{bounds['ge']}, {bounds['le']}]"
+    else:
+        text = "a number " + " and ".join(f"{symbol} {bound}" for symbol, _, bound in tests)
+    return Rule(lambda x: is_number(x) and all(op(x, bound) for _, op, bound in tests), text)
+
+
+def integer(low: int) -> Rule:
+    """An integer >= ``low``."""
+    return Rule(lambda x: is_int(x, low), f"an integer >= {low}")
+
+
+def one_of(*values: str) -> Rule:
+    """One of ``values``."""
+    return Rule(lambda x: x in values, "one of " + ", ".join(repr(v) for v in values))
+
+
+def optional(rule: Rule) -> Rule:
+    """``None`` (YAML ``null``) or a value keeping ``rule``."""
+    return Rule(lambda x: x is None or rule.ok(x), f"null or {rule.expected}")
+
+
+def option(default: Any, rule: Rule) -> Any:
+    """A field with ``default`` whose values must keep ``rule``."""
+    return dataclasses.field(default=default, metadata={"rule": rule})
+
+
+class Options:
+    """Base of the options dataclasses: ``__post_init__`` checks every field made by :func:`option`
+    (in field order); a subclass with a rule across fields extends it."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            rule = f.metadata.get("rule")
+            if rule is not None:
+                check(self, f.name, rule.ok(getattr(self, f.name)), rule.expected)
+
+
+def family_options(family: str, **sections: type) -> Callable[[type[T]], type[T]]:
+    """Class decorator for a family's options: sets ``family``, adds the ``sections`` (field name →
+    section options class, defaulting to its defaults) before the class's own fields, and makes the
+    class a frozen, keyword-only dataclass."""
+    def wrap(cls: type[T]) -> type[T]:
+        cls.family = family  # type: ignore[attr-defined]
+        cls.__annotations__ = {**sections, **cls.__dict__.get("__annotations__", {})}
+        for name, sub in sections.items():
+            setattr(cls, name, dataclasses.field(default_factory=sub))
+        return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+    return wrap
 
 
 @functools.lru_cache(maxsize=None)

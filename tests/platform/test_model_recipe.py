@@ -57,6 +57,20 @@ def test_filled_recipe_name_is_not_a_user_setting():
     assert compose(TrainConfig, cfg, {"train.epochs": 3}).recipe.name == "yolov6"
 
 
+def test_multiscale_on_a_model_recipe_without_it_is_a_one_line_field_error():
+    """``recipe.multiscale`` with a model whose filled-in recipe has no multi-scale sizes names the
+    field, its value and the layer that set it, not ``(top level)`` and the whole config."""
+    from detflow.config import TrainConfig, parse_config
+    from detflow.errors import ConfigError
+
+    data = {"model": {"name": "yolov6_s"}, "data": {"train": _SPLIT}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(TrainConfig, data, "x.yaml", ["recipe.multiscale=[320, 640]"])
+    assert err.value.errors == [
+        "x.yaml (with --set recipe.multiscale=[320, 640]): recipe.multiscale: expected null: only recipes "
+        "yolov3_asff and plain use multi-scale sizes, not 'yolov6' (model yolov6_s's recipe), got [320, 640]"]
+
+
 def test_overrides_reach_the_resolved_specs():
     from detflow.engine.recipes import train_recipe
 

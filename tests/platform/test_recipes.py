@@ -140,7 +140,9 @@ def test_yolov3_asff_mixup_multiscale_and_two_switches():
 @pytest.mark.parametrize(("model", "recipe", "message"), [
     ("rtmdet_s", {"name": "rtmdet", "multiscale": [320, 640]},
      "x.yaml: recipe.multiscale: expected null: only recipes yolov3_asff and plain use multi-scale sizes, not 'rtmdet'"),
-    ("yolov6_s", {"multiscale": [320, 640]}, "recipe.multiscale to be left out: model yolov6_s's recipe 'yolov6'"),
+    ("yolov6_s", {"multiscale": [320, 640]},
+     "x.yaml: recipe.multiscale: expected null: only recipes yolov3_asff and plain use multi-scale sizes, "
+     "not 'yolov6' (model yolov6_s's recipe), got [320, 640]"),
     ("rtmdet_s", {"ratio_range": [2.0, 1.0]}, "x.yaml: recipe.ratio_range: expected 0 < low <= high, got [2.0, 1.0]"),
     ("yolov3_asff", {"multiscale": [16, 640]}, "x.yaml: recipe.multiscale: expected 32 <= min <= max, got [16, 640]"),
 ])

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from ..assigners import DynamicSoftLabelAssigner
 from ..base import Detector, RawOutputs
 from ..layers import ConvNormAct, CSPLayer, PyramidPoolingModule, SPPBottleneck, SqueezeExcitation
-from ..ops import clip_boxes, dense_postprocess, distance2bbox, iou_loss, quality_focal_loss
-from ..options import check, is_int, is_number
+from ..ops import clip_boxes, distance2bbox, iou_loss, quality_focal_loss
+from ..options import FLAG, Options, family_options, integer, number, option
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .rtmdet_heads import RTMDetSepBNHead, make_priors
@@ -66,36 +66,26 @@ RTMDET_CONFIGS: dict[str, RTMDetConfig] = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RTMDetNeckOptions:
+class RTMDetNeckOptions(Options):
     """CSPNeXtPAFPN knobs (searched by sweeps): CSP ``expand_ratio`` in (0, 2]; ``se`` adds a
     SqueezeExcitation after every CSP layer; ``ppm`` a PyramidPoolingModule on C5."""
 
-    expand_ratio: float = 0.5
-    se: bool = False
-    ppm: bool = False
-
-    def __post_init__(self) -> None:
-        ratio = self.expand_ratio
-        check(self, "expand_ratio", is_number(ratio) and 0 < ratio <= 2, "a number > 0 and <= 2")
-        check(self, "se", isinstance(self.se, bool), "true or false")
-        check(self, "ppm", isinstance(self.ppm, bool), "true or false")
+    expand_ratio: float = option(0.5, number(gt=0, le=2))
+    se: bool = option(False, FLAG)
+    ppm: bool = option(False, FLAG)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RTMDetHeadOptions:
+class RTMDetHeadOptions(Options):
     """Loss weights (§3.2): QFL 1, GIoU 2, Dice (RTMDet-Ins) 2; each >= 0."""
 
-    loss_cls_weight: float = 1.0
-    loss_bbox_weight: float = 2.0
-    loss_mask_weight: float = 2.0
-
-    def __post_init__(self) -> None:
-        for name in ("loss_cls_weight", "loss_bbox_weight", "loss_mask_weight"):
-            check(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+    loss_cls_weight: float = option(1.0, number(ge=0))
+    loss_bbox_weight: float = option(2.0, number(ge=0))
+    loss_mask_weight: float = option(2.0, number(ge=0))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DSLOptions:
+class DSLOptions(Options):
     """Dynamic soft-label assignment (§3.2): centre cost α^(d − β), ``topk`` IoUs for dynamic k,
     IoU cost weight.
 
@@ -103,27 +93,15 @@ class DSLOptions:
     prior off, α < 1 would prefer far priors); the paper uses α = 10, β = 3.
     """
 
-    soft_center_alpha: float = 10.0
-    soft_center_beta: float = 3.0
-    topk: int = 13
-    iou_weight: float = 3.0
-
-    def __post_init__(self) -> None:
-        alpha, beta = self.soft_center_alpha, self.soft_center_beta
-        check(self, "soft_center_alpha", is_number(alpha) and alpha > 1, "a number > 1")
-        check(self, "soft_center_beta", is_number(beta) and beta >= 0, "a number >= 0")
-        check(self, "topk", is_int(self.topk, 1), "an integer >= 1")
-        check(self, "iou_weight", is_number(self.iou_weight) and self.iou_weight >= 0, "a number >= 0")
+    soft_center_alpha: float = option(10.0, number(gt=1))
+    soft_center_beta: float = option(3.0, number(ge=0))
+    topk: int = option(13, integer(1))
+    iou_weight: float = option(3.0, number(ge=0))
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@family_options("rtmdet", neck=RTMDetNeckOptions, head=RTMDetHeadOptions, assigner=DSLOptions)
 class RTMDetOptions:
     """Every option of an RTMDet / RTMDet-Ins model (YAML ``model.neck|head|assigner``)."""
-
-    family = "rtmdet"
-    neck: RTMDetNeckOptions = dataclasses.field(default_factory=RTMDetNeckOptions)
-    head: RTMDetHeadOptions = dataclasses.field(default_factory=RTMDetHeadOptions)
-    assigner: DSLOptions = dataclasses.field(default_factory=DSLOptions)
 
 
 class CSPNeXt(nn.Module):
@@ -266,13 +244,7 @@ class RTMDet(Detector):
                     nms_iou: float = 0.6, max_det: int = 100,
                     scale_factors: Sequence[float] | None = None) -> list[Detections]:
         """Score filter, class-aware NMS, rescale to original image pixels (one entry per image)."""
-        boxes, scores = self.decode(outputs)
-        input_hw = self._input_hw(outputs)
-        return dense_postprocess(boxes, scores, input_hw, image_sizes, score_thr, nms_iou, max_det, scale_factors)
-
-    def _input_hw(self, outputs: RawOutputs) -> tuple[int, int]:
-        h, w = outputs["cls"][0].shape[-2:]
-        return h * self.strides[0], w * self.strides[0]
+        return self._dense_postprocess(outputs, image_sizes, score_thr, nms_iou, max_det, scale_factors)
 
     # ------------------------------------------------------------------ training
     def _assign_batch(self, logits: Tensor, boxes: Tensor, priors: Tensor,

@@ -31,8 +31,9 @@ from ..assigners import MaxIoUAssigner
 from ..base import Detector, RawOutputs
 from ..layers import ConvNormAct, make_act
 from ..layers.spinenet_blocks import BN_EPS, BN_MOMENTUM, BlockGroup, ScalePermutedBlock, block_out_channels
-from ..ops import dense_postprocess, huber_loss, sigmoid_focal_loss
-from ..options import check, is_int, is_number
+from ..ops import huber_loss, sigmoid_focal_loss
+from ..options import (FLAG, Options, Rule, check, family_options, integer, is_number, number, one_of, option,
+                       optional)
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .spinenet_spec import (
@@ -81,27 +82,16 @@ SPINENET_VARIANTS: dict[str, SpineNetVariant] = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SpineNetBackboneOptions:
+class SpineNetBackboneOptions(Options):
     """Scale settings (§3.3; ``null``: the variant's, or the spec's ``scale`` for ``spinenet``),
     ``stochastic_depth_rate`` in [0, 1) and the ``activation`` (``swish`` / ``relu``)."""
 
-    filter_size_scale: float | None = None
-    block_repeats: int | None = None
-    resample_alpha: float | None = None
-    endpoints_num_filters: int | None = None
-    stochastic_depth_rate: float = 0.2
-    activation: str = "swish"
-
-    def __post_init__(self) -> None:
-        for name in ("filter_size_scale", "resample_alpha"):
-            value = getattr(self, name)
-            check(self, name, value is None or (is_number(value) and value > 0), "null or a number > 0")
-        for name in ("block_repeats", "endpoints_num_filters"):
-            value = getattr(self, name)
-            check(self, name, value is None or is_int(value, 1), "null or an integer >= 1")
-        rate = self.stochastic_depth_rate
-        check(self, "stochastic_depth_rate", is_number(rate) and 0 <= rate < 1, "a number >= 0 and < 1")
-        check(self, "activation", self.activation in ("swish", "silu", "relu"), "one of 'swish', 'silu', 'relu'")
+    filter_size_scale: float | None = option(None, optional(number(gt=0)))
+    block_repeats: int | None = option(None, optional(integer(1)))
+    resample_alpha: float | None = option(None, optional(number(gt=0)))
+    endpoints_num_filters: int | None = option(None, optional(integer(1)))
+    stochastic_depth_rate: float = option(0.2, number(ge=0, lt=1))
+    activation: str = option("swish", one_of("swish", "silu", "relu"))
 
     def scale(self, base: ScaleSettings) -> ScaleSettings:
         """``base`` with the fields set here replaced."""
@@ -109,61 +99,46 @@ class SpineNetBackboneOptions:
         return dataclasses.replace(base, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
 
 
+_ASPECT_RATIOS = Rule(lambda r: isinstance(r, tuple) and len(r) > 0 and all(is_number(x) and x > 0 for x in r),
+                      "a non-empty list of numbers > 0")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RetinaNetHeadOptions:
+class RetinaNetHeadOptions(Options):
     """RetinaNet head and losses: ``num_convs`` × ``num_filters`` (``null``: the endpoint width),
     anchors (``anchor_size`` · stride, ``num_scales`` octave scales, ``aspect_ratios``), focal α/γ,
     Huber δ, box loss weight, top-k boxes before NMS."""
 
-    num_convs: int = 4
-    num_filters: int | None = None
-    anchor_size: float = 3.0
-    num_scales: int = 3
-    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)
-    focal_alpha: float = 0.25
-    focal_gamma: float = 1.5
-    huber_delta: float = 0.1
-    box_loss_weight: float = 50.0
-    pre_nms_topk: int = 5000
-
-    def __post_init__(self) -> None:
-        for name in ("num_convs", "num_scales", "pre_nms_topk"):
-            check(self, name, is_int(getattr(self, name), 1), "an integer >= 1")
-        check(self, "num_filters", self.num_filters is None or is_int(self.num_filters, 1),
-              "null or an integer >= 1")
-        check(self, "aspect_ratios", isinstance(self.aspect_ratios, tuple) and len(self.aspect_ratios) > 0
-              and all(is_number(r) and r > 0 for r in self.aspect_ratios), "a non-empty list of numbers > 0")
-        check(self, "focal_alpha", is_number(self.focal_alpha) and 0 <= self.focal_alpha <= 1, "a number in [0, 1]")
-        for name in ("anchor_size", "huber_delta"):
-            check(self, name, is_number(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
-        for name in ("focal_gamma", "box_loss_weight"):
-            check(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+    num_convs: int = option(4, integer(1))
+    num_filters: int | None = option(None, optional(integer(1)))
+    anchor_size: float = option(3.0, number(gt=0))
+    num_scales: int = option(3, integer(1))
+    aspect_ratios: tuple[float, ...] = option((1.0, 2.0, 0.5), _ASPECT_RATIOS)
+    focal_alpha: float = option(0.25, number(ge=0, le=1))
+    focal_gamma: float = option(1.5, number(ge=0))
+    huber_delta: float = option(0.1, number(gt=0))
+    box_loss_weight: float = option(50.0, number(ge=0))
+    pre_nms_topk: int = option(5000, integer(1))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MaxIoUOptions:
+class MaxIoUOptions(Options):
     """Max-IoU matching: positive at IoU >= ``pos_iou_thr``, negative below ``neg_iou_thr``
     (0 <= neg <= pos <= 1), ``force_match`` every GT to its best anchor."""
 
-    pos_iou_thr: float = 0.5
-    neg_iou_thr: float = 0.5
-    force_match: bool = True
+    pos_iou_thr: float = option(0.5, number(ge=0, le=1))
+    neg_iou_thr: float = 0.5  # its bound is pos_iou_thr: checked in __post_init__
+    force_match: bool = option(True, FLAG)
 
     def __post_init__(self) -> None:
-        check(self, "pos_iou_thr", is_number(self.pos_iou_thr) and 0 <= self.pos_iou_thr <= 1, "a number in [0, 1]")
+        super().__post_init__()
         check(self, "neg_iou_thr", is_number(self.neg_iou_thr) and 0 <= self.neg_iou_thr <= self.pos_iou_thr,
               f"a number in [0, pos_iou_thr={self.pos_iou_thr}]")
-        check(self, "force_match", isinstance(self.force_match, bool), "true or false")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@family_options("spinenet", backbone=SpineNetBackboneOptions, head=RetinaNetHeadOptions, assigner=MaxIoUOptions)
 class SpineNetOptions:
     """Every option of a SpineNet-RetinaNet (no neck: the backbone feeds the head directly)."""
-
-    family = "spinenet"
-    backbone: SpineNetBackboneOptions = dataclasses.field(default_factory=SpineNetBackboneOptions)
-    head: RetinaNetHeadOptions = dataclasses.field(default_factory=RetinaNetHeadOptions)
-    assigner: MaxIoUOptions = dataclasses.field(default_factory=MaxIoUOptions)
 
 
 def variant_options(key: str) -> SpineNetOptions:
@@ -330,16 +305,6 @@ def _flatten(maps: Sequence[Tensor], per_anchor: int) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, per_anchor) for m in maps], 1)
 
 
-@dataclasses.dataclass(frozen=True)
-class RetinaNetLossConfig:
-    """RetinaNet losses of the reference (TF ``Losses``): focal α 0.25, γ 1.5; Huber δ 0.1 × 50."""
-
-    focal_alpha: float = 0.25
-    focal_gamma: float = 1.5
-    huber_delta: float = 0.1
-    box_loss_weight: float = 50.0
-
-
 class RetinaNet(Detector):
     """SpineNet + RetinaNet detector (arXiv 1912.05027 §4.1; RetinaNet §4).
 
@@ -358,7 +323,7 @@ class RetinaNet(Detector):
                  head_filters: int | None = None, anchor_size: float = 3.0, num_scales: int = 3,
                  aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5), act: str = "swish",
                  stochastic_depth_rate: float = 0.2, assigner: MaxIoUAssigner | None = None,
-                 loss: RetinaNetLossConfig | None = None, pre_nms_topk: int = 5000):
+                 loss: RetinaNetHeadOptions | None = None, pre_nms_topk: int = 5000):
         levels = range(spec.min_level, spec.max_level + 1)
         super().__init__(num_classes, [2**lv for lv in levels])
         self.backbone = SpineNet(spec, scale, act=act, stochastic_depth_rate=stochastic_depth_rate)
@@ -367,7 +332,7 @@ class RetinaNet(Detector):
         self.head = RetinaNetHead(num_classes, scale.endpoints_num_filters, head_filters or
                                   scale.endpoints_num_filters, head_convs, len(levels), self.num_anchors, act=act)
         self.assigner = assigner or MaxIoUAssigner(0.5, 0.5, force_match=True)
-        self.loss_cfg = loss or RetinaNetLossConfig()
+        self.loss_cfg = loss or RetinaNetHeadOptions()  # its focal_*, huber_delta, box_loss_weight
         self.pre_nms_topk = pre_nms_topk
 
     def forward(self, images: Tensor) -> RawOutputs:
@@ -390,11 +355,8 @@ class RetinaNet(Detector):
                     nms_iou: float = 0.5, max_det: int = 100,
                     scale_factors: Sequence[float] | None = None) -> list[Detections]:
         """Reference settings: score 0.05, top 5000 before NMS, NMS IoU 0.5, 100 detections."""
-        boxes, scores = self.decode(outputs)
-        h, w = outputs["cls"][0].shape[-2:]
-        input_hw = (h * self.strides[0], w * self.strides[0])
-        return dense_postprocess(boxes, scores, input_hw, image_sizes, score_thr, nms_iou, max_det, scale_factors,
-                                 pre_nms_topk=self.pre_nms_topk)
+        return self._dense_postprocess(outputs, image_sizes, score_thr, nms_iou, max_det, scale_factors,
+                                       pre_nms_topk=self.pre_nms_topk)
 
     def _targets(self, anchors: Tensor, targets: Sequence[Target], device: torch.device) -> tuple[Tensor, ...]:
         """Per image matching → class targets ``N×A×C``, valid mask ``N×A`` (not ignored), positive
@@ -423,11 +385,11 @@ class RetinaNet(Detector):
         cfg = self.loss_cfg
         normalizer = pos.sum().float() + 1.0
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            focal = sigmoid_focal_loss(logits, cls_t, cfg.focal_alpha, cfg.focal_gamma)
+            focal = sigmoid_focal_loss(logits, cls_t, float(cfg.focal_alpha), float(cfg.focal_gamma))
             loss_cls = (focal * valid[..., None]).sum() / normalizer
-            huber = huber_loss(deltas[pos], box_t[pos], cfg.huber_delta)
+            huber = huber_loss(deltas[pos], box_t[pos], float(cfg.huber_delta))
             loss_box = huber.sum() / (4.0 * normalizer) + deltas.sum() * 0
-        return {"loss_cls": loss_cls, "loss_box": cfg.box_loss_weight * loss_box}
+        return {"loss_cls": loss_cls, "loss_box": float(cfg.box_loss_weight) * loss_box}
 
 
 # ---------------------------------------------------------------------- builders
@@ -450,13 +412,11 @@ def build_spinenet(spec: SpineNetSpec, base_scale: ScaleSettings, num_classes: i
     (``null``) backbone fields fall back to, and typed ``options``."""
     bb, hd, asg = options.backbone, options.head, options.assigner
     scale = bb.scale(base_scale)
-    loss = RetinaNetLossConfig(focal_alpha=float(hd.focal_alpha), focal_gamma=float(hd.focal_gamma),
-                               huber_delta=float(hd.huber_delta), box_loss_weight=float(hd.box_loss_weight))
     return RetinaNet(
         spec, scale, num_classes, head_convs=hd.num_convs, head_filters=hd.num_filters or scale.endpoints_num_filters,
         anchor_size=float(hd.anchor_size), num_scales=hd.num_scales, aspect_ratios=tuple(hd.aspect_ratios),
         act=bb.activation, stochastic_depth_rate=float(bb.stochastic_depth_rate),
-        assigner=MaxIoUAssigner(asg.pos_iou_thr, asg.neg_iou_thr, force_match=asg.force_match), loss=loss,
+        assigner=MaxIoUAssigner(asg.pos_iou_thr, asg.neg_iou_thr, force_match=asg.force_match), loss=hd,
         pre_nms_topk=hd.pre_nms_topk)
 
 

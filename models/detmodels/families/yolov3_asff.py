@@ -26,8 +26,8 @@ from ..layers.asff import ASFF, RFBBlock
 from ..layers.darknet import SPP, Darknet53, DarknetBottleneck, darknet_conv
 from ..layers.deform_conv import DeformConv2d
 from ..layers.dropblock import DropBlock
-from ..ops import box_cxcywh_to_xyxy, dense_postprocess
-from ..options import check, is_number
+from ..ops import box_cxcywh_to_xyxy
+from ..options import FLAG, Options, family_options, number, option
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .yolov3_asff_loss import YOLOv3LossConfig, yolov3_level_loss
@@ -72,20 +72,21 @@ class YOLOv3SPPNeck(nn.Module):
         self.conv5 = darknet_conv(512, 1024, 3)
         self.drop5 = DropBlock()
         self.out5 = darknet_conv(1024, 512, 1)
-        self.lateral4 = darknet_conv(512, 256, 1)
-        self.fuse4 = darknet_conv(256 + c4, 256, 1)
-        self.conv4 = darknet_conv(256, 512, 3)
-        self.drop4 = DropBlock()
-        self.block4 = DarknetBottleneck(512, shortcut=False)
-        self.out4 = darknet_conv(512, 256, 1)
-        self.lateral3 = darknet_conv(256, 128, 1)
-        self.fuse3 = darknet_conv(128 + c3, 128, 1)
-        self.conv3 = darknet_conv(128, 256, 3)
-        self.drop3 = DropBlock()
-        self.block3 = DarknetBottleneck(256, shortcut=False)
-        self.out3 = darknet_conv(256, 128, 1)
+        self._add_top_down(4, 256, c4)
+        self._add_top_down(3, 128, c3)
         self.expand3 = darknet_conv(128, 256, 3)
         self.out_channels = [256, 256, 512]
+
+    def _add_top_down(self, level: int, width: int, skip_channels: int) -> None:
+        """Level ``level``'s modules, named with the level (``lateral4`` … ``out4``): lateral 1×1
+        2w → w, fuse 1×1 (w + skip) → w, conv 3×3 w → 2w, drop, non-residual block, out 1×1 2w → w."""
+        for name, module in (("lateral", darknet_conv(2 * width, width, 1)),
+                             ("fuse", darknet_conv(width + skip_channels, width, 1)),
+                             ("conv", darknet_conv(width, 2 * width, 3)),
+                             ("drop", DropBlock()),
+                             ("block", DarknetBottleneck(2 * width, shortcut=False)),
+                             ("out", darknet_conv(2 * width, width, 1))):
+            self.add_module(f"{name}{level}", module)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
         c3, c4, c5 = feats
@@ -232,10 +233,7 @@ class YOLOv3ASFF(Detector):
                     nms_iou: float = 0.65, max_det: int = 100,
                     scale_factors: Sequence[float] | None = None) -> list[Detections]:
         """Reference test settings: confidence 0.01 (σ(obj)·σ(cls)), class-wise NMS at 0.65."""
-        boxes, scores = self.decode(outputs)
-        h, w = outputs["obj"][0].shape[-2:]
-        return dense_postprocess(boxes, scores, (h * self.strides[0], w * self.strides[0]), image_sizes,
-                                 score_thr, nms_iou, max_det, scale_factors)
+        return self._dense_postprocess(outputs, image_sizes, score_thr, nms_iou, max_det, scale_factors, key="obj")
 
     def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
         """``loss_anchor``, ``loss_iou``, ``loss_l1``, ``loss_obj``, ``loss_cls`` summed over levels,
@@ -256,35 +254,24 @@ class YOLOv3ASFF(Detector):
 
 # ---------------------------------------------------------------------- builders
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv3ASFFNeckOptions:
+class YOLOv3ASFFNeckOptions(Options):
     """``dropblock``: DropBlock in the neck (on for ASFF* only, as the reference README's command)."""
 
-    dropblock: bool = False
-
-    def __post_init__(self) -> None:
-        check(self, "dropblock", isinstance(self.dropblock, bool), "true or false")
+    dropblock: bool = option(False, FLAG)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv3ASFFHeadOptions:
+class YOLOv3ASFFHeadOptions(Options):
     """Loss options of the reference: ``ignore_thr`` (``IGNORETHRE`` 0.7, in [0, 1]) and
     ``label_smooth`` (``LABAL_SMOOTH``)."""
 
-    ignore_thr: float = 0.7
-    label_smooth: bool = True
-
-    def __post_init__(self) -> None:
-        check(self, "ignore_thr", is_number(self.ignore_thr) and 0 <= self.ignore_thr <= 1, "a number in [0, 1]")
-        check(self, "label_smooth", isinstance(self.label_smooth, bool), "true or false")
+    ignore_thr: float = option(0.7, number(ge=0, le=1))
+    label_smooth: bool = option(True, FLAG)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@family_options("yolov3_asff", neck=YOLOv3ASFFNeckOptions, head=YOLOv3ASFFHeadOptions)
 class YOLOv3ASFFOptions:
     """Every option of a YOLOv3(-ASFF) model; the Darknet-53 backbone has none."""
-
-    family = "yolov3_asff"
-    neck: YOLOv3ASFFNeckOptions = dataclasses.field(default_factory=YOLOv3ASFFNeckOptions)
-    head: YOLOv3ASFFHeadOptions = dataclasses.field(default_factory=YOLOv3ASFFHeadOptions)
 
 
 def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = False,

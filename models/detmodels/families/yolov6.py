@@ -28,8 +28,7 @@ from torch import Tensor, nn
 
 from ..base import Detector, RawOutputs
 from ..layers import SPPF, BepC3, BiC, ConvNormAct, RepBlock, SimCSPSPPF, SimSPPF, make_rep_unit
-from ..ops.postprocess import dense_postprocess
-from ..options import check, is_int, is_number
+from ..options import FLAG, Options, family_options, integer, number, one_of, option, optional
 from ..registry import register_model
 from ..structures import Detections, InputSpec, Target
 from .yolov6_distill import cosine_distill_weight, yolov6_distill_loss
@@ -103,89 +102,59 @@ VARIANTS: dict[str, YOLOv6Config] = {
 
 
 
-def _csp_e_ok(x: object) -> bool:
-    return x is None or (is_number(x) and 0 < x <= 1)
+_CSP_E = optional(number(gt=0, le=1))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv6BackboneOptions:
+class YOLOv6BackboneOptions(Options):
     """Basic unit (``repvgg`` or ``conv_silu``) and BepC3 ratio ``csp_e`` in (0, 1]; ``null`` =
     EfficientRep (RepBlocks, N/S), a ratio = CSPBep (M 2/3, L 1/2)."""
 
-    block: Literal["repvgg", "conv_silu"] = "repvgg"
-    csp_e: float | None = None
-
-    def __post_init__(self) -> None:
-        check(self, "block", self.block in ("repvgg", "conv_silu"), "one of 'repvgg', 'conv_silu'")
-        check(self, "csp_e", _csp_e_ok(self.csp_e), "null or a number > 0 and <= 1")
+    block: Literal["repvgg", "conv_silu"] = option("repvgg", one_of("repvgg", "conv_silu"))
+    csp_e: float | None = option(None, _CSP_E)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv6NeckOptions:
+class YOLOv6NeckOptions(Options):
     """RepBi-PAN BepC3 ratio ``csp_e`` in (0, 1]; ``null``: the backbone's."""
 
-    csp_e: float | None = None
-
-    def __post_init__(self) -> None:
-        check(self, "csp_e", _csp_e_ok(self.csp_e), "null or a number > 0 and <= 1")
+    csp_e: float | None = option(None, _CSP_E)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv6HeadOptions:
+class YOLOv6HeadOptions(Options):
     """Efficient Decoupled Head and its losses: ``anchor_aided`` (AAT), ``dld`` (DLD branch),
     ``reg_max`` (DFL bins − 1, 0 = plain distances), ``iou_loss``, self-distillation
     ``temperature``, ``distill_class_weight`` and ``distill_feat`` (channel-wise feature KD)."""
 
-    anchor_aided: bool = False
-    dld: bool = False
-    reg_max: int = 0
-    iou_loss: Literal["siou", "giou"] = "siou"
-    temperature: float = 20.0
-    distill_class_weight: float = 1.0
-    distill_feat: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("anchor_aided", "dld", "distill_feat"):
-            check(self, name, isinstance(getattr(self, name), bool), "true or false")
-        check(self, "reg_max", is_int(self.reg_max, 0), "an integer >= 0")
-        check(self, "iou_loss", self.iou_loss in ("siou", "giou"), "one of 'siou', 'giou'")
-        check(self, "temperature", is_number(self.temperature) and self.temperature > 0, "a number > 0")
-        check(self, "distill_class_weight", is_number(self.distill_class_weight) and self.distill_class_weight >= 0,
-              "a number >= 0")
+    anchor_aided: bool = option(False, FLAG)
+    dld: bool = option(False, FLAG)
+    reg_max: int = option(0, integer(0))
+    iou_loss: Literal["siou", "giou"] = option("siou", one_of("siou", "giou"))
+    temperature: float = option(20.0, number(gt=0))
+    distill_class_weight: float = option(1.0, number(ge=0))
+    distill_feat: bool = option(False, FLAG)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TALOptions:
+class TALOptions(Options):
     """Task-aligned assigner (topk 13, t = s^α·IoU^β with α 1, β 6), the ATSS warm-up assigner's
     ``atss_topk`` (9) and the AAT branch's TAL ``aat_topk`` (26)."""
 
-    tal_topk: int = 13
-    tal_alpha: float = 1.0
-    tal_beta: float = 6.0
-    atss_topk: int = 9
-    aat_topk: int = 26
-
-    def __post_init__(self) -> None:
-        for name in ("tal_topk", "atss_topk", "aat_topk"):
-            check(self, name, is_int(getattr(self, name), 1), "an integer >= 1")
-        for name in ("tal_alpha", "tal_beta"):
-            check(self, name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+    tal_topk: int = option(13, integer(1))
+    tal_alpha: float = option(1.0, number(ge=0))
+    tal_beta: float = option(6.0, number(ge=0))
+    atss_topk: int = option(9, integer(1))
+    aat_topk: int = option(26, integer(1))
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv6Options:
+@family_options("yolov6", backbone=YOLOv6BackboneOptions, neck=YOLOv6NeckOptions, head=YOLOv6HeadOptions,
+                assigner=TALOptions)
+class YOLOv6Options(Options):
     """Every option of a YOLOv6 model; ``atss_warmup_epochs``: epochs assigned by ATSS before TAL
     (Y6 configs: 0 for P5, 4 for P6)."""
 
-    family = "yolov6"
-    backbone: YOLOv6BackboneOptions = dataclasses.field(default_factory=YOLOv6BackboneOptions)
-    neck: YOLOv6NeckOptions = dataclasses.field(default_factory=YOLOv6NeckOptions)
-    head: YOLOv6HeadOptions = dataclasses.field(default_factory=YOLOv6HeadOptions)
-    assigner: TALOptions = dataclasses.field(default_factory=TALOptions)
-    atss_warmup_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        check(self, "atss_warmup_epochs", is_int(self.atss_warmup_epochs, 0), "an integer >= 0")
+    atss_warmup_epochs: int = option(0, integer(0))
 
 
 def default_options(size: str) -> YOLOv6Options:
@@ -341,10 +310,7 @@ class YOLOv6(Detector):
     def postprocess(self, outputs: RawOutputs, image_sizes: Sequence[tuple[int, int]], score_thr: float = 0.05,
                     nms_iou: float = 0.6, max_det: int = 100,
                     scale_factors: Sequence[float] | None = None) -> list[Detections]:
-        boxes, scores = self.decode(outputs)
-        h, w = outputs["cls"][0].shape[-2:]
-        input_hw = (h * self.strides[0], w * self.strides[0])
-        return dense_postprocess(boxes, scores, input_hw, image_sizes, score_thr, nms_iou, max_det, scale_factors)
+        return self._dense_postprocess(outputs, image_sizes, score_thr, nms_iou, max_det, scale_factors)
 
     def as_teacher(self) -> "YOLOv6":
         """Frozen eval-mode teacher that still returns its DLD distributions (``box_dfl``) when it has

@@ -65,7 +65,26 @@ class StochasticDepth(nn.Module):
         return f"rate={self.rate}"
 
 
-class BottleneckBlock(nn.Module):
+class _ResNetBlock(nn.Module):
+    """What both block types share: ``act(drop(branch(x)) + shortcut(x))``; a subclass registers
+    its convs, then :meth:`_add_shortcut`, and defines :meth:`branch`."""
+
+    def _add_shortcut(self, in_channels: int, out_channels: int, stride: int, projection: bool, act: str,
+                      drop_rate: float) -> None:
+        """The 1×1 conv + BN shortcut (``projection``, else identity), stochastic depth and activation."""
+        self.shortcut = _cna(in_channels, out_channels, 1, stride, act=None) if projection else None
+        self.drop = StochasticDepth(drop_rate)
+        self.act = make_act(act)
+
+    def branch(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return self.act(self.drop(self.branch(x)) + identity)
+
+
+class BottleneckBlock(_ResNetBlock):
     """ResNet bottleneck (SpineNet §3.1 block type "bottleneck"): 1×1 f → 3×3 f (stride) → 1×1 4f,
     BN after each, activation after the first two and after the residual add.
 
@@ -79,16 +98,13 @@ class BottleneckBlock(nn.Module):
         self.conv1 = _cna(in_channels, filters, 1, act=act)
         self.conv2 = _cna(filters, filters, 3, stride, act=act)
         self.conv3 = _cna(filters, out, 1, act=None)
-        self.shortcut = _cna(in_channels, out, 1, stride, act=None) if projection else None
-        self.drop = StochasticDepth(drop_rate)
-        self.act = make_act(act)
+        self._add_shortcut(in_channels, out, stride, projection, act, drop_rate)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return self.act(self.drop(self.conv3(self.conv2(self.conv1(x)))) + identity)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.conv3(self.conv2(self.conv1(x)))
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(_ResNetBlock):
     """ResNet basic block (SpineNet §3.1 block type "residual"): 3×3 f (stride) → 3×3 f, BN after
     each, activation after the first and after the residual add.
 
@@ -100,13 +116,10 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = _cna(in_channels, filters, 3, stride, act=act)
         self.conv2 = _cna(filters, filters, 3, act=None)
-        self.shortcut = _cna(in_channels, filters, 1, stride, act=None) if projection else None
-        self.drop = StochasticDepth(drop_rate)
-        self.act = make_act(act)
+        self._add_shortcut(in_channels, filters, stride, projection, act, drop_rate)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return self.act(self.drop(self.conv2(self.conv1(x))) + identity)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.conv2(self.conv1(x))
 
 
 _BLOCKS = {"bottleneck": BottleneckBlock, "residual": ResidualBlock}

@@ -10,12 +10,12 @@ from typing import Optional
 
 import typer
 
+from .common import command_group
 from .output import json_stdout
 
 __all__ = ["register", "bench_app"]
 
-bench_app = typer.Typer(help="Benchmarks: training throughput, data pipelines.\n\nExample: detflow bench train --workers 1,2",
-                        no_args_is_help=True)
+bench_app = command_group("Benchmarks: training throughput, data pipelines.", "detflow bench train --workers 1,2")
 
 
 def _int_list(text: str) -> list[int]:

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
+from .common import command_group
+
 __all__ = ["register", "validate_cmd", "migrate_cmd"]
 
-config_app = typer.Typer(
-    help="Inspect, validate and migrate config files.\n\nExample: detflow config validate train.yaml --set train.epochs=2",
-    no_args_is_help=True,
-)
+config_app = command_group("Inspect, validate and migrate config files.",
+                           "detflow config validate train.yaml --set train.epochs=2")
 
 
 @config_app.command("validate")

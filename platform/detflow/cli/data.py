@@ -7,12 +7,11 @@ from typing import Optional
 
 import typer
 
+from .common import command_group
+
 __all__ = ["register", "synth_cmd", "check_cmd"]
 
-data_app = typer.Typer(
-    help="Create and validate COCO datasets.\n\nExample: detflow data synth --out data/synth --images 400",
-    no_args_is_help=True,
-)
+data_app = command_group("Create and validate COCO datasets.", "detflow data synth --out data/synth --images 400")
 
 
 @data_app.command("synth")

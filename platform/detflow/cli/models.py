@@ -8,13 +8,13 @@ from typing import Any, Optional
 
 import typer
 
+from .common import command_group
+
 __all__ = ["register", "list_cmd", "convert_cmd", "model_rows", "write_checkpoint_dir",
            "COCO_CATEGORY_IDS", "COCO_CLASS_NAMES"]
 
-models_app = typer.Typer(
-    help="Registered detectors: sizes, costs and official-weight conversion.\n\nExample: detflow models list --no-flops",
-    no_args_is_help=True,
-)
+models_app = command_group("Registered detectors: sizes, costs and official-weight conversion.",
+                           "detflow models list --no-flops")
 
 # The 80 COCO-2017 detection classes (contiguous order) and their ids in instances_*.json.
 COCO_CLASS_NAMES = (

@@ -25,21 +25,22 @@ def sweep_cmd(
     """
     from ..tune import find_sweep, load_sweep_config, run_sweep
 
-    cfg, config_dir = _config_or_resumed("sweep", config, set_, resume, load_sweep_config, find_sweep)
-    with json_stdout(as_json):
+    def run(cfg, config_dir: Path):
         try:
-            result = run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address,
-                               verbose=0 if as_json else 1)
+            return run_sweep(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address,
+                             verbose=0 if as_json else 1)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (see detflow.signals)
             _end_interrupted_trials(cfg)
             raise
-    if as_json:
-        typer.echo(json.dumps({
-            "name": result.name, "parent_run_id": result.parent_run_id, "metric": result.metric,
+
+    _search("sweep", config, set_, resume, as_json, load=load_sweep_config, find=find_sweep, run=run,
+            to_json=_sweep_json, print_table=_print_sweep_table)
+
+
+def _sweep_json(result) -> dict:
+    return {"name": result.name, "parent_run_id": result.parent_run_id, "metric": result.metric,
             "best_metric": result.best_metric, "best_values": result.best_values,
-            "best_config": result.best_config_path, "trials": result.trials}, default=str))
-        return
-    _print_table(result)
+            "best_config": result.best_config_path, "trials": result.trials}
 
 
 def _end_interrupted_trials(cfg) -> None:
@@ -62,18 +63,27 @@ def _end_interrupted_trials(cfg) -> None:
         typer.echo(f"warning: could not end the interrupted trials' MLflow runs: {exc}", err=True)
 
 
-def _config_or_resumed(command: str, config, overrides, resume, load, find):
-    """The config to run: the stored one of ``--resume NAME``, else the YAML given (with ``--set``)."""
+def _search(command: str, config, overrides, resume, as_json: bool, *, load, find, run, to_json, print_table) -> None:
+    """What ``detflow sweep`` and ``detflow nas`` do: take the config (the stored one of ``--resume
+    NAME``, else the YAML given, with ``--set``), ``run(cfg, config_dir)`` with stdout kept for the
+    JSON under ``--json``, then print ``to_json(result)`` or ``print_table(result)``."""
     from ..errors import UserInputError
 
     if resume:
-        return find(resume)
-    if config is None:
+        cfg, config_dir = find(resume)
+    elif config is None:
         raise UserInputError(f"detflow {command}: give a {command} YAML, or --resume NAME")
-    return load(config, overrides)
+    else:
+        cfg, config_dir = load(config, overrides)
+    with json_stdout(as_json):
+        result = run(cfg, config_dir)
+    if as_json:
+        typer.echo(json.dumps(to_json(result), default=str))
+    else:
+        print_table(result)
 
 
-def _print_table(result) -> None:
+def _print_sweep_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -102,14 +112,16 @@ def nas_cmd(
 
     Example: detflow nas workflows/nas/spinenet_proxy_nas.yaml --set num_samples=4
     """
+    import dataclasses
+
     from ..archsearch import find_nas, load_nas_config, run_nas
 
-    cfg, config_dir = _config_or_resumed("nas", config, set_, resume, load_nas_config, find_nas)
-    with json_stdout(as_json):
-        result = run_nas(cfg, config_dir=config_dir, resume=bool(resume))
-    if as_json:
-        typer.echo(json.dumps(dataclasses_asdict(result), default=str))
-        return
+    _search("nas", config, set_, resume, as_json, load=load_nas_config, find=find_nas,
+            run=lambda cfg, config_dir: run_nas(cfg, config_dir=config_dir, resume=bool(resume)),
+            to_json=dataclasses.asdict, print_table=_print_nas_table)
+
+
+def _print_nas_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -122,12 +134,6 @@ def nas_cmd(
     console = Console()
     console.print(table)
     console.print(f"best spec: {result.best_spec_path}  (use model: {{name: spinenet, spec: {result.best_spec_path}}})")
-
-
-def dataclasses_asdict(obj):
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,13 +16,14 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..errors import ConfigError
 
 __all__ = [
     "StrictModel", "parse_override", "format_validation_error", "format_error_line",
     "read_yaml", "describe_value", "load_unique", "UniqueKeyLoader", "DuplicateKeyError", "reject_duplicate_keys",
-    "config_to_dict", "field_paths", "set_dotted",
+    "config_to_dict", "field_paths", "set_dotted", "field_error",
 ]
 
 
@@ -241,6 +242,13 @@ def format_error_line(err: dict, source: str, model_cls: type[BaseModel], root: 
         return f"{source}: {path}: missing required value"
     expected = (_expected_number(field) if err["type"] in _NUMBER_KINDS else None) or _expected(err)
     return f"{source}: {path}: expected {expected}, got {describe_value(err.get('input'))}"
+
+
+def field_error(title: str, loc: tuple, value: Any, expected: str) -> ValidationError:
+    """The error a model validator raises to refuse the field at ``loc`` (relative to the model):
+    it reads ``SOURCE: loc: expected EXPECTED, got VALUE``, not a top-level error with the whole config."""
+    err = PydanticCustomError("option_value", "{expected}", {"expected": expected})
+    return ValidationError.from_exception_data(title, [InitErrorDetails(type=err, loc=loc, input=value)])
 
 
 def format_validation_error(exc: ValidationError, source: str, model_cls: type[BaseModel], root: str = "") -> list[str]:

@@ -24,14 +24,13 @@ import inspect
 import typing
 from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag, ValidationError,
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag,
                       create_model, field_validator, model_validator)
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 import detmodels
 from detmodels import OptionError, options_from_dict, options_to_dict
 
-from .base import StrictModel
+from .base import StrictModel, field_error
 
 __all__ = ["ModelConfig", "ModelConfigBase", "model_config_class", "model_family_classes"]
 
@@ -117,9 +116,7 @@ class _SpineNetModelConfig(_FamilyModelConfig):
         variants are fixed specs."""
         builder = detmodels.get_model_entry(self.name).builder
         if self.spec is not None and "spec" not in inspect.signature(builder).parameters:
-            err = PydanticCustomError("option_value", "null: only the 'spinenet' entry takes a spec")
-            raise ValidationError.from_exception_data(
-                "ModelConfig", [InitErrorDetails(type=err, loc=("spec",), input=self.spec)])
+            raise field_error("ModelConfig", ("spec",), self.spec, "null: only the 'spinenet' entry takes a spec")
         return self
 
     def create_kwargs(self) -> dict[str, Any]:
@@ -220,9 +217,7 @@ def _check_options(self: Any) -> Any:
         self.options()
     except OptionError as exc:
         loc = tuple(exc.path.split(".")[1:])  # drop options_from_dict's "model" prefix
-        err = PydanticCustomError("option_value", "{expected}", {"expected": exc.expected})
-        raise ValidationError.from_exception_data(
-            "ModelConfig", [InitErrorDetails(type=err, loc=loc, input=exc.value)]) from None
+        raise field_error("ModelConfig", loc, exc.value, exc.expected) from None
     return self
 
 

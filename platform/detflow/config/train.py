@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
-from .base import StrictModel
+from .base import StrictModel, field_error
 from .model import ModelConfig, model_config_class
 
 __all__ = [
@@ -45,8 +45,8 @@ class DataConfig(StrictModel):
     filter_empty: bool = True
 
 
-class MosaicConfig(StrictModel):
-    """(Cached)Mosaic: 4 images on a 2×canvas. ``cache`` selects CachedMosaic (RTMDet §3.3)."""
+class _MixingConfig(StrictModel):
+    """What Mosaic and MixUp share: on/off, probability, and the Cached variant's image cache."""
 
     enabled: bool = True
     prob: float = Field(1.0, ge=0, le=1)
@@ -55,14 +55,14 @@ class MosaicConfig(StrictModel):
     random_pop: bool = True
 
 
-class MixUpConfig(StrictModel):
+class MosaicConfig(_MixingConfig):
+    """(Cached)Mosaic: 4 images on a 2×canvas. ``cache`` selects CachedMosaic (RTMDet §3.3)."""
+
+
+class MixUpConfig(_MixingConfig):
     """(Cached)MixUp: blend with another (mosaic) image."""
 
-    enabled: bool = True
-    prob: float = Field(1.0, ge=0, le=1)
-    cache: bool = True
     max_cached_images: PositiveInt = 20
-    random_pop: bool = True
     alpha: float | None = Field(None, gt=0, description="Beta(alpha, alpha) mixing ratio; None = 0.5/0.5")
 
 
@@ -108,9 +108,14 @@ class RecipeConfig(StrictModel):
             raise ValueError("32 <= min <= max")
         name = info.data.get("name")
         if value is not None and name is not None and name not in MULTISCALE_RECIPES:
-            raise ValueError(f"null: only recipes {' and '.join(MULTISCALE_RECIPES)} use multi-scale sizes, "
-                             f"not {name!r}")
+            raise ValueError(_no_multiscale(name))
         return value
+
+
+def _no_multiscale(recipe: str, model: str = "") -> str:
+    """Why ``recipe.multiscale`` is refused with recipe ``recipe`` (``model``'s, when filled in from it)."""
+    whose = f" (model {model}'s recipe)" if model else ""
+    return f"null: only recipes {' and '.join(MULTISCALE_RECIPES)} use multi-scale sizes, not {recipe!r}{whose}"
 
 
 class OptimizerConfig(StrictModel):
@@ -213,8 +218,8 @@ class TrainConfig(StrictModel):
 
             name = detmodels.get_model_entry(self.model.name).recipe
             if self.recipe.multiscale is not None and name not in MULTISCALE_RECIPES:
-                raise ValueError(f"recipe.multiscale to be left out: model {self.model.name}'s recipe {name!r} "
-                                 f"does not use multi-scale sizes (recipes {', '.join(MULTISCALE_RECIPES)} do)")
+                raise field_error("TrainConfig", ("recipe", "multiscale"), list(self.recipe.multiscale),
+                                  _no_multiscale(name, self.model.name))
             recipe = RecipeConfig.model_construct(self.recipe.model_fields_set,
                                                   **{**dict(self.recipe), "name": name})
             object.__setattr__(self, "recipe", recipe)  # frozen model: filled once, during validation

@@ -33,9 +33,9 @@ Example::
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ..config.train import MixUpConfig, MosaicConfig, RecipeConfig
 from ..errors import ConfigError
@@ -47,11 +47,12 @@ from .mixing import CachedMixUp, CachedMosaic, CopyPaste, CutMix, MixUp, Mosaic
 from .transforms import Compose, LetterboxResize, PackDetInputs, Pad, RandomFlip
 
 __all__ = [
-    "AugmentSpec", "AugmentRecipe", "AUGMENT_RECIPES", "augment_recipe", "Stage", "Augmentation",
-    "build_augmentation", "build_pipeline", "scaled_last_epochs",
+    "AugmentSpec", "AugmentRecipe", "AUGMENT_RECIPES", "augment_recipe", "recipe_row", "Stage",
+    "Augmentation", "build_augmentation", "build_pipeline", "scaled_last_epochs",
 ]
 
 ANY_SIZE = "any"
+R = TypeVar("R")
 
 
 # --------------------------------------------------------------------------- typed rows
@@ -143,12 +144,18 @@ AUGMENT_RECIPES: dict[tuple[str, str], AugmentRecipe] = {
 }
 
 
+def recipe_row(table: Mapping[tuple[str, str], R], name: str, size: str, what: str) -> R:
+    """The row of recipe ``name`` for model size ``size`` in ``table`` (its ``any`` row when it has
+    none); a name without rows is a ConfigError ("no ``what`` ``name``")."""
+    row = table.get((name, size)) or table.get((name, ANY_SIZE))
+    if row is None:
+        raise ConfigError([f"recipe.name: no {what} {name!r}"])
+    return row
+
+
 def augment_recipe(name: str, size: str) -> AugmentRecipe:
     """The row of recipe ``name`` for model size ``size`` (its ``any`` row when it has none)."""
-    row = AUGMENT_RECIPES.get((name, size)) or AUGMENT_RECIPES.get((name, ANY_SIZE))
-    if row is None:
-        raise ConfigError([f"recipe.name: no augmentation recipe {name!r}"])
-    return row
+    return recipe_row(AUGMENT_RECIPES, name, size, "augmentation recipe")
 
 
 @dataclass(frozen=True)

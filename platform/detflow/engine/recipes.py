@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config.train import EMAConfig, OptimizerConfig, RecipeConfig, ScheduleConfig, TrainConfig
-from ..data.augment_recipes import ANY_SIZE, Augmentation, build_augmentation
+from ..data.augment_recipes import ANY_SIZE, Augmentation, build_augmentation, recipe_row
 from ..errors import ConfigError
 from .specs import EMASpec, OptimizerSpec, ScheduleSpec
 
@@ -80,12 +80,9 @@ _YOLOV3_ASFF = EngineRecipe(
                           flat_fraction=20 / 300),
     ema=EMASpec(enabled=False, kind="exp_momentum"))
 
-_PLAIN = EngineRecipe(
-    optimizer=OptimizerSpec(name="adamw", lr=0.001, weight_decay=0.05, momentum=0.9, nesterov=False,
-                            base_batch=64, scale_lr_by_batch=True),
-    schedule=ScheduleSpec(name="cosine", warmup_iters=200, warmup_epochs=1.0, min_lr_ratio=0.05,
-                          flat_fraction=0.0),
-    ema=EMASpec(enabled=True, kind="exp_momentum", momentum=0.0002, gamma=2000.0))
+_PLAIN = replace(  # rtmdet's AdamW and EMA at lr 0.001 for 64 images, with a short-warm-up cosine
+    _RTMDET, optimizer=replace(_RTMDET.optimizer, lr=0.001, base_batch=64),
+    schedule=replace(_RTMDET.schedule, name="cosine", warmup_iters=200, warmup_epochs=1.0, flat_fraction=0.0))
 
 ENGINE_RECIPES: dict[tuple[str, str], EngineRecipe] = {
     ("rtmdet", ANY_SIZE): _RTMDET,
@@ -99,10 +96,7 @@ ENGINE_RECIPES: dict[tuple[str, str], EngineRecipe] = {
 
 def engine_recipe(name: str, size: str) -> EngineRecipe:
     """The row of recipe ``name`` for model size ``size`` (its ``any`` row when it has none)."""
-    row = ENGINE_RECIPES.get((name, size)) or ENGINE_RECIPES.get((name, ANY_SIZE))
-    if row is None:
-        raise ConfigError([f"recipe.name: no recipe {name!r}"])
-    return row
+    return recipe_row(ENGINE_RECIPES, name, size, "recipe")
 
 
 @dataclass(frozen=True)
