@@ -128,10 +128,14 @@ def test_default_options_build_the_default_model(name):
 
 # ---------------------------------------------------------------------------- smallest variants, real tensors
 @pytest.mark.parametrize("name,overrides", [(n, None) for n in SMALL] + EXTRA)
-def test_loss_keys_and_every_parameter_reaches_the_loss(name, overrides):
+@pytest.mark.parametrize("empty", [False, True], ids=["gt", "no_gt"])
+def test_loss_keys_and_every_parameter_reaches_the_loss(name, overrides, empty):
+    """What lets DDP run with ``find_unused_parameters=False``: one backward of ``loss`` gives every
+    parameter a gradient, with and without ground truth (a level or branch without positives too)."""
     model = _real(name, overrides).train()
+    assert not model.has_unused_train_params
     size = _input_size(model)
-    losses = model.loss(model(torch.randn(2, 3, size, size)), _targets(size, model.task == "segm"))
+    losses = model.loss(model(torch.randn(2, 3, size, size)), _targets(size, model.task == "segm", empty))
     assert losses and all(k.startswith("loss_") for k in losses)
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

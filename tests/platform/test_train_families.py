@@ -1,5 +1,5 @@
 """Every family trains through ``detflow train`` (the CLI, a real local Ray, 1 CPU worker), and
-DDP's ``find_unused_parameters`` is needed by none of them.
+DDP's ``find_unused_parameters`` follows the model's flag.
 
 The end-to-end runs are slow (1–2 min each on a loaded 2-core machine): 2 epochs × 3–6 steps of
 64 px images from the synthetic generator, each with its family's paper recipe.
@@ -13,37 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# The smallest variant of each family (+ YOLOv6's training-only branches).
-SMALLEST = [("rtmdet_tiny", {}), ("rtmdet_ins_tiny", {}), ("yolov6_n", {}), ("yolov6_n6", {}),
-            ("yolov6_n", {"head": {"anchor_aided": True, "dld": True}}), ("spinenet_49s", {}), ("yolov3_asff", {})]
-
-
-def _targets(size: int, masks: bool, empty: bool) -> list[dict]:
-    """Two images' targets: two boxes each (or none), with box-shaped masks for segm models."""
-    boxes = torch.zeros(0, 4) if empty else torch.tensor([[4.0, 4.0, 28.0, 30.0], [20.0, 12.0, 60.0, 60.0]])
-    target = {"boxes": boxes, "labels": torch.tensor([0, 2][: len(boxes)], dtype=torch.long)}
-    if masks:
-        m = torch.zeros(len(boxes), size, size, dtype=torch.uint8)
-        for j, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
-            m[j, y0:y1, x0:x1] = 1
-        target["masks"] = m
-    return [target, {k: v.clone() for k, v in target.items()}]
-
-
-@pytest.mark.parametrize("name,kwargs", SMALLEST, ids=lambda v: str(v) if isinstance(v, str) else None)
-@pytest.mark.parametrize("empty", [False, True], ids=["gt", "no_gt"])
-def test_every_trainable_parameter_reaches_the_loss(name, kwargs, empty):
-    """What lets DDP run with ``find_unused_parameters=False``: one backward of ``loss`` gives every
-    parameter a gradient, with and without ground truth (a level/branch without positives too)."""
-    import detmodels
-    from detflow.train.worker import ddp_find_unused
-
-    torch.manual_seed(0)
-    model = detmodels.create_model(name, num_classes=4, options=detmodels.variant_options(name, kwargs)).train()
-    losses = model.loss(model(torch.randn(2, 3, 64, 64)), _targets(64, model.task == "segm", empty))
-    sum(losses.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert missing == [] and not model.has_unused_train_params and not ddp_find_unused(model)
+# That every parameter reaches the loss (so DDP needs no find_unused_parameters) is checked for
+# every family by tests/models/test_contract.py; here: the worker honours the model's flag.
 
 
 def test_ddp_find_unused_follows_the_model_flag_and_the_env_override(monkeypatch):
