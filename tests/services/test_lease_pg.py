@@ -3,23 +3,17 @@ for a run's lease, and two concurrent ``detflow resume RUN`` processes (exactly 
 the other exits 2 naming the holder). The scenarios are those of tests/platform/test_lease.py."""
 from __future__ import annotations
 
-import importlib.util
 import secrets
 import time
-from pathlib import Path
 
 import pytest
+from scenarios import platform_test_module
 
 pytestmark = pytest.mark.services
 
 
 def _scenarios():
-    """tests/platform/test_lease.py as a module (its scenario helpers take any state URL)."""
-    path = Path(__file__).resolve().parents[1] / "platform" / "test_lease.py"
-    spec = importlib.util.spec_from_file_location("detflow_lease_scenarios", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return platform_test_module("test_lease.py")
 
 
 def _new_run(state_url: str) -> tuple[object, str]:

@@ -3,21 +3,16 @@ all succeed (the version table is created inside the migration lock), and the ve
 each migration once. The helper is tests/platform/test_state_durability.py's."""
 from __future__ import annotations
 
-import importlib.util
 import secrets
-from pathlib import Path
 
 import pytest
+from scenarios import platform_test_module
 
 pytestmark = pytest.mark.services
 
 
 def _scenarios():
-    path = Path(__file__).resolve().parents[1] / "platform" / "test_state_durability.py"
-    spec = importlib.util.spec_from_file_location("detflow_state_scenarios", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return platform_test_module("test_state_durability.py")
 
 
 def test_concurrent_first_migrations_on_postgresql(postgres):
