@@ -27,7 +27,7 @@ CONFIG_PAGES = {
 }
 # the SDK: one module, detflow.sdk, whose functions `import detflow` re-exports
 SDK_FUNCTIONS = ["detflow.run", "detflow.submit", "detflow.status", "detflow.resume", "detflow.cancel",
-                 "detflow.logs", "detflow.sweep", "detflow.nas", "detflow.validate"]
+                 "detflow.logs", "detflow.sweep", "detflow.nas", "detflow.compare", "detflow.validate"]
 
 
 def _type_name(annotation) -> str:

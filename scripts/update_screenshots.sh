@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the MLflow UI screenshots of docs/comparing-runs.md (run by hand; tests never write
-# into the repository). Starts the real services of tests/services, runs the browser test with
+# into the repository). Starts the real services of tests/services, runs the browser test (a tiny
+# workflow, a real 4-trial sweep and a real 4-trial NAS: about 10 minutes on 2 cores) with
 # DETFLOW_SCREENSHOT_DIR pointing at a temp dir, then copies the PNGs to docs/img/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ out=$(mktemp -d /tmp/detflow-screenshots-XXXXXX)
 export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 DETFLOW_SCREENSHOT_DIR="$out" .venv/bin/python -m pytest -q -p no:cacheprovider tests/services/test_mlflow_ui.py "$@"
 mkdir -p docs/img
-for png in workflow-runs step-run compare-trials registered-model; do
+for png in workflow-runs step-run registered-model compare-sweep-trials sweep-param_importances \
+           compare-nas-trials nas-pareto nas-param_importances; do
   cp "$out/$png.png" "docs/img/mlflow-$png.png"
 done
 rm -rf "$out"

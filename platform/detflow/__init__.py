@@ -8,6 +8,7 @@ The Python SDK (one module, :mod:`detflow.sdk`, re-exported here on first use)::
     detflow.submit("wf.yaml", address="http://HEAD:8265")        # the driver runs on the cluster
     detflow.sweep(base="train.yaml", space={...}, name="s1")     # Ray Tune + Optuna sweep
     detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")         # SpineNet architecture search
+    detflow.compare(sweep="s1")                                  # its trials side by side
     detflow.validate("train.yaml")                               # ("train", TrainConfig(...))
 """
 from .version import __version__  # noqa: E402  (a leaf: lower layers import it from there)
@@ -45,7 +46,8 @@ check_dependency_versions()
 
 # The SDK functions are attributes of this package, loaded on first use so that ``import detflow``
 # (and ``detflow --help``) stays cheap; ``detflow.run is detflow.sdk.run``.
-SDK_NAMES = ("run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "sweep", "nas", "validate")
+SDK_NAMES = ("run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "sweep", "nas", "compare",
+             "validate")
 
 __all__ = ["__version__", *SDK_NAMES]
 

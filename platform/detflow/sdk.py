@@ -1,5 +1,5 @@
 """The Python SDK, one module: the same operations as ``detflow run / submit / status / resume /
-cancel / logs / sweep / nas / config validate``; ``import detflow`` re-exports them.
+cancel / logs / sweep / nas / compare / config validate``; ``import detflow`` re-exports them.
 
 Example::
 
@@ -12,6 +12,7 @@ Example::
     detflow.sweep(base="workflows/configs/rtmdet_tiny_synth.yaml", name="s1",
                   space={"model.assigner.soft_center_alpha": {"uniform": [5, 20]}})
     detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")      # SpineNet architecture search
+    detflow.compare(sweep="s1").rows                           # its trials side by side (mean ± std over seeds)
     detflow.validate("workflows/configs/rtmdet_tiny_synth.yaml")   # ("train", TrainConfig(...))
 
 Every file these functions read is a user file: it must start with its ``kind:`` line
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 from pydantic import BaseModel
@@ -46,7 +47,11 @@ from .workflows.lint import load_workflow
 from .workflows.schema import Workflow
 from .workflows.state import RunStatus, StateStore
 
-__all__ = ["run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "sweep", "nas", "validate",
+if TYPE_CHECKING:
+    from .tracking.compare import Comparison
+
+__all__ = ["run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "sweep", "nas", "compare",
+           "validate",
            "prepare_job", "JobSpec", "ConfigKind", "CONFIG_KINDS", "cluster_state_url", "cluster_python",
            "CLUSTER_PYTHON_ENV"]
 
@@ -476,8 +481,8 @@ def nas(config: str | os.PathLike | None = None, *, name: str | None = None, res
     """Run a SpineNet architecture search from a NAS YAML (``kind: nas``), or resume one by ``name``;
     keyword ``overrides`` are ``--set`` style (``num_samples=4``). Returns its ``NasResult``.
 
-    >>> result = detflow.nas("workflows/nas/spinenet_proxy_nas.yaml")  # doctest: +SKIP
-    >>> result.best_spec_path  # doctest: +SKIP
+    >>> result = detflow.nas("workflows/nas/spinenet_proxy_nas.yaml", max_concurrent_trials=2)  # doctest: +SKIP
+    >>> result.best_config_path, result.parent_run_id, result.front  # doctest: +SKIP
     """
     from .archsearch.runner import find_nas, load_nas_config, run_nas
 
@@ -488,6 +493,26 @@ def nas(config: str | os.PathLike | None = None, *, name: str | None = None, res
         raise UserInputError("detflow.nas: give a NAS YAML path, or name=… with resume=True")
     cfg, config_dir = load_nas_config(config, [f"{k}={v}" for k, v in overrides.items()])
     return run_nas(cfg, config_dir=config_dir)
+
+
+def compare(*, sweep: str | None = None, nas: str | None = None, workflow: str | None = None,
+            tags: dict[str, str] | Iterable[str] | None = None, experiment: str | None = None,
+            metrics: Iterable[str] | None = None, group_seeds: bool = True) -> Comparison:
+    """``detflow compare``: the MLflow runs of a sweep, a NAS, a workflow run, tags (``{"k": "v"}`` or
+    ``["k=v"]``) and/or an experiment, side by side; returns a :class:`~detflow.tracking.compare.Comparison`.
+
+    Its columns are the params that differ between the runs and ``metrics`` (default: the
+    ``val/bbox_mAP*`` ones present); rows are sorted by the first metric, best first. Runs that
+    differ only in a param ending in ``seed`` form one row with ``mean ± std (n=…)`` per metric
+    (``group_seeds=False``: one row per run). Nothing matched: UserInputError naming the selector.
+
+    >>> table = detflow.compare(sweep="alpha", metrics=["val/bbox_mAP50"])  # doctest: +SKIP
+    >>> [(row.name, row.params, row.metrics["val/bbox_mAP50"].mean) for row in table.rows]  # doctest: +SKIP
+    """
+    from .tracking.compare import Selection, compare_runs, parse_tags
+
+    selection = Selection(sweep=sweep, nas=nas, workflow=workflow, tags=parse_tags(tags), experiment=experiment)
+    return compare_runs(selection, metrics=list(metrics or []), group_seeds=group_seeds)
 
 
 @dataclass(frozen=True)

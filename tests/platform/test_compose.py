@@ -219,19 +219,21 @@ steps:
 def test_nas_proxy_trial_is_an_overlay_of_the_composed_base(tmp_path):
     from detflow.data import generate_synthetic
     from detflow.archsearch.config import NasConfig
-    from detflow.archsearch.runner import _base_config, _proxy_config
+    from detflow.archsearch.runner import _base_config, _proxy_data
+    from detflow.archsearch.trial import proxy_config
 
     synth = generate_synthetic(tmp_path / "data", num_images=6, image_size=64, seed=0, val_fraction=0.34)
     base = {"kind": "train", "name": "sn", "model": {"name": "spinenet_49s"}, "train": {"epochs": 9, "batch_size": 3},
             "data": {"train": {"annotations": str(synth.train_json), "images": str(synth.images_dir)}, "image_size": 128}}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    cfg = NasConfig(name="n", base="base.yaml", overrides=["train.batch_size=2"], workers=1,
+    cfg = NasConfig(name="n", base="base.yaml", overrides=["train.batch_size=2"], resources={"workers": 1},
                     proxy={"image_size": 64, "epochs": 2, "max_steps_per_epoch": 1})
     base_cfg, base_path = _base_config(cfg, tmp_path)
     assert base_cfg.train.batch_size == 2  # the search's --set overrides, composed once
-    trial = _proxy_config(cfg, base_cfg, base_path, tmp_path / "arch.yaml", tmp_path / "exp", 3)
-    assert (trial.name, trial.model.name, trial.model.spec) == ("n-arch003", "spinenet", str(tmp_path / "arch.yaml"))
-    assert (trial.data.image_size, trial.train.epochs, trial.train.eval_interval) == (64, 2, 2)
+    data = _proxy_data(cfg, base_cfg, base_path, tmp_path / "exp")
+    trial = proxy_config(cfg, base_cfg, tmp_path / "arch.yaml", data, "n-t3", str(tmp_path / "exp" / "trials"))
+    assert (trial.name, trial.model.name, trial.model.spec) == ("n-t3", "spinenet", str(tmp_path / "arch.yaml"))
+    assert (trial.data.image_size, trial.train.epochs, trial.train.eval_interval) == (64, 2, 1)
     assert trial.train.batch_size == 2 and trial.train.max_steps_per_epoch == 1
     assert trial.data.val is not None and trial.data.train.annotations != str(synth.train_json)  # the held-out split
     bad = NasConfig(name="n", base="base.yaml", overrides=["model.neck.expand_ratio=0.5"])

@@ -235,7 +235,8 @@ def test_no_module_function_strings_or_silent_import_guards():
 
 
 # ------------------------------------------------------------------------------------ one SDK module
-SDK_NAMES = ("run", "submit", "status", "resume", "cancel", "sweep", "nas", "logs", "plan", "list_runs", "validate")
+SDK_NAMES = ("run", "submit", "status", "resume", "cancel", "sweep", "nas", "compare", "logs", "plan", "list_runs",
+             "validate")
 
 
 def test_one_sdk_module_is_what_detflow_exports():

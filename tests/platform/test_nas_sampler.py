@@ -80,3 +80,30 @@ def test_example_nas_yaml_validates():
 
     cfg = load_config(NasConfig, Path(__file__).resolve().parents[2] / "workflows" / "nas" / "spinenet_proxy_nas.yaml")
     assert cfg.proxy.filter_size_scale == 0.25 and cfg.space.level_adjustments == [-1, 0, 1, 2]
+
+
+@pytest.mark.parametrize("search", ["tpe", "nsga2", "random"])
+def test_nas_searcher_proposes_specs_for_two_objectives(tmp_path, search):
+    """The Tune searcher of a NAS: a define-by-run Optuna study with [AP max, cost min] in SQL storage;
+    each suggestion carries the searched decisions and a valid spec constant, and survives a pickle
+    (Tune saves the searcher for resume)."""
+    import pickle
+
+    from detflow.archsearch.search import SPEC_KEY, nas_searcher, objectives
+    from detmodels import spec_from_dict, spec_to_dict
+
+    cfg = NasConfig(name="two", base="b.yaml", cost="latency_ms", max_concurrent_trials=2,
+                    search={"name": search, "seed": 0})
+    assert objectives(cfg) == (["val/bbox_mAP", "cost/latency_ms"], ["max", "min"])
+    searcher = nas_searcher(cfg, tmp_path, spec_to_dict(spinenet49_spec()))
+    first, second = searcher.suggest("t1"), searcher.suggest("t2")
+    assert searcher.suggest("t3") is None  # max_concurrent_trials=2 already running
+    for config in (first, second):
+        validate_spec(spec_from_dict(config[SPEC_KEY]))
+        assert "b2_level" in config and "inter_key0" in config
+    assert first[SPEC_KEY] != second[SPEC_KEY]
+    searcher.on_trial_complete("t1", {"val/bbox_mAP": 0.1, "cost/latency_ms": 12.0})
+    pickle.loads(pickle.dumps(searcher))
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.values for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE] == [[0.1, 12.0]]
+    assert len(study.directions) == 2

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("ray")
 
 from detflow.tune.config import SweepConfig  # noqa: E402
-from detflow.tune.runner import EPOCH_ATTR, _scheduler, with_epochs_done  # noqa: E402
+from detflow.tune.launch import EPOCH_ATTR, with_epochs_done  # noqa: E402
+from detflow.tune.runner import _scheduler  # noqa: E402
 from detflow.workflows.context import StepContext  # noqa: E402
 from detflow.workflows.schema import NASParams, SweepParams  # noqa: E402
 from detflow.workflows.steps import search as search_steps  # noqa: E402
@@ -125,8 +126,11 @@ def test_two_runs_sharing_optuna_storage_get_their_own_sweep_studies(tmp_path, m
 
 
 def test_two_runs_sharing_optuna_storage_get_their_own_nas_studies(tmp_path, monkeypatch):
+    import optuna
+    from detmodels import spec_to_dict, spinenet49_spec
+
     import detflow.archsearch as nas_pkg
-    from detflow.archsearch.runner import _study
+    from detflow.archsearch.search import nas_searcher
 
     shared = f"sqlite:///{tmp_path / 'shared-nas.db'}"
     built = []
@@ -144,4 +148,6 @@ def test_two_runs_sharing_optuna_storage_get_their_own_nas_studies(tmp_path, mon
     for run_id in ("wf-run-1", "wf-run-2"):
         with pytest.raises(Stop):
             search_steps.run_nas(params, _ctx(tmp_path, run_id, "nas"))
-    assert [_study(cfg, tmp_path).study_name for cfg in built] == ["wf-run-1.nas", "wf-run-2.nas"]
+    for cfg in built:  # the searcher the search would build creates its study in the shared storage
+        nas_searcher(cfg, tmp_path, spec_to_dict(spinenet49_spec()))
+    assert sorted(optuna.get_all_study_names(shared)) == ["wf-run-1.nas", "wf-run-2.nas"]

@@ -1,7 +1,6 @@
 """``detflow bench search`` (ASHA + TPE vs TPE alone) and the per-trial bookkeeping it reports:
 error lines, Tune overhead timing, the trial table. The end-to-end run is tiny (2 trials × 1 epoch)."""
 import json
-import os
 import subprocess
 import sys
 import types
@@ -110,10 +109,8 @@ def test_bench_row_counts_trial_epochs_and_the_table_shows_the_budget():
 
 
 @pytest.mark.slow
-def test_bench_search_cli_runs_both_sweeps_at_the_smallest_scale(tmp_path):
-    env = {**os.environ, "DETFLOW_HOME": str(tmp_path / "home"), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def test_bench_search_cli_runs_both_sweeps_at_the_smallest_scale(tmp_path, cli_env):
+    env = cli_env
     r = subprocess.run([sys.executable, "-m", "detflow", "bench", "search", "--trials", "2", "--epochs", "1",
                         "--images", "8", "--image-size", "64", "--json"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=1200)

@@ -13,18 +13,6 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-BASE = {
-    "kind": "train",
-    "name": "swbase",
-    "model": {"name": "rtmdet_tiny"},
-    "data": {"train": {"annotations": "data/train.json", "images": "data/images"},
-             "val": {"annotations": "data/val.json", "images": "data/images"}, "image_size": 64},
-    "recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 8}, "mixup": {"max_cached_images": 4}},
-    "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2, "schedule": {"warmup_iters": 1},
-              "optimizer": {"scale_lr_by_batch": False}},
-    "scaling": {"workers": 1, "cpus_per_worker": 1},
-}
-
 
 def _sweep_yaml(tmp_path: Path, name: str, samples: int) -> Path:
     sweep = {
@@ -35,23 +23,23 @@ def _sweep_yaml(tmp_path: Path, name: str, samples: int) -> Path:
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 4},
         "resources": {"workers": 1, "cpus_per_worker": 1},
     }
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return path
 
 
 @pytest.fixture()
-def sweep_env(tmp_path, monkeypatch):
+def sweep_env(tmp_path, monkeypatch, cli_env, tiny_rtmdet_base):
+    """Synthetic data and ``base.yaml`` (tiny rtmdet) in ``tmp_path``; this process and the CLI
+    subprocesses share its private DETFLOW_HOME."""
     from detflow.data import generate_synthetic
 
     generate_synthetic(tmp_path / "data", num_images=12, image_size=64, seed=0)
-    env = {"DETFLOW_HOME": str(tmp_path / "home"), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_rtmdet_base))
+    for k in ("DETFLOW_HOME", "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE"):
+        monkeypatch.setenv(k, cli_env[k])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path, {**os.environ, **env}
+    return tmp_path, cli_env
 
 
 def _run_cli(args, cwd, env, timeout=600):
@@ -128,7 +116,6 @@ def test_crashed_trial_is_retried_recorded_and_the_sweep_carries_on(sweep_env):
         "search": {"name": "grid"}, "scheduler": {"name": "none"}, "max_concurrent": 2, "max_retries": 1,
         "resources": {"workers": 1, "cpus_per_worker": 1},
     }
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
     (tmp_path / "crashy.yaml").write_text(yaml.safe_dump(sweep))
     r = _run_cli(["sweep", str(tmp_path / "crashy.yaml"), "--json"], tmp_path, env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -163,7 +163,7 @@ def test_nas_feeds_best_spec_to_train(ray_local, home):
     parent = client.get_run(nas["nas_run_id"])
     assert parent.data.tags.get("detflow.nas_rejected") is not None
     archs = _children(client, nas["nas_run_id"])
-    assert len(archs) == 2 and all("arch/gmacs" in a.data.metrics for a in archs)
+    assert len(archs) == 2 and all("cost/gmacs" in a.data.metrics for a in archs)
     best_metric = max(a.data.metrics["val/bbox_mAP"] for a in archs)
     assert nas["metrics"]["best"] == pytest.approx(best_metric, abs=1e-6)
     versions = client.search_model_versions("name='nastiny'")

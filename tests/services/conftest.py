@@ -229,3 +229,94 @@ def tiny_workflow(tmp_path_factory, mlflow_server, state_url, child_env) -> Fini
     proc = run_cli(["run", str(path), "--state-url", state_url, "--json"], child_env())
     result = cli_json(proc.stdout)
     return FinishedWorkflow(result, state_url, mlflow_server.url, TINY_WORKFLOW["name"], TINY_WORKFLOW["registered_model"])
+
+
+# Real tiny searches whose trials the MLflow UI test compares (tests/services/test_mlflow_ui.py): a
+# `detflow sweep` of rtmdet_tiny (sized like tests/platform/test_sweep_ray.py) and a `detflow nas` of
+# SpineNet-49S proxies, both at 64 px on 12 synthetic images, tracking to the session's server.
+SEARCH_BASE = {
+    "kind": "train",
+    "model": {"name": "rtmdet_tiny"},
+    "data": {"train": {"annotations": "data/train.json", "images": "data/images"},
+             "val": {"annotations": "data/val.json", "images": "data/images"}, "image_size": 64},
+    "recipe": {"name": "rtmdet", "mosaic": {"max_cached_images": 8}, "mixup": {"max_cached_images": 4}},
+    "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2, "eval_interval": 1,
+              "schedule": {"warmup_iters": 1}, "optimizer": {"scale_lr_by_batch": False}},
+    "scaling": {"workers": 1, "cpus_per_worker": 1},
+}
+TINY_SWEEP = {
+    "kind": "sweep", "name": "svc-sweep", "base": "base.yaml", "metric": "train/loss", "mode": "min",
+    "space": {"train.optimizer.lr": {"loguniform": [1e-4, 0.05]},
+              "model.assigner.soft_center_alpha": {"uniform": [5.0, 20.0]}},
+    "num_samples": 4, "max_concurrent": 2, "search": {"name": "tpe", "seed": 0},
+    "scheduler": {"name": "none"}, "resources": {"workers": 1, "cpus_per_worker": 1},
+}
+TINY_NAS = {
+    "kind": "nas", "name": "svc-nas", "base": "spinenet.yaml", "metric": "val/bbox_mAP", "cost": "params_M",
+    "num_samples": 4, "max_concurrent_trials": 2, "max_retries": 1, "search": {"name": "tpe", "seed": 0},
+    "scheduler": {"name": "none"}, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+    "proxy": {"filter_size_scale": 0.25, "image_size": 64, "epochs": 1, "max_steps_per_epoch": 2},
+}
+
+
+@dataclass
+class FinishedSearch:
+    """A finished ``detflow sweep`` or ``detflow nas``: its YAML (``config``), ``--json`` result, the
+    experiment of its parent MLflow run and the run ids of its trials (the parent's child runs)."""
+
+    config: dict
+    result: dict
+    tracking_url: str
+    experiment_id: str
+    parent_run_id: str
+    trial_run_ids: list[str]
+
+
+def _last_json(stdout: str) -> dict:
+    """The JSON document a ``--json`` command prints last (one line, or indented)."""
+    import json
+
+    last = stdout.strip().splitlines()[-1]
+    return json.loads(last) if last.startswith("{") and last.endswith("}") else cli_json(stdout)
+
+
+def _search_dir(root: Path, base: dict) -> Path:
+    """``root/data`` (12 synthetic 64 px images) and ``root/<name>.yaml`` (the base training config)."""
+    from detflow.data import generate_synthetic
+
+    generate_synthetic(root / "data", num_images=12, image_size=64, num_classes=2, seed=0)
+    (root / f"{base['name']}.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    return root
+
+
+def _finished_search(command: str, root: Path, search: dict, tracking_url: str, env: dict) -> FinishedSearch:
+    """Run ``detflow COMMAND root/NAME.yaml --json`` and find its parent run and trial runs on the server."""
+    from mlflow.tracking import MlflowClient
+
+    path = root / f"{search['name']}.yaml"
+    path.write_text(yaml.safe_dump(search, sort_keys=False))
+    result = _last_json(run_cli([command, str(path), "--json"], env, timeout=1200).stdout)
+    client = MlflowClient(tracking_uri=tracking_url)
+    parent = client.get_run(result["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id], max_results=100,
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return FinishedSearch(search, result, tracking_url, parent.info.experiment_id, parent.info.run_id,
+                          [c.info.run_id for c in children])
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, mlflow_server, child_env) -> FinishedSearch:
+    """TINY_SWEEP run by ``detflow sweep`` to the server: 4 TPE trials (2 at a time) over the learning
+    rate and the assigner's soft-center alpha, each a Ray Train run of rtmdet_tiny."""
+    root = _search_dir(tmp_path_factory.mktemp("sweep"), {**SEARCH_BASE, "name": "base"})
+    return _finished_search("sweep", root, TINY_SWEEP, mlflow_server.url, child_env())
+
+
+@pytest.fixture(scope="session")
+def tiny_nas(tmp_path_factory, mlflow_server, child_env) -> FinishedSearch:
+    """TINY_NAS (4 SpineNet-49S proxies, 2 at a time, val AP against params_M) run by ``detflow nas``."""
+    base = {**SEARCH_BASE, "name": "spinenet", "model": {"name": "spinenet_49s"},
+            "recipe": {"name": "retinanet", "ratio_range": [0.75, 1.25]},
+            "train": {**SEARCH_BASE["train"], "optimizer": {"name": "adamw", "lr": 0.002, "scale_lr_by_batch": False}}}
+    root = _search_dir(tmp_path_factory.mktemp("nas"), base)
+    return _finished_search("nas", root, TINY_NAS, mlflow_server.url, child_env())

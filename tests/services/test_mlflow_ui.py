@@ -1,6 +1,8 @@
 """The MLflow UI of the team server, in a real browser (Playwright + Debian's headless Chromium):
-a finished workflow's parent run, its step child runs and their metrics, the compare page of two
-sweep trials (parallel-coordinates plot) and the registered model version with alias ``candidate``.
+a finished workflow's parent run, its step child runs and their metrics, the registered model version
+with alias ``candidate``, and the compare page of the trials of a real ``detflow sweep`` and of a real
+``detflow nas`` (parallel-coordinates axes for the searched knobs and the metrics) with the search
+plots their parent runs log (importances, metric per trial, Pareto front).
 
 Screenshots go to the pytest tmp dir (or ``$DETFLOW_SCREENSHOT_DIR``, which
 ``scripts/update_screenshots.sh`` sets before copying them to docs/img/).
@@ -46,12 +48,18 @@ def page():
 
 
 def _tidy(page) -> None:
-    """Dismiss the feature tour pop-over and the assistant panel (they cover the page)."""
+    """Dismiss the feature tour pop-over and the assistant panel (they cover the page). On a loaded
+    machine one may still be animating over the other: a click it intercepts becomes Escape."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.wait_for_timeout(1000)
     for name in ("Got it", "Close"):
         button = page.get_by_role("button", name=name, exact=True)
         if button.count() and button.first.is_visible():
-            button.first.click()
+            try:
+                button.first.click(timeout=10_000)
+            except PlaywrightTimeout:
+                page.keyboard.press("Escape")
 
 
 def _runs_by_name(client, experiment_id: str) -> dict:
@@ -90,39 +98,96 @@ def test_workflow_parent_steps_and_metrics_are_shown(page, tiny_workflow, shots)
     page.screenshot(path=str(shots / "step-run.png"))
 
 
-def _two_trials(client, experiment_id: str) -> list[str]:
-    """Two trials of a learning-rate sweep, nested under a sweep run (as ``detflow.tune`` logs them)."""
-    sweep = client.create_run(experiment_id, run_name="sweep-lr", tags={"detflow.kind": "sweep"})
-    ids = []
-    for i, (lr, batch, ap50) in enumerate(((0.001, 2, 0.21), (0.004, 4, 0.34))):
-        run = client.create_run(experiment_id, run_name=f"trial_{i}", tags={
-            "mlflow.parentRunId": sweep.info.run_id, "detflow.kind": "trial"})
-        client.log_param(run.info.run_id, "train.optimizer.lr", lr)
-        client.log_param(run.info.run_id, "train.batch_size", batch)
-        for epoch in range(3):
-            client.log_metric(run.info.run_id, "val/bbox_mAP50", ap50 * (epoch + 1) / 3, step=epoch)
-        client.set_terminated(run.info.run_id)
-        ids.append(run.info.run_id)
-    client.set_terminated(sweep.info.run_id)
-    return ids
-
-
-def test_compare_page_of_two_trials_renders_parallel_coordinates(page, tiny_workflow, shots):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tiny_workflow.tracking_url)
-    exp = client.get_experiment_by_name(tiny_workflow.experiment)
-    ids = _two_trials(client, exp.experiment_id)
-    page.goto(f"{tiny_workflow.tracking_url}/#/compare-runs?runs={json.dumps(ids)}"
-              f"&experiments={json.dumps([exp.experiment_id])}")
+def _compare_trials(page, search, shots, name: str) -> None:
+    """Open the compare page of a search's trial runs (all child runs of its parent) and wait for the
+    parallel-coordinates plot; its HTML goes to ``shots/NAME.html`` for a failing assertion."""
+    ids, exp = search.trial_run_ids, search.experiment_id
+    page.goto(f"{search.tracking_url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp])}")
     page.get_by_text("Parallel Coordinates Plot").first.wait_for()
     _tidy(page)
-    plot = page.locator(".js-plotly-plot .parcoords")
-    plot.first.wait_for()
-    axes = page.locator(".js-plotly-plot .parcoords .axis-title").all_text_contents()
-    assert {"train.optimizer.lr", "train.batch_size", "val/bbox_mAP50"} <= set(axes), axes
-    assert "Comparing 2 Runs" in page.inner_text("body")
-    page.screenshot(path=str(shots / "compare-trials.png"))
+    page.locator(".js-plotly-plot .parcoords .axis-title").first.wait_for()
+    (shots / f"{name}.html").write_text(page.content())
+    assert f"Comparing {len(ids)} Runs" in page.inner_text("body")
+
+
+def _choose_axes(page, params: list[str], metrics: list[str]) -> set[str]:
+    """Make PARAMS and METRICS the parallel-coordinates axes ("Clear All", then each picked in the
+    "Parameters:" and "Metrics:" multi-selects: MLflow preselects 3 differing params and 1 metric)."""
+    page.get_by_role("button", name="Clear All").click()
+    selects = page.locator("input[role='combobox'][id^='dubois-select']")
+    for index, keys in ((0, params), (1, metrics)):
+        for key in keys:
+            _pick(page, selects.nth(index), key)
+    page.wait_for_timeout(1000)
+    return set(page.locator(".js-plotly-plot .parcoords .axis-title").all_text_contents())
+
+
+def _pick(page, select, key: str, limit: int = 50) -> None:
+    """Type KEY into the open select, move the active option onto the one named KEY, choose it."""
+    select.click()
+    select.fill(key)
+    for _ in range(limit):
+        active = select.get_attribute("aria-activedescendant")
+        if active and page.locator(f"[id='{active}']").get_attribute("aria-label") == key:
+            page.keyboard.press("Enter")
+            break
+        page.keyboard.press("ArrowDown")
+    else:
+        raise AssertionError(f"no option {key!r} in the parallel-coordinates select")
+    page.keyboard.press("Escape")
+
+
+def _artifact_image(page, search, path: str, shot: Path) -> int:
+    """Open PATH in the artifacts view of the search's parent run; returns the image's natural width."""
+    page.goto(f"{search.tracking_url}/#/experiments/{search.experiment_id}/runs/{search.parent_run_id}"
+              f"/artifacts/{path}")
+    page.get_by_text(path.rsplit("/", 1)[-1], exact=True).first.wait_for()
+    _tidy(page)
+    image = page.locator("img[src^='blob:'], img[src*='get-artifact']").first
+    image.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    page.screenshot(path=str(shot))
+    return image.evaluate("img => img.naturalWidth")
+
+
+def test_compare_page_of_a_real_sweep_shows_its_knobs_and_metric(page, tiny_sweep, shots):
+    knobs, metric = sorted(tiny_sweep.config["space"]), tiny_sweep.config["metric"]
+    assert len(tiny_sweep.trial_run_ids) == tiny_sweep.config["num_samples"] == 4
+    _compare_trials(page, tiny_sweep, shots, "compare-sweep-trials")
+    axes = _choose_axes(page, knobs, [metric])
+    assert axes == {*knobs, metric}, axes  # one axis per swept knob, and the sweep's metric
+    page.screenshot(path=str(shots / "compare-sweep-trials.png"))
+
+
+@pytest.mark.parametrize("artifact", ["search/param_importances.png", "search/metric_vs_trial.png"])
+def test_sweep_parent_run_shows_its_search_plots(page, tiny_sweep, shots, artifact):
+    width = _artifact_image(page, tiny_sweep, artifact, shots / f"sweep-{Path(artifact).stem}.png")
+    assert width > 0
+
+
+def test_compare_page_of_a_real_nas_shows_decisions_cost_and_ap(page, tiny_nas, shots):
+    from mlflow.tracking import MlflowClient
+
+    assert len(tiny_nas.trial_run_ids) == tiny_nas.config["num_samples"] == 4
+    client = MlflowClient(tracking_uri=tiny_nas.tracking_url)
+    values: dict[str, set[str]] = {}
+    for run_id in tiny_nas.trial_run_ids:  # the searched decisions each trial logged as params
+        for key, value in client.get_run(run_id).data.params.items():
+            if key.startswith("arch."):
+                values.setdefault(key, set()).add(value)
+    decisions = sorted(k for k, v in values.items() if len(v) > 1)[:4]  # ones the trials differ in
+    assert decisions, f"no arch.* params differ between the NAS trials: {sorted(values)}"
+    metrics = [tiny_nas.config["metric"], f"cost/{tiny_nas.config['cost']}"]
+    _compare_trials(page, tiny_nas, shots, "compare-nas-trials")
+    axes = _choose_axes(page, decisions, metrics)
+    assert axes == {*decisions, *metrics}, axes
+    page.screenshot(path=str(shots / "compare-nas-trials.png"))
+
+
+@pytest.mark.parametrize("artifact, shot", [("search/pareto_front.png", "nas-pareto"),
+                                             ("search/param_importances.png", "nas-param_importances")])
+def test_nas_parent_run_shows_its_pareto_front_and_importances(page, tiny_nas, shots, artifact, shot):
+    assert _artifact_image(page, tiny_nas, artifact, shots / f"{shot}.png") > 0
 
 
 def test_registered_model_version_has_candidate_alias(page, tiny_workflow, shots):

@@ -5,20 +5,27 @@ Example (``workflows/nas/spinenet_proxy_nas.yaml``)::
     kind: nas
     name: spinenet-proxy
     base: ../configs/spinenet_49s_synth.yaml   # training config of a spinenet model
-    metric: val/bbox_mAP
-    num_samples: 8
-    search: {name: tpe, seed: 0}
+    metric: val/bbox_mAP          # accuracy objective (mode max)
+    cost: latency_ms              # params_M | gmacs | latency_ms | null (single objective)
+    constraint: {latency_ms: 30}  # the winner: best AP among trials with latency <= 30 ms
+    num_samples: 12
+    max_concurrent_trials: 2
+    max_retries: 1
+    search: {name: tpe, seed: 0}  # tpe | nsga2 | random
+    scheduler: {name: asha, grace_period: 1, reduction_factor: 2}   # on proxy epochs
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     proxy: {filter_size_scale: 0.25, image_size: 256, epochs: 5, holdout_fraction: 0.2}
 """
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ..config.base import StrictModel
+from ..tune.config import TrialResources
 
-__all__ = ["NasSpace", "ProxyTask", "NasSearch", "NasObjective", "NasConfig"]
+__all__ = ["NasSpace", "ProxyTask", "NasSearch", "NasScheduler", "NasObjective", "NasConfig"]
 
 
 class NasSpace(StrictModel):
@@ -44,9 +51,19 @@ class ProxyTask(StrictModel):
 
 
 class NasSearch(StrictModel):
-    name: Literal["tpe", "random"] = "tpe"
+    """The Optuna sampler proposing specs: TPE or NSGA-II (both model two objectives), or uniform random."""
+
+    name: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
     storage: str | None = Field(None, description="Optuna SQL storage URL; default SQLite under the NAS directory")
+
+
+class NasScheduler(StrictModel):
+    """ASHA (successive halving, Li et al. 2020) on the proxy's epochs, or ``none`` (every trial runs all)."""
+
+    name: Literal["asha", "none"] = "asha"
+    grace_period: PositiveInt = 1
+    reduction_factor: float = Field(2.0, gt=1)
 
 
 class NasObjective(StrictModel):
@@ -55,10 +72,18 @@ class NasObjective(StrictModel):
 
     metric: str = "val/bbox_mAP"
     mode: Literal["max", "min"] = "max"
+    cost: Literal["params_M", "gmacs", "latency_ms"] | None = Field(
+        None, description="second objective (minimised); null: single-objective on `metric`")
+    constraint: dict[Literal["params_M", "gmacs", "latency_ms"], float] = Field(
+        default_factory=dict, description="the winner is the best `metric` among trials with cost <= value")
     num_samples: PositiveInt = 8
+    max_concurrent_trials: PositiveInt = Field(1, description="proxy trainings at once (Ray Tune trials)")
+    max_retries: NonNegativeInt = Field(1, description="a crashed trial is retried, then recorded as ERROR")
     space: NasSpace = NasSpace()
     proxy: ProxyTask = ProxyTask()
     search: NasSearch = NasSearch()
+    scheduler: NasScheduler = NasScheduler()
+    resources: TrialResources = TrialResources()
 
 
 class _NasTarget(StrictModel):
@@ -73,5 +98,4 @@ class NasConfig(NasObjective, _NasTarget):
     """A SpineNet architecture search over a base training config of a spinenet model."""
 
     kind: Literal["nas"] = Field("nas", description="config kind: a NAS file starts with `kind: nas`")
-    workers: PositiveInt = 1
-    storage: str = Field("", description="default $DETFLOW_HOME/nas")
+    storage: str = Field("", description="local dir or s3:// URI of the Tune experiment and trial runs; default $DETFLOW_HOME/nas")

@@ -1,13 +1,18 @@
-"""SpineNet architecture search: Optuna (TPE or random) proposes specs, each is built from its spec
-and trained on the proxy task through ``run_training`` (Ray Train); the held-out AP is the reward.
+"""SpineNet architecture search on Ray Tune (SpineNet §3–4): every sampled spec is a Tune trial running
+a real proxy training on Ray Train, ``max_concurrent_trials`` at once; Optuna (TPE, NSGA-II or random)
+proposes specs against the accuracy ``metric`` and, optionally, a cost; ASHA stops weak proxies.
 
-State lives in an Optuna SQL study we own plus a small JSON file, so an interrupted search resumes
-(``resume=True``) without losing or repeating finished samples.
+State: the Tune experiment and the Optuna SQL study live in the NAS directory, so a search whose
+driver was killed resumes (``detflow nas --resume NAME``) without repeating finished trials; a crashed
+trial is retried ``max_retries`` times, then recorded as ERROR while the search carries on.
+
+>>> result = run_nas(cfg, config_dir=Path("workflows/nas"))      # doctest: +SKIP
+>>> result.best_config_path                                      # doctest: +SKIP
+'.../nas/spinenet-proxy/best_train.yaml'   # detflow train runs it as is (proxy → full scale)
 """
 from __future__ import annotations
 
-import dataclasses
-import math
+import time
 from pathlib import Path
 
 from ..config.base import read_yaml
@@ -15,17 +20,27 @@ from ..config.compose import Layer, compose, set_layers
 from ..config.train import TrainConfig
 from ..errors import UserInputError
 from ..paths import resolve_path, state_dir
+from ..tune.launch import SearchDirs
 from .config import NasConfig
-from .proxy import holdout_split
-from .sampler import sample_spec
-from .tracking import NasResult  # noqa: F401  (defined beside summarize, which builds it)
+from .tracking import NasResult
 
-__all__ = ["NasResult", "run_nas", "load_nas_config", "find_nas"]
+__all__ = ["NasResult", "run_nas", "load_nas_config", "find_nas", "nas_dir"]
+
+STATE_FILE = "detflow_nas.json"
 
 
-def _nas_dir(cfg: NasConfig) -> Path:
-    root = Path(cfg.storage) if cfg.storage else state_dir() / "nas"
-    return (root / cfg.name).resolve()
+def nas_dirs(cfg: NasConfig) -> SearchDirs:
+    """A search's directories (:func:`~detflow.tune.launch.search_dirs`): the driver's
+    (``$DETFLOW_HOME/nas/NAME`` or ``storage/NAME``: state, Optuna study, specs, proxy split,
+    results) and the Tune experiment and trial runs, in ``storage`` (local or ``s3://``)."""
+    from ..tune.launch import search_dirs
+
+    return search_dirs(cfg.storage, cfg.name, "nas")
+
+
+def nas_dir(cfg: NasConfig) -> Path:
+    """The driver's directory of a search."""
+    return nas_dirs(cfg).local
 
 
 def _base_config(cfg: NasConfig, config_dir: Path | None) -> tuple[TrainConfig, Path]:
@@ -37,89 +52,65 @@ def _base_config(cfg: NasConfig, config_dir: Path | None) -> tuple[TrainConfig, 
     return base, base_path
 
 
-def _proxy_config(cfg: NasConfig, base: TrainConfig, base_path: Path, spec_path: Path, exp_dir: Path, idx: int) -> TrainConfig:
-    """``base`` with one sample's proxy task as an overlay (SpineNet §4): its spec, the held-out
-    split, the proxy image size and epochs, the search's workers and trial storage."""
+def _proxy_data(cfg: NasConfig, base: TrainConfig, base_path: Path, exp_dir: Path) -> dict:
+    """The proxy task's held-out split of the base's training annotations (same seed, same split)."""
+    from .proxy import holdout_split
+
     train_ann = resolve_path(base.data.train.annotations, base_path.parent)
-    images = str(resolve_path(base.data.train.images, base_path.parent))
     p_train, p_val = holdout_split(train_ann, exp_dir / "proxy_data", cfg.proxy.holdout_fraction, cfg.proxy.seed)
-    train: dict = {"epochs": cfg.proxy.epochs, "eval_interval": cfg.proxy.epochs}
-    if cfg.proxy.max_steps_per_epoch:
-        train["max_steps_per_epoch"] = cfg.proxy.max_steps_per_epoch
-    proxy = {"name": f"{cfg.name}-arch{idx:03d}", "model": {"name": "spinenet", "spec": str(spec_path)},
-             "data": {"image_size": cfg.proxy.image_size, "train": {"annotations": str(p_train), "images": images},
-                      "val": {"annotations": str(p_val), "images": images}},
-             "train": train, "scaling": {"workers": cfg.workers}, "storage": str(exp_dir / "trials")}
-    return compose(TrainConfig, Layer(base, str(base_path)), Layer(proxy, f"NAS {cfg.name}, sample {idx} (proxy task)"))
+    return {"train": str(p_train), "val": str(p_val),
+            "images": str(resolve_path(base.data.train.images, base_path.parent))}
 
 
-def _evaluate_sample(trial, cfg: NasConfig, base: TrainConfig, base_path: Path, exp_dir: Path, parent: str, base_spec):
-    """Objective of one Optuna trial: sample → spec YAML → proxy training → reward."""
-    import optuna
-    from detmodels import ScaleSettings, SpecError, save_spec
-
-    from ..train import run_training
-    from .tracking import log_architecture
-
-    try:
-        spec = sample_spec(trial, base_spec, cfg.space, f"{cfg.name}-arch{trial.number:03d}")
-    except SpecError as exc:
-        trial.set_user_attr("rejected", str(exc))
-        raise optuna.TrialPruned(f"invalid sample rejected: {exc}") from None
-    scale = dataclasses.replace(spec.scale or ScaleSettings(), filter_size_scale=cfg.proxy.filter_size_scale)
-    spec = dataclasses.replace(spec, scale=scale)
-    (exp_dir / "specs").mkdir(parents=True, exist_ok=True)
-    spec_path = save_spec(spec, exp_dir / "specs" / f"arch{trial.number:03d}.yaml")
-    train_cfg = _proxy_config(cfg, base, base_path, spec_path, exp_dir, trial.number)
-    tags = {"detflow.nas": cfg.name, "detflow.nas_trial": str(trial.number), "mlflow.runName": spec.name}
-    result = run_training(train_cfg, parent_run_id=parent, tags=tags, progress=False)
-    reward = float(result.metrics.get(cfg.metric, float("nan")))
-    trial.set_user_attr("spec_path", str(spec_path))
-    trial.set_user_attr("mlflow_run_id", result.run_id)
-    log_architecture(result.run_id, spec, spec_path, cfg.proxy.image_size, train_cfg)
-    return reward if not math.isnan(reward) else 0.0
-
-
-def run_nas(cfg: NasConfig, *, config_dir: str | Path | None = None, resume: bool = False) -> NasResult:
-    """Run (or resume) the search; returns the ranked architectures and the best spec path."""
-    from detmodels import spinenet49_spec
-
-    from ..tracking import remembered_parent_run
-    from .tracking import summarize
-
-    base, base_path = _base_config(cfg, Path(config_dir) if config_dir else None)
-    exp_dir = _nas_dir(cfg)
-    state = exp_dir / "detflow_nas.json"
+def _check_state(cfg: NasConfig, exp_dir: Path, resume: bool) -> None:
+    state = exp_dir / STATE_FILE
     if state.exists() and not resume:
         raise UserInputError(f"NAS {cfg.name!r} already exists at {exp_dir}: resume it with "
                              f"`detflow nas --resume {cfg.name}` or choose another name")
     if resume and not state.exists():
         raise UserInputError(f"no NAS named {cfg.name!r} to resume under {exp_dir.parent}")
+
+
+def _public_nas(cfg: NasConfig) -> dict:
+    """The config as trials and the state file see it: the Optuna storage URL without its password."""
+    from ..storage import strip_credentials
+
+    data = cfg.model_dump(mode="json")
+    if data["search"].get("storage"):
+        data["search"]["storage"] = strip_credentials(data["search"]["storage"])
+    return data
+
+
+def run_nas(cfg: NasConfig, *, config_dir: str | Path | None = None, resume: bool = False,
+            ray_address: str | None = None, verbose: int = 0) -> NasResult:
+    """Run (or resume) the search on Ray Tune; returns the ranked trials, the Pareto front, the
+    winner and its transfer config (see :class:`~detflow.archsearch.tracking.NasResult`)."""
+    from detmodels import spec_to_dict, spinenet49_spec
+
+    from ..ray_env import init_ray
+    from ..tracking import remembered_parent_run
+    from ..tune.launch import make_tuner, trial_env, trial_trainable
+    from .search import nas_scheduler, nas_searcher
+    from .tracking import summarize
+    from .trial import nas_trial_fn
+
+    base, base_path = _base_config(cfg, Path(config_dir) if config_dir else None)
+    dirs = nas_dirs(cfg)
+    exp_dir = dirs.local
+    _check_state(cfg, exp_dir, resume)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    parent = remembered_parent_run(state, cfg, kind="nas", resume=resume, extra={
-        "config": cfg.model_dump(mode="json"), "config_dir": str(Path(config_dir or ".").resolve())})
-    study = _study(cfg, exp_dir)
-    remaining = cfg.num_samples - sum(t.state.is_finished() for t in study.trials)
-    objective = lambda t: _evaluate_sample(t, cfg, base, base_path, exp_dir, parent, spinenet49_spec())  # noqa: E731
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(Exception,))
-    return summarize(cfg, study, parent, exp_dir)
-
-
-def _study(cfg: NasConfig, exp_dir: Path):
-    """The Optuna study in SQL storage; trials a killed driver left RUNNING are marked FAIL."""
-    import optuna
-
-    url = cfg.search.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
-    sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed) if cfg.search.name == "tpe"
-               else optuna.samplers.RandomSampler(seed=cfg.search.seed))
-    direction = "maximize" if cfg.mode == "max" else "minimize"
-    study = optuna.create_study(study_name=cfg.name, storage=url, sampler=sampler, direction=direction,
-                                load_if_exists=True)
-    for t in study.trials:
-        if t.state == optuna.trial.TrialState.RUNNING:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-    return study
+    init_ray(ray_address, log_to_driver=False)
+    parent = remembered_parent_run(exp_dir / STATE_FILE, cfg, kind="nas", resume=resume, extra={
+        "config": _public_nas(cfg), "config_dir": str(Path(config_dir or ".").resolve())})
+    trainable = trial_trainable(
+        nas_trial_fn, base=base, base_dir=str(base_path.parent), nas=_public_nas(cfg), parent_run_id=parent,
+        exp_dir=str(exp_dir), trials_dir=dirs.trials, proxy_data=_proxy_data(cfg, base, base_path, exp_dir), env=trial_env())
+    tuner = make_tuner(trainable, dirs=dirs, resume=resume, metric=cfg.metric, mode=cfg.mode,
+                       num_samples=cfg.num_samples, search_alg=nas_searcher(cfg, exp_dir, spec_to_dict(spinenet49_spec())),
+                       scheduler=nas_scheduler(cfg), max_retries=cfg.max_retries, verbose=verbose)
+    started = time.time()
+    grid = tuner.fit()
+    return summarize(cfg, grid, parent, exp_dir, base, base_path, wall_time_s=time.time() - started)
 
 
 def load_nas_config(path: str | Path, overrides: list[str] = ()) -> tuple[NasConfig, Path]:
@@ -132,7 +123,8 @@ def load_nas_config(path: str | Path, overrides: list[str] = ()) -> tuple[NasCon
 
 
 def find_nas(name: str) -> tuple[NasConfig, Path]:
-    state = state_dir() / "nas" / name / "detflow_nas.json"
+    """The stored config of an existing search named ``name`` (for ``--resume NAME``)."""
+    state = state_dir() / "nas" / name / STATE_FILE
     if not state.exists():
         raise UserInputError(f"no NAS named {name!r} under {state.parent.parent}: run `detflow nas FILE.yaml` first")
     from ..atomic import CorruptStateError, read_json_state

@@ -1,4 +1,5 @@
-"""``detflow bench …``: training throughput (``bench train``) and data-pipeline speed (``bench data``).
+"""``detflow bench …``: training throughput (``bench train``), data-pipeline speed (``bench data``),
+searches (``bench search``: ASHA vs none; ``bench nas``: NAS trials at a time).
 
 Other benchmark commands attach to :data:`bench_app` in this module.
 """
@@ -15,10 +16,11 @@ from .output import json_stdout
 
 __all__ = ["register", "bench_app"]
 
-bench_app = command_group("Benchmarks: training throughput, data pipelines.", "detflow bench train --workers 1,2")
+bench_app = command_group("Benchmarks: training throughput, data pipelines, searches.",
+                          "detflow bench train --workers 1,2")
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(text: str, option: str = "--workers") -> list[int]:
     from ..errors import UserInputError
 
     try:
@@ -26,7 +28,7 @@ def _int_list(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        raise UserInputError(f"--workers: expected a comma-separated list of positive integers, got {text!r}")
+        raise UserInputError(f"{option}: expected a comma-separated list of positive integers, got {text!r}")
     return values
 
 
@@ -100,6 +102,42 @@ def bench_search_cmd(
         result = run_search_bench(trials=trials, epochs=epochs, images=images, image_size=image_size,
                                   max_concurrent=max_concurrent, metric=metric, mode=mode,
                                   print_fn=None if as_json else typer.echo)
+    typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
+
+
+@bench_app.command("nas")
+def bench_nas_cmd(
+    trials: int = typer.Option(12, "--trials", min=1, help="Architectures sampled per search."),
+    concurrency: str = typer.Option("1,2", "--concurrency",
+                                    help="Comma-separated trials-at-a-time values, one search each."),
+    epochs: int = typer.Option(2, "--epochs", min=1, help="Proxy epochs per trial."),
+    images: int = typer.Option(24, "--images", min=4, help="Synthetic training images (a quarter held out for AP)."),
+    image_size: int = typer.Option(128, "--image-size", min=128, help="Proxy input size (a multiple of 128)."),
+    cost: str = typer.Option("gmacs", "--cost", help="Second objective: gmacs, params_M or latency_ms "
+                             "(an ONNX export timed in onnxruntime per trial)."),
+    scheduler: str = typer.Option("none", "--scheduler", help="none (same trial-epochs in every run) or asha."),
+    metric: str = typer.Option("val/bbox_mAP50", "--metric", help="Accuracy objective (maximised)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """The same SpineNet NAS (TPE, seed 0, AP and a cost) with 1 and 2 trials at a time: wall time,
+    trials per hour, the most trials running at once, the best AP of each.
+
+    Example: detflow bench nas --trials 12 --concurrency 1,2 --epochs 2 --cost latency_ms
+    """
+    from ..archsearch.cost import COSTS
+    from ..bench.nas_bench import run_nas_bench
+    from ..errors import UserInputError
+
+    if cost not in COSTS:
+        raise UserInputError(f"--cost: expected one of {', '.join(COSTS)}, got {cost!r}")
+    if scheduler not in ("none", "asha"):
+        raise UserInputError(f"--scheduler: expected none or asha, got {scheduler!r}")
+    if image_size % 128:
+        raise UserInputError(f"--image-size: expected a multiple of 128 (SpineNet's L7 stride), got {image_size}")
+    with json_stdout(as_json):
+        result = run_nas_bench(trials=trials, concurrency=_int_list(concurrency, "--concurrency"), epochs=epochs,
+                               images=images, image_size=image_size, cost=cost, scheduler=scheduler,
+                               metric=metric, print_fn=None if as_json else typer.echo)
     typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
 
 

@@ -106,9 +106,11 @@ def nas_cmd(
     config: Optional[Path] = typer.Argument(None, help="NAS YAML (omit with --resume NAME)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: KEY=VALUE (repeatable)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume the interrupted search NAME."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local Ray)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """SpineNet architecture search: sample specs, train each on the proxy task, rank by val AP.
+    """SpineNet architecture search on Ray Tune: each sampled spec is a trial training the proxy task;
+    ranks by val AP and a cost (Pareto front), writes the winner as a `detflow train` YAML.
 
     Example: detflow nas workflows/nas/spinenet_proxy_nas.yaml --set num_samples=4
     """
@@ -116,24 +118,46 @@ def nas_cmd(
 
     from ..archsearch import find_nas, load_nas_config, run_nas
 
-    _search("nas", config, set_, resume, as_json, load=load_nas_config, find=find_nas,
-            run=lambda cfg, config_dir: run_nas(cfg, config_dir=config_dir, resume=bool(resume)),
+    def run(cfg, config_dir: Path):
+        try:
+            return run_nas(cfg, config_dir=config_dir, resume=bool(resume), ray_address=address,
+                           verbose=0 if as_json else 1)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: `detflow nas --resume NAME` continues
+            from ..signals import shutdown_ray
+
+            shutdown_ray()
+            raise
+
+    _search("nas", config, set_, resume, as_json, load=load_nas_config, find=find_nas, run=run,
             to_json=dataclasses.asdict, print_table=_print_nas_table)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.4g}"
+    return "-" if value is None else str(value)
 
 
 def _print_nas_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"NAS {result.name}: {len(result.ranked)} architectures, {result.rejected} rejected")
-    for head in ("rank", "trial", result.metric, "spec", "mlflow run"):
+    cost = f"cost/{result.cost}" if result.cost else None
+    table = Table(title=f"NAS {result.name}: {len(result.ranked)} trials, {result.rejected} rejected")
+    for head in ("trial", "trial id", result.metric, *([cost] if cost else []), "status", "attempts", "front"):
         table.add_column(head)
     for row in result.ranked:
-        table.add_row(str(row["rank"]), str(row["trial"]), f"{row[result.metric]:.4f}", str(row["spec"]),
-                      str(row["mlflow_run_id"]))
+        table.add_row(str(row["trial"]), row["trial_id"], _fmt(row["metric"]), *([_fmt(row.get(cost))] if cost else []),
+                      row["status"], str(row["attempts"]), "*" if row["on_front"] else "")
     console = Console()
     console.print(table)
-    console.print(f"best spec: {result.best_spec_path}  (use model: {{name: spinenet, spec: {result.best_spec_path}}})")
+    if result.best is None:
+        console.print(result.message)
+    else:
+        console.print(f"winner: trial {result.best['trial']} ({result.metric} {_fmt(result.best['metric'])})")
+        console.print(f"best spec: {result.best_spec_path}")
+        console.print(f"best config: {result.best_config_path}  (detflow train {result.best_config_path})")
+    console.print(f"MLflow parent run: {result.parent_run_id}")
 
 
 def register(app: typer.Typer) -> None:

@@ -261,7 +261,20 @@ def _worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri: str, tune_report: bool):
+def _tune_report_callback(extra: Mapping[str, float] | None):
+    """Ray Train → Tune forwarding of every report, with ``extra`` values merged in (e.g. a NAS
+    trial's architecture cost, which multi-objective Optuna needs in the trial's final result)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class _Report(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):  # noqa: ANN001, ANN201
+            return super().after_report(run_context, [{**m, **dict(extra or {})} for m in metrics], checkpoint)
+
+    return _Report()
+
+
+def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri: str, tune_report: bool,
+                   report_extra: Mapping[str, float] | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -272,9 +285,7 @@ def _build_trainer(cfg: TrainConfig, name: str, loop_config: dict, tracking_uri:
     resources = {"CPU": float(s.cpus_per_worker), **({"GPU": float(s.gpus_per_worker)} if use_gpu else {})}
     callbacks = []
     if tune_report:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        callbacks.append(TuneReportCallback())
+        callbacks.append(_tune_report_callback(report_extra))
     from ..ray_env import ray_train_log_level
     from ..storage import ray_storage_from_env
 
@@ -319,7 +330,7 @@ def _log_recipe(cfg: TrainConfig) -> None:
 
 def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = None, resume: bool = False,
                  parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None, progress: bool = True,
-                 tune_report: bool = False) -> TrainResult:
+                 tune_report: bool = False, report_extra: Mapping[str, float] | None = None) -> TrainResult:
     """Train ``cfg`` on Ray Train and track it in MLflow (see the module docstring).
 
     Args:
@@ -330,6 +341,7 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         parent_run_id: nest the MLflow run under this one (sweeps, workflows).
         tags: extra MLflow tags. progress: per-epoch progress output from rank 0.
         tune_report: forward every epoch's metrics to the enclosing Ray Tune trial.
+        report_extra: values added to every report forwarded to Tune (a NAS trial's cost).
 
     Raises:
         ConfigError / DataError (bad config or dataset), RuntimeFailure (training failed).
@@ -367,7 +379,7 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         loop_config = {"cfg": cfg, "run_id": run_id, "best_dir": best_dir, "progress": progress,
                        "spool": str(spool)}
         _ensure_ray()
-        trainer = _build_trainer(cfg, name, loop_config, uri, tune_report)
+        trainer = _build_trainer(cfg, name, loop_config, uri, tune_report, report_extra)
         from ..ray_env import worker_group_janitor
 
         try:

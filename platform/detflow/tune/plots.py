@@ -32,9 +32,11 @@ def plot_metric_vs_trial(result):
     return fig
 
 
-def plot_importances(cfg, exp_dir: Path):
-    """Optuna's fANOVA parameter importances, when the study has enough finished trials."""
-    if cfg.search.name != "tpe":
+def plot_importances(cfg, exp_dir: Path, *, objective: int | None = None):
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA: which values of each
+    parameter the best trials share), when the study has enough finished trials. ``objective``: the
+    index of the objective of a multi-objective study (a NAS with a cost)."""
+    if cfg.search.name not in ("tpe", "nsga2"):
         return None
     import matplotlib
 
@@ -46,14 +48,24 @@ def plot_importances(cfg, exp_dir: Path):
     try:
         study = optuna.load_study(study_name=cfg.name, storage=url)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(complete) < 2 or len(study.best_trial.params) < 1:
+        if len(complete) < 2 or len(complete[0].params) < 1:
             return None
-        importances = optuna.importance.get_param_importances(study)
+        target = None if objective is None else _objective_target(study, objective)
+        importances = optuna.importance.get_param_importances(study, target=target)
     except Exception:  # importance needs ≥2 distinct completed trials; nothing to plot otherwise
         return None
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importances)))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel("importance (PED-ANOVA)")
     fig.tight_layout()
     return fig
+
+
+def _objective_target(study, objective: int):
+    """The importance target of objective ``objective``: PED-ANOVA with a target looks for low values,
+    so a maximised objective (the NAS's AP) is negated."""
+    import optuna
+
+    sign = -1.0 if study.directions[objective] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return lambda t: sign * t.values[objective]

@@ -15,6 +15,7 @@ from ..config.train import TrainConfig
 from ..errors import UserInputError
 from ..paths import resolve_path, state_dir
 from .config import SweepConfig
+from .launch import SearchDirs, epoch_scheduler, make_tuner, optuna_storage, search_dirs, trial_env, trial_trainable
 from .results import SweepResult, collect_results, log_sweep_summary
 from .results import base_epochs as _base_epochs
 from .space import apply_trial, space_model_names, to_tune_space, trial_label, validate_space_paths
@@ -24,10 +25,15 @@ __all__ = ["run_sweep", "sweep_dir"]
 _STATE_FILE = "detflow_sweep.json"
 
 
+def sweep_dirs(cfg: SweepConfig) -> SearchDirs:
+    """A sweep's directories (:func:`.launch.search_dirs`): the driver's ``$DETFLOW_HOME/sweeps/NAME``
+    or ``storage/NAME``, and the Tune experiment and trial runs, in ``storage`` (local or ``s3://``)."""
+    return search_dirs(cfg.storage, cfg.name, "sweeps")
+
+
 def sweep_dir(cfg: SweepConfig) -> Path:
-    """Directory of a sweep's Tune experiment (``storage/NAME``)."""
-    root = Path(cfg.storage) if cfg.storage and "://" not in cfg.storage else state_dir() / "sweeps"
-    return (root / cfg.name).resolve()
+    """The driver's directory of a sweep (state file, Optuna study, trial stats, results)."""
+    return sweep_dirs(cfg).local
 
 
 def _validate(cfg: SweepConfig, base: dict, source: str) -> TrainConfig:
@@ -46,17 +52,9 @@ def _validate(cfg: SweepConfig, base: dict, source: str) -> TrainConfig:
     return base_cfg
 
 
-# Where the trial's run lands: the sweep driver's store, also when the trial actor's process did not
-# inherit the driver's environment (a workflow step, a cluster started before the driver).
-_TRIAL_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")
-
-
 def _trial_env() -> dict[str, str]:
-    """The sweep driver's settings a trial fills in where its node has none (a trial argument): no
-    credentials, the tracking URI without a password, no ``DETFLOW_HOME`` (a node uses its own)."""
-    from ..storage import public_env
-
-    return public_env(names=_TRIAL_ENV)
+    """The sweep driver's settings a trial fills in where its node has none (see :func:`.launch.trial_env`)."""
+    return trial_env()
 
 
 def _public_sweep(cfg: SweepConfig) -> dict:
@@ -114,63 +112,29 @@ def _searcher(cfg: SweepConfig, exp_dir: Path, tune_space: dict):
 
     if cfg.search.name in ("random", "grid"):
         return BasicVariantGenerator(max_concurrent=cfg.max_concurrent, random_state=cfg.search.seed)
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    url = cfg.search.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
-    storage = optuna.storages.RDBStorage(url)
-    search = OptunaSearch(metric=cfg.metric, mode=cfg.mode, study_name=cfg.name, storage=storage,
-                          seed=cfg.search.seed)
+    search = OptunaSearch(metric=cfg.metric, mode=cfg.mode, study_name=cfg.name,
+                          storage=optuna_storage(cfg.search.storage, exp_dir), seed=cfg.search.seed)
     return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent)
 
 
-# ASHA's rungs count epochs trained. Tune's ``training_iteration`` counts the reports of the trial's
-# current process: it restarts at 1 when a trial is restored, while its Ray Train run continues from
-# its last checkpoint's epoch. The workers report that epoch (``epoch``, 0-based) every epoch; the
-# scheduler runs on ``epochs_done`` = ``epoch`` + 1, which a restored trial continues.
-EPOCH_KEY = "epoch"
-EPOCH_ATTR = "epochs_done"
-
-
-def with_epochs_done(result: dict) -> dict:
-    """``result`` (a trial's report) with ``epochs_done``: the reported ``epoch`` + 1; in place."""
-    if isinstance(result, dict) and EPOCH_KEY in result and EPOCH_ATTR not in result:
-        result[EPOCH_ATTR] = int(result[EPOCH_KEY]) + 1
-    return result
-
-
 def _scheduler(cfg: SweepConfig, base_epochs: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if cfg.scheduler.name == "none":
-        return FIFOScheduler()
-
-    class EpochASHA(ASHAScheduler):
-        """ASHA on ``epochs_done`` (see above); Tune pickles it with the tuner (by value)."""
-
-        def on_trial_result(self, tune_controller, trial, result):  # noqa: ANN001, ANN201
-            return super().on_trial_result(tune_controller, trial, with_epochs_done(result))
-
-        def on_trial_complete(self, tune_controller, trial, result):  # noqa: ANN001, ANN201
-            return super().on_trial_complete(tune_controller, trial, with_epochs_done(result))
-
-    return EpochASHA(
-        time_attr=EPOCH_ATTR, max_t=cfg.scheduler.max_epochs or base_epochs,
-        grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor,
-    )
+    """FIFO, or ASHA on the epochs a trial trained (:func:`.launch.epoch_scheduler`)."""
+    return epoch_scheduler(cfg.scheduler.name, max_t=cfg.scheduler.max_epochs or base_epochs,
+                           grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor)
 
 
 def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume: bool = False,
               ray_address: str | None = None, verbose: int = 1) -> SweepResult:
     """Run (or resume) the sweep ``cfg``; returns the trial table, best config and parent run id.
     ``verbose``: Ray Tune's console status (0 silent, e.g. for ``--json``; 1 trial tables)."""
-    from ray import tune
-
     base_path = resolve_path(cfg.base, config_dir)
     base = read_yaml(base_path) or {}
     source = str(base_path)
     base_cfg = _validate(cfg, base, source)
-    exp_dir = sweep_dir(cfg)
+    dirs = sweep_dirs(cfg)
+    exp_dir = dirs.local
     if exp_dir.exists() and not resume and (exp_dir / _STATE_FILE).exists():
         raise UserInputError(f"sweep {cfg.name!r} already exists at {exp_dir}: resume it with "
                              f"`detflow sweep --resume {cfg.name}` or choose another name")
@@ -184,14 +148,10 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     parent = remembered_parent_run(exp_dir / _STATE_FILE, cfg, kind="sweep", resume=resume)
     if not resume:
         _write_sweep_record(exp_dir, cfg, config_dir)
-    trainable = tune.with_parameters(
+    trainable = trial_trainable(
         _trial_fn, base=base_cfg, base_dir=str(base_path.parent), sweep=_public_sweep(cfg),
-        parent_run_id=parent, trials_dir=str(exp_dir / "trials"),
-        env=_trial_env())
-    # The trial driver only waits on its Ray Train job: it holds no CPU (a token of memory instead,
-    # since Tune needs a non-empty request), so max_concurrent × workers × cpus fit the cluster exactly.
-    trainable = tune.with_resources(trainable, {"memory": 64 * 1024**2})
-    tuner = _make_tuner(cfg, exp_dir, trainable, base_cfg, resume, verbose)
+        parent_run_id=parent, trials_dir=dirs.trials, env=_trial_env())
+    tuner = _make_tuner(cfg, dirs, trainable, base_cfg, resume, verbose)
     started = time.time()
     grid = tuner.fit()
     result = collect_results(cfg, grid, parent, exp_dir, base, source, wall_time_s=time.time() - started)
@@ -199,30 +159,14 @@ def run_sweep(cfg: SweepConfig, *, config_dir: str | Path | None = None, resume:
     return result
 
 
-def _make_tuner(cfg: SweepConfig, exp_dir: Path, trainable, base: TrainConfig, resume: bool, verbose: int = 1):
-    """A new Tuner, or the stored one on resume. A crashed trial is retried ``cfg.max_retries`` times
-    with its config (Tune's ``FailureConfig``), then recorded as ERROR; the sweep always carries on."""
-    from ray import tune
-
-    from .stats import TrialStatsCallback
-
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+def _make_tuner(cfg: SweepConfig, dirs: SearchDirs, trainable, base: TrainConfig, resume: bool, verbose: int = 1):
+    """A new Tuner, or the stored one on resume (:func:`.launch.make_tuner`)."""
     tune_space = to_tune_space(cfg.space, cfg.search.name)
-    return tune.Tuner(
-        trainable,
-        param_space=tune_space,
-        tune_config=tune.TuneConfig(
-            metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples if cfg.search.name != "grid" else 1,
-            # the searcher limits concurrency itself (ConcurrencyLimiter / BasicVariantGenerator)
-            search_alg=_searcher(cfg, exp_dir, tune_space), scheduler=_scheduler(cfg, _base_epochs(cfg, base)),
-        ),
-        run_config=tune.RunConfig(
-            name=cfg.name, storage_path=str(exp_dir.parent),
-            failure_config=tune.FailureConfig(max_failures=cfg.max_retries), verbose=verbose,
-            callbacks=[TrialStatsCallback(exp_dir)],
-        ),
-    )
+    # the searcher limits concurrency itself (ConcurrencyLimiter / BasicVariantGenerator)
+    return make_tuner(trainable, dirs=dirs, resume=resume, metric=cfg.metric, mode=cfg.mode,
+                      num_samples=cfg.num_samples if cfg.search.name != "grid" else 1,
+                      search_alg=_searcher(cfg, dirs.local, tune_space), scheduler=_scheduler(cfg, _base_epochs(cfg, base)),
+                      max_retries=cfg.max_retries, verbose=verbose, param_space=tune_space)
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, Path]:

@@ -10,6 +10,8 @@ again), the first line of each error, and Ray Tune's per-trial overhead::
 ``overhead_s`` is everything that is not the first epoch's training steps: the trial actor, the
 Ray Train controller and worker group, dataset/model build, the MLflow run, and epoch 1's
 validation, checkpoint and report. The timing is taken from the attempt that reported first.
+``started_at`` / ``ended_at`` (epoch seconds): the trial's first start and its end (complete or
+error), so that a search can show which trials ran at the same time.
 The file is rewritten after every change, so a resumed sweep keeps what the killed driver saw.
 This module imports Ray: import it lazily (the sweep CLI and config validation must stay light).
 """
@@ -94,8 +96,10 @@ class TrialStatsCallback(Callback):
         atomic_write(self.path, json.dumps(self.stats, indent=1))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._entry(trial.trial_id)["attempts"] += 1
+        entry = self._entry(trial.trial_id)
+        entry["attempts"] += 1
         self._started[trial.trial_id] = time.time()
+        entry.setdefault("started_at", self._started[trial.trial_id])
         self._save()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -119,7 +123,12 @@ class TrialStatsCallback(Callback):
         self._record_error(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._entry(trial.trial_id)["ended_at"] = time.time()
         self._record_error(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._entry(trial.trial_id)["ended_at"] = time.time()
+        self._save()
 
 
 def _latest_failure(trial: Any) -> str | None:

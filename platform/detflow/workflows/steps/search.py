@@ -11,7 +11,6 @@ through as is.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from ..context import StepContext
 from ..schema import NASParams, SweepParams
 from . import section_layers
 
-__all__ = ["run_sweep", "run_nas", "full_scale_spec", "search_name", "step_base_config"]
+__all__ = ["run_sweep", "run_nas", "search_name", "step_base_config"]
 
 
 def step_base_config(params: SweepParams | NASParams, ctx: StepContext) -> TrainConfig:
@@ -83,30 +82,11 @@ def run_sweep(params: SweepParams, ctx: StepContext) -> dict:
             "sweep_run_id": result.parent_run_id}
 
 
-def full_scale_spec(best_spec: str | Path, base_model: dict, out: Path) -> Path:
-    """The searched block graph at the base model's scale, saved to ``out``.
-
-    The search trains every sample at the proxy's reduced ``filter_size_scale`` (SpineNet §4); the
-    architecture found is then built at the target model's scale settings (§3.3): those of the named
-    variant (``spinenet_49s`` …), of the base ``spec`` for ``spinenet``, else SpineNet-49's.
-    """
-    from detmodels import SPINENET_VARIANTS
-    from detmodels import load_spec, save_spec
-
-    name = str(base_model.get("name", "spinenet"))
-    variant = SPINENET_VARIANTS.get(name.removeprefix("spinenet_"))
-    if variant is not None:
-        scale = variant.scale
-    else:
-        spec = base_model.get("spec")
-        scale = load_spec(spec).scale if spec and Path(spec).is_file() else None
-    return save_spec(dataclasses.replace(load_spec(best_spec), scale=scale), out)
-
-
 def run_nas(params: NASParams, ctx: StepContext) -> dict:
-    from ...errors import RuntimeFailure
     from ...archsearch import NasConfig, run_nas as nas
     from ...archsearch.config import NasObjective
+    from ...archsearch.transfer import full_scale_spec
+    from ...errors import RuntimeFailure
 
     base_cfg = step_base_config(params, ctx)
     base = _write_config(base_cfg, ctx.path / "base.yaml")
@@ -115,13 +95,13 @@ def run_nas(params: NASParams, ctx: StepContext) -> dict:
                     storage=str(ctx.path / "nas"))
     result = nas(cfg, config_dir=ctx.path, resume=resume)
     if not result.best_spec_path:
-        raise RuntimeFailure(f"step {ctx.step_id!r}: the search produced no valid architecture")
+        raise RuntimeFailure(f"step {ctx.step_id!r}: the search produced no architecture to train: {result.message}")
     spec = full_scale_spec(result.best_spec_path, base_cfg.model.model_dump(mode="json"), ctx.path / "best_spec.yaml")
     # ``spec`` is read by the generic ``spinenet`` builder, not by a named variant's; the config names
     # the spec's stored location (the scratch copy is gone once the step ends)
     best = compose(TrainConfig, Layer(base_cfg, f"step {ctx.step_id!r}"),
                    Layer({"model": {"name": "spinenet", "spec": ctx.uri(spec.name)}}, f"step {ctx.step_id!r} (best spec)"))
     best_path = _write_config(best, ctx.path / "best_config.yaml")
-    metric = result.ranked[0].get(cfg.metric) if result.ranked else None
-    return {"best_config": str(best_path), "spec": str(spec), "proxy_spec": result.best_spec_path,
+    metric = result.best["metric"] if result.best else None
+    return {"best_config": str(best_path), "spec": str(spec), "proxy_spec": result.best.get("spec"),
             "metrics": {"best": metric} if isinstance(metric, (int, float)) else {}, "nas_run_id": result.parent_run_id}
