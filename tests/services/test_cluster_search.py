@@ -53,7 +53,9 @@ def test_nas_trials_run_on_both_nodes_with_the_experiment_in_s3(ray_cluster, s3,
     env = ray_cluster.client_env()
     proc = run_cli(["nas", str(tmp_path / "nas.yaml"), "--address", ray_cluster.cluster.address, "--json"], env,
                    timeout=900)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # --json prints one JSON line; Ray's own warnings may come after it
+    result = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))
     rows = result["ranked"]
     assert len(rows) == 2 and {r["status"] for r in rows} == {"TERMINATED"}, rows
     # two 1-CPU trials at once on two 1-CPU nodes: one on each node
