@@ -108,6 +108,18 @@ def trial_trainable(trial_fn: Callable[..., None], **params: Any):
     return tune.with_resources(tune.with_parameters(trial_fn, **params), {"memory": 64 * 1024**2})
 
 
+def _keep_credentials_on_the_nodes() -> None:
+    """Ray Tune copies the driver's ``AWS_*`` credentials into every trial actor's ``runtime_env``
+    (Ray 2.60: ``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``), where Ray's state API and
+    dashboard show them to anyone on the cluster. detflow's nodes read credentials from their own
+    environment (a local Ray's workers inherit the driver's): the copy is switched off."""
+    from ray.tune.execution import class_cache
+
+    from ..redact import SECRET_ENV
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(SECRET_ENV) - {"AWS_SECURITY_TOKEN"}
+
+
 def make_tuner(trainable, *, dirs: SearchDirs, resume: bool, metric: str, mode: str, num_samples: int,
                search_alg, scheduler, max_retries: int, verbose: int = 1, param_space: dict | None = None):
     """A new Tuner writing its experiment to ``dirs.experiment``, or the stored one on resume
@@ -119,6 +131,7 @@ def make_tuner(trainable, *, dirs: SearchDirs, resume: bool, metric: str, mode: 
     from ..storage import ray_storage_from_env
     from .stats import TrialStatsCallback
 
+    _keep_credentials_on_the_nodes()
     # an s3:// experiment carries its endpoint, not the credentials: each node reads its own
     path, fs = ray_storage_from_env(dirs.experiment)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
