@@ -18,9 +18,11 @@ def ray_session(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from detflow.ray_env import init_ray
+
+    # init_ray, not ray.init: its dashboard serves the State API Ray Train needs to release a finished
+    # run's placement group, and this Ray lives for the whole session (later modules reuse it).
+    started = init_ray(num_cpus=2, log_to_driver=False)
     yield home
     if started:
         ray.shutdown()

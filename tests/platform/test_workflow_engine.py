@@ -76,9 +76,9 @@ def _counts(path: Path) -> dict:
 @pytest.fixture(scope="session")
 def ray_session():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from detflow.ray_env import init_ray
+
+    started = init_ray(num_cpus=2)  # with the dashboard: this Ray outlives the module (session scope)
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()

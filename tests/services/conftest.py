@@ -111,12 +111,12 @@ class SessionRay:
 
 @pytest.fixture(scope="session")
 def ray_address(services_env) -> SessionRay:
-    """This session's Ray (reused when already initialised; else 2 CPUs, no dashboard)."""
+    """This session's Ray (reused when already initialised; else 2 CPUs, started as detflow starts it)."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from detflow.ray_env import init_ray
+
+    started = init_ray(num_cpus=2, log_to_driver=False, configure_logging=False)
     yield SessionRay(ray.get_runtime_context().gcs_address, started)
     if started:
         ray.shutdown()

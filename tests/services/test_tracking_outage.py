@@ -36,9 +36,9 @@ def local_ray(tmp_path_factory):
 
     os.environ.update(DETFLOW_HOME=str(tmp_path_factory.mktemp("detflow_home")), MLFLOW_DISABLE_TELEMETRY="true",
                       RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from detflow.ray_env import init_ray
+
+    started = init_ray(num_cpus=2, log_to_driver=False)
     yield
     if started:
         ray.shutdown()
