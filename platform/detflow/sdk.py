@@ -41,6 +41,7 @@ from .config.train import TrainConfig
 from .errors import ConfigError, RuntimeFailure, UserInputError
 from .paths import check_run_id
 from .storage import is_remote, redact, strip_credentials
+from .weights.resolve import is_reference
 from .workflows.engine import RunResult, cancel_run, driver_lost, new_run_id, resume_workflow, run_dir, run_workflow
 from .workflows.lease import LeaseInfo
 from .workflows.lint import load_workflow
@@ -200,7 +201,7 @@ def _stage_nested(node: Any, base: Path, where: str, job_dir: Path, copies: dict
     for key, value in list(items):
         if isinstance(value, str) and key in CONFIG_KEYS and not is_remote(value):
             node[key] = _stage_config(str(base / value), f"{where} -> {key}", job_dir, copies, warnings)
-        elif isinstance(value, str) and key in DATA_KEYS and not is_remote(value):
+        elif isinstance(value, str) and key in DATA_KEYS and not is_remote(value) and not is_reference(value):
             node[key] = str(base / value) if not Path(value).is_absolute() else value
             warnings.append(f"{where} -> {key}: {node[key]} is a path on this machine; the cluster reads it at "
                             "the same path (use shared storage or s3://)")

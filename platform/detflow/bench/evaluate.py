@@ -82,8 +82,10 @@ def _pad_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
 def evaluate_runner(
     runner: Runner, art: Artifact, split: Any, *, input_size: tuple[int, int], batch_size: int = 8,
     score_thr: float = 0.001, nms_iou: float = 0.65, max_det: int = 100, max_images: int | None = None,
+    plot_confusion: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """COCO metrics of ``runner`` over ``split`` (keys of ``evaluate_coco`` plus images, eval_time_s)."""
+    """COCO metrics of ``runner`` over ``split`` (keys of ``evaluate_coco`` plus images, eval_time_s);
+    ``plot_confusion``: also write the detection confusion matrix there (PNG)."""
     from ..evaluation import detections_to_coco, evaluate_coco
 
     t0 = time.perf_counter()
@@ -103,6 +105,10 @@ def evaluate_runner(
         results += detections_to_coco(dets, [int(m["image_id"]) for m in metas], category_ids)
         seen += len(metas)
     metrics = evaluate_coco(dataset.coco, results)
+    if plot_confusion is not None:
+        from ..evaluation.confusion import write_confusion_plot
+
+        write_confusion_plot(dataset.coco.dataset, results, category_ids, plot_confusion)
     metrics.update(images=seen, eval_time_s=time.perf_counter() - t0, backend=runner.backend,
                    precision=runner.precision)
     return metrics
@@ -121,12 +127,14 @@ def evaluate_artifact(
     max_det: int = 100,
     max_images: int | None = None,
     work_dir: str | os.PathLike | None = None,
+    plot_confusion: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """mAP of the artifact at ``path`` on ``split`` (a ``DatasetSplit``: annotations + images) with ``backend``.
 
     Args:
         path: checkpoint dir, quantisation output dir, export dir / ``.onnx`` file, or a model object.
         input_size: letterbox size; default the artifact's export size or its config's ``data.image_size``.
+        plot_confusion: also write the detection confusion matrix (PNG) to this file.
     Returns:
         ``evaluate_coco`` keys (AP, AP50, …, per_class, note) plus images, eval_time_s, backend, precision.
     """
@@ -134,7 +142,7 @@ def evaluate_artifact(
     size = resolve_input_size(art, input_size)
     runner = make_runner(art, backend, input_size=size, threads=threads, max_batch=batch_size, work_dir=work_dir)
     return evaluate_runner(runner, art, split, input_size=size, batch_size=batch_size, score_thr=score_thr,
-                           nms_iou=nms_iou, max_det=max_det, max_images=max_images)
+                           nms_iou=nms_iou, max_det=max_det, max_images=max_images, plot_confusion=plot_confusion)
 
 
 def resolve_input_size(art: Artifact, input_size: int | Sequence[int] | None) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""``detflow data synth`` (synthetic COCO dataset) and ``detflow data check`` (validate a COCO file)."""
+"""``detflow data synth`` (synthetic COCO dataset), ``detflow data check`` (validate a COCO file) and
+``detflow data convert`` (YOLO / VOC to COCO)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import typer
 
 from .common import command_group
 
-__all__ = ["register", "synth_cmd", "check_cmd"]
+__all__ = ["register", "synth_cmd", "check_cmd", "convert_cmd"]
 
 data_app = command_group("Create and validate COCO datasets.", "detflow data synth --out data/synth --images 400")
 
@@ -70,6 +71,48 @@ def check_cmd(
     report = check_coco(annotations, images, max_pixels=max_pixels)
     typer.echo(json.dumps(report.to_dict()) if as_json else report.format())
     report.raise_if_errors()
+
+
+@data_app.command("convert")
+def convert_cmd(
+    src: Path = typer.Argument(..., help="yolo: data.yaml, or a folder with data.yaml or classes.txt + images/. "
+                               "voc: the VOC root (Annotations/, ImageSets/Main/, JPEGImages/).", show_default=False),
+    fmt: str = typer.Option(..., "--from", help="Format of SRC: yolo or voc.", show_default=False),
+    out: Path = typer.Option(..., "--out", help="New output directory (<split>.json per split, images/).",
+                             show_default=False),
+    copy: bool = typer.Option(False, "--copy", help="Copy the images instead of linking them."),
+    classes: Optional[Path] = typer.Option(None, "--classes", show_default=False,
+                                           help="voc: a file of class names, one per line (default: the names "
+                                                "found in the XMLs, sorted)."),
+) -> None:
+    """Convert a YOLO (Ultralytics) or Pascal VOC dataset to COCO JSON, then check it as `data check` does.
+
+    Images are linked, not copied, unless --copy. Any problem (a class index out of range, a malformed
+    line, a coordinate outside [0, 1], an XML without <size>, an unknown class) is one line
+    FILE:LINE: what is wrong (value), exit 2, and nothing is written.
+
+    Example: detflow data convert --from yolo datasets/coco8/data.yaml --out data/coco8
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..data.formats import convert_dataset
+    from ..errors import UserInputError
+
+    names = None
+    if classes is not None:
+        if not classes.is_file():
+            raise UserInputError(f"--classes {classes}: file not found")
+        names = [line.strip() for line in classes.read_text().splitlines() if line.strip()]
+    columns = (TextColumn(f"read {fmt}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("files", total=None)
+        written = convert_dataset(fmt, src, out, copy=copy, classes=names,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for split in written:
+        typer.echo(f"{split.name}: {split.annotations} ({split.num_images} images, {split.num_annotations} "
+                   f"annotations, {split.num_classes} classes)")
+    typer.echo(f"images: {written[0].images} ({'copied' if copy else 'linked'})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
-"""``detflow models list`` (registered detectors with measured size/cost) and ``detflow models convert``
-(official checkpoint → detflow checkpoint directory)."""
+"""``detflow models list`` (registered detectors with measured size/cost), ``detflow models convert``
+(official checkpoint → detflow checkpoint directory) and ``detflow models pull`` (official weights
+downloaded, verified and converted: :mod:`detflow.weights`)."""
 from __future__ import annotations
 
 import json
@@ -8,31 +9,14 @@ from typing import Any, Optional
 
 import typer
 
+from ..weights.convert import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, NUM_COCO_CLASSES, write_checkpoint_dir
 from .common import command_group
 
-__all__ = ["register", "list_cmd", "convert_cmd", "model_rows", "write_checkpoint_dir",
+__all__ = ["register", "list_cmd", "convert_cmd", "pull_cmd", "model_rows", "write_checkpoint_dir",
            "COCO_CATEGORY_IDS", "COCO_CLASS_NAMES"]
 
 models_app = command_group("Registered detectors: sizes, costs and official-weight conversion.",
                            "detflow models list --no-flops")
-
-# The 80 COCO-2017 detection classes (contiguous order) and their ids in instances_*.json.
-COCO_CLASS_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-)
-COCO_CATEGORY_IDS = tuple(
-    [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
-     *range(84, 91)]
-)
-NUM_COCO_CLASSES = 80
 
 
 def _measure(name: str, with_flops: bool, deploy: bool = False) -> dict[str, Any]:
@@ -122,30 +106,6 @@ def _print_rows(rows: list[dict], *, with_flops: bool) -> None:
     Console().print(table)
 
 
-def write_checkpoint_dir(model: Any, out: Path, *, model_name: str, input_size: int, meta_extra: dict | None = None,
-                         class_names: tuple[str, ...] = COCO_CLASS_NAMES,
-                         category_ids: tuple[int, ...] = COCO_CATEGORY_IDS) -> Path:
-    """Write ``out/{model.pt, config.yaml, meta.json}`` in the layout of docs/architecture.md, atomically
-    (:func:`detflow.engine.checkpoint.save_checkpoint`: a crash never leaves a half-written directory).
-
-    There is no training state: optimizer/scheduler/scaler/rng are ``None`` and epoch/step 0. The
-    config's data split is a placeholder (empty paths) that fine-tuning replaces.
-    """
-    from .. import __version__
-    from ..config.train import DataConfig, DatasetSplit, TrainConfig, model_config_class
-    from ..engine.checkpoint import save_checkpoint
-
-    state = {"model": model.state_dict(), "ema": None, "optimizer": None, "scheduler": None, "scaler": None,
-             "epoch": 0, "step": 0, "rng": None}
-    cfg = TrainConfig(name=model_name.replace("/", "_"),
-                      model=model_config_class(model_name)(name=model_name, num_classes=len(class_names)),
-                      data=DataConfig(train=DatasetSplit(annotations="", images=""), image_size=input_size))
-    meta = {"model": model_name, "num_classes": len(class_names), "category_ids": list(category_ids),
-            "class_names": list(class_names), "epoch": 0, "metrics": {}, "detflow_version": __version__,
-            **(meta_extra or {})}
-    return save_checkpoint(out, state=state, config=cfg, meta=meta)
-
-
 @models_app.command("convert")
 def convert_cmd(
     checkpoint: Path = typer.Argument(..., help="Official checkpoint file (.pth/.pt).", show_default=False),
@@ -157,27 +117,83 @@ def convert_cmd(
 
     Example: detflow models convert --source mmdet rtmdet_tiny_8xb32-300e_coco.pth --model rtmdet_tiny --out ckpt/rtmdet_tiny_coco
     """
-    import pickle
+    from ..weights.convert import convert_official
 
-    import detmodels
+    _, n_params = convert_official(checkpoint, model, source, out)
+    typer.echo(f"wrote {out} ({n_params / 1e6:.2f} M params, source {source})")
 
+
+@models_app.command("pull")
+def pull_cmd(
+    name: str = typer.Argument(..., help="Registered model, e.g. rtmdet_tiny.", show_default=False),
+    source: Optional[str] = typer.Option(None, "--source", help="mmdet, yolov6 or asff (default: the table's release)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Download from this URL instead (a mirror, a local server)."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Pin the file's SHA-256 (64 hex digits)."),
+) -> None:
+    """Download a model's official COCO weights, verify the checksum and convert them into
+    $DETFLOW_HOME/weights/NAME-SOURCE (a detflow checkpoint directory); print its path.
+
+    A partial download is resumed; an already pulled model is not downloaded again. The release
+    table, the checksums and DETFLOW_WEIGHTS_BASE_URL (a mirror) are described in docs/weights.md.
+
+    Example: detflow models pull rtmdet_tiny    (then: model.pretrained: official)
+    """
+    from ..weights.pull import pull
+
+    typer.echo(pull(name, source=source, url=url, sha256=sha256))
+
+
+@models_app.command("zoo")
+def zoo_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    family: Optional[str] = typer.Option(None, "--family", help="Only this family (rtmdet, yolov6, spinenet, yolov3_asff)."),
+) -> None:
+    """List every variant with parameters, GFLOPs, the papers' COCO AP and T4 TensorRT latency (each
+    with its source) and whether official weights can be pulled.
+
+    Read from a table (detflow/zoo.py), so nothing is built: params and GFLOPs are what
+    `detflow models list` measures (80 classes, training form, GFLOPs = 2 × MACs); AP and latency are
+    the authors' published numbers.
+
+    Example: detflow models zoo --family yolov6    (or: detflow models zoo --json)
+    """
     from ..errors import UserInputError
+    from ..zoo import ZOO, zoo_rows
 
-    try:
-        entry = detmodels.get_model_entry(model)
-    except KeyError as exc:
-        raise UserInputError(f"--model: {exc.args[0]}") from None
-    if not checkpoint.is_file():
-        raise UserInputError(f"{checkpoint}: no such checkpoint file")
-    net = detmodels.create_model(model, num_classes=NUM_COCO_CLASSES)
-    try:
-        detmodels.load_official_weights(net, checkpoint, source=source)
-    except (ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
-        # WeightsError (a ValueError): unmapped keys, shape mismatches, unknown source; others: not a checkpoint
-        raise UserInputError(f"{checkpoint}: cannot load as {source} weights: {exc}".splitlines()[0]) from None
-    meta = {"source": source, "source_checkpoint": str(checkpoint.resolve())}
-    write_checkpoint_dir(net, out, model_name=model, input_size=entry.input_size, meta_extra=meta)
-    typer.echo(f"wrote {out} ({detmodels.count_params(net) / 1e6:.2f} M params, source {source})")
+    families = sorted({e.family for e in ZOO})
+    if family is not None and family not in families:
+        raise UserInputError(f"--family: unknown family {family!r}; known: {', '.join(families)}")
+    rows = zoo_rows(family)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    _print_zoo(rows)
+
+
+def _print_zoo(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..zoo import SOURCES
+
+    def num(v: Any, fmt: str = ".1f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    used = list(dict.fromkeys(r["source"] for r in rows))
+    caption = ("params/GFLOPs: measured (80 classes, training form; GFLOPs = 2 × MACs); paper params/FLOPs as printed. "
+               + " ".join(f"{s}: {SOURCES[s]}." for s in used))
+    table = Table(title="detflow model zoo", caption=caption, caption_justify="left")
+    table.add_column("name", no_wrap=True)
+    for head in ("task", "input", "params M", "GFLOPs", "paper M/GFLOPs", "AP box/mask", "COCO split", "T4 TRT ms",
+                 "weights", "source"):
+        table.add_column(head, justify="left" if head in ("task", "AP box/mask", "COCO split", "source") else "right")
+    for r in rows:
+        ap = "-" if r["box_ap"] is None else num(r["box_ap"]) + (f"/{num(r['mask_ap'])}" if r["mask_ap"] else "")
+        paper = "-" if r["paper_params_m"] is None else f"{r['paper_params_m']:g}/{r['paper_gflops']:g}"
+        table.add_row(r["name"], r["task"], str(r["input_size"]), f"{r['params_m']:.2f}", f"{r['gflops']:.1f}", paper,
+                      ap, r["coco_split"] or "-", num(r["t4_trt_ms"], ".2f"), "yes" if r["official_weights"] else "no",
+                      r["source"])
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:

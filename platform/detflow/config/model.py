@@ -43,7 +43,11 @@ class ModelConfigBase(StrictModel):
 
     name: str
     num_classes: PositiveInt | None = Field(None, description="default: the dataset's category count")
-    pretrained: str | None = Field(None, description="detflow checkpoint to start from")
+    pretrained: str | None = Field(None, description=(
+        "weights to start from: `official` (the variant's official COCO release, pulled once into "
+        "$DETFLOW_HOME/weights, see docs/weights.md), `models:/NAME/VERSION` or `models:/NAME@ALIAS` "
+        "(a registered MLflow model), or a detflow checkpoint directory (path or s3:// URI); a "
+        "checkpoint with another class count keeps all but the class-dependent layers"))
 
     @classmethod
     def options_type(cls) -> type | None:

@@ -38,6 +38,11 @@ class DatasetSplit(StrictModel):
 
 
 class DataConfig(StrictModel):
+    format: Literal["coco", "yolo", "voc"] = Field(
+        "coco", description="coco: annotations is a COCO JSON file. yolo: annotations is the data.yaml or "
+        "classes.txt (or its folder), images the split's image folder (labels/ beside images/). voc: annotations "
+        "is ImageSets/Main/<split>.txt (or the VOC root), images the JPEGImages folder. yolo and voc are converted "
+        "to COCO once, cached by content under $DETFLOW_HOME/datasets (docs/own-data.md)")
     train: DatasetSplit
     val: DatasetSplit | None = None
     image_size: int = Field(640, ge=32, description="training input size S (mosaic canvas 2S)")
@@ -165,6 +170,9 @@ class TrainLoopConfig(StrictModel):
     score_thr: float = Field(0.001, ge=0, le=1)
     nms_iou: float = Field(0.65, gt=0, le=1)
     max_det: PositiveInt = 100
+    patience: PositiveInt | None = Field(None, description="early stopping: stop after this many epochs without "
+                                         "improvement of the val primary metric (needs data.val)")
+    min_delta: float = Field(0.0, ge=0, description="early stopping: smallest gain that counts as an improvement")
 
 
 class ScalingConfig(StrictModel):
@@ -205,6 +213,14 @@ class TrainConfig(StrictModel):
     distill: DistillConfig | None = None
     storage: str = Field("", description="local dir or s3://bucket/prefix; default $DETFLOW_HOME/runs")
     experiment: str = "detflow"
+
+    @model_validator(mode="after")
+    def _patience_needs_val(self) -> TrainConfig:
+        """``train.patience`` watches the validation metric: refused without ``data.val``."""
+        if self.train.patience is not None and self.data.val is None:
+            raise field_error("TrainConfig", ("train", "patience"), self.train.patience,
+                              "null (early stopping watches the val metric: add data.val or remove train.patience)")
+        return self
 
     @model_validator(mode="after")
     def _model_recipe(self) -> TrainConfig:

@@ -27,7 +27,7 @@ from .ema import ModelEMA, unwrap_model
 from .schedules import IterLRScheduler
 
 __all__ = ["TrainLoop", "EpochStats", "distill_alpha", "evaluate_model", "move_targets", "reduce_stats",
-           "primary_metric", "autocast_dtype"]
+           "primary_metric", "autocast_dtype", "EarlyStopping"]
 
 
 def distill_alpha(epoch: int, epochs: int, decay: str = "cosine") -> float:
@@ -45,6 +45,40 @@ METRIC_NAMES = {"AP": "mAP", "AP50": "mAP50", "AP75": "mAP75", "APs": "mAP_s", "
 def primary_metric(task: str) -> str:
     """The metric that selects the best checkpoint: segm mAP for instance segmentation, else bbox mAP."""
     return "val/segm_mAP" if task == "segm" else "val/bbox_mAP"
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """``train.patience``: stop once the watched metric has not improved (by more than ``min_delta``)
+    for ``patience`` epochs. Fed by rank 0 at every evaluated epoch; its state goes into the
+    checkpoint so a resumed run keeps counting.
+
+    >>> es = EarlyStopping(patience=2)
+    >>> [es.update(epoch, ap) for epoch, ap in enumerate([0.30, 0.35, 0.34, 0.35])]
+    [False, False, False, True]
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = -1
+    stopped_epoch: int | None = None
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record ``value`` of ``epoch``; True when training should stop after this epoch."""
+        if self.best is None or value > self.best + self.min_delta:
+            self.best, self.best_epoch = float(value), int(epoch)
+        elif epoch - self.best_epoch >= self.patience:
+            self.stopped_epoch = int(epoch)
+        return self.stopped_epoch is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.best, self.best_epoch = state.get("best"), int(state.get("best_epoch", -1))
+            self.stopped_epoch = state.get("stopped_epoch")
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -280,12 +314,18 @@ def predict_batches(model: nn.Module, loader: Iterable, *, device: torch.device 
 
 def evaluate_model(model: nn.Module, loader: Iterable, coco: Any, category_ids: Sequence[int], *,
                    device: torch.device | str = "cpu", score_thr: float = 0.001, nms_iou: float = 0.65,
-                   max_det: int = 100, plot_pr: str | None = None) -> dict[str, float]:
-    """COCO metrics of ``model`` on a val loader: ``val/bbox_mAP``, ``val/bbox_mAP50``… (+ ``val/segm_*``)."""
+                   max_det: int = 100, plot_pr: str | None = None,
+                   plot_confusion: str | None = None) -> dict[str, float]:
+    """COCO metrics of ``model`` on a val loader: ``val/bbox_mAP``, ``val/bbox_mAP50``… (+ ``val/segm_*``).
+    ``plot_pr`` / ``plot_confusion``: also write the PR curve / the detection confusion matrix (PNG)."""
     from ..evaluation import detections_to_coco, evaluate_coco
 
     dets, ids = predict_batches(model, loader, device=device, score_thr=score_thr, nms_iou=nms_iou, max_det=max_det)
     results = detections_to_coco(dets, ids, list(category_ids))
+    if plot_confusion is not None:
+        from ..evaluation.confusion import write_confusion_plot
+
+        write_confusion_plot(coco.dataset, results, list(category_ids), plot_confusion)
     metrics: dict[str, float] = {}
     iou_types = ["bbox", "segm"] if getattr(unwrap_model(model), "task", "bbox") == "segm" else ["bbox"]
     for iou_type in iou_types:

@@ -45,6 +45,16 @@ def _log_predictions(run: Any, best: str, cfg: Any, n: int = 4) -> None:
         run.log_artifacts(Path(tmp) / "draw", "predictions")
 
 
+def _early_stop_tags(early: dict | None) -> dict[str, str]:
+    """MLflow tags of a run ended by ``train.patience`` (epochs counted from 1); none otherwise."""
+    if not early or early.get("stopped_epoch") is None:
+        return {}
+    return {"detflow.early_stop_epoch": str(int(early["stopped_epoch"]) + 1),
+            "detflow.early_stop_best_epoch": str(int(early["best_epoch"]) + 1),
+            "detflow.early_stop": f"stopped at epoch {int(early['stopped_epoch']) + 1}: {early.get('metric')} best "
+                                  f"{float(early['best']):.4g} at epoch {int(early['best_epoch']) + 1}"}
+
+
 def log_training_artifacts(cfg: Any, meta: dict, *, best: str, last: str) -> None:
     """In the active MLflow run: checkpoint locations, best-so-far metrics, curves, drawn predictions.
 
@@ -58,7 +68,8 @@ def log_training_artifacts(cfg: Any, meta: dict, *, best: str, last: str) -> Non
     best_metrics = ((meta.get("best") or {}).get("metrics")) or {}
     steps = [
         ("tags", lambda: run.set_tags({"detflow.best_checkpoint": best, "detflow.last_checkpoint": last,
-                                       "detflow.recipe_switch_epoch": str(meta.get("switch_epoch", ""))})),
+                                       "detflow.recipe_switch_epoch": str(meta.get("switch_epoch", "")),
+                                       **_early_stop_tags(meta.get("early_stop"))})),
         ("best metrics", lambda: tracking.log_best({k: v for k, v in best_metrics.items() if k.startswith("val/")})),
         ("curves", lambda: run.log_figure(tracking.plot_curves(history, curve_keys(history)), "plots/curves.png")),
         ("predictions", lambda: _log_predictions(run, best, cfg)),

@@ -46,7 +46,8 @@ RUN_MARKER = "detflow_run.json"
 @dataclasses.dataclass
 class TrainResult:
     """What a training produced. ``checkpoint``: best checkpoint dir (by val AP; the last one without
-    val data); ``metrics``: the best epoch's val metrics; ``history``: one dict per epoch."""
+    val data); ``metrics``: the best epoch's val metrics; ``history``: one dict per epoch;
+    ``early_stop``: ``{"metric", "best", "best_epoch", "stopped_epoch"}`` (0-based epochs) with ``train.patience``."""
 
     run_id: str
     checkpoint: str
@@ -55,6 +56,7 @@ class TrainResult:
     history: list[dict[str, float]]
     storage_path: str
     wall_time_s: float
+    early_stop: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,6 +71,7 @@ def resolve_train_config(cfg: TrainConfig, config_dir: str | os.PathLike | None 
     """``cfg`` with absolute data/checkpoint paths, a storage location and ``model.num_classes`` set:
     one overlay composed over ``cfg`` (:func:`detflow.config.compose.compose`), validated once."""
     from ..config.compose import Layer, compose
+    from ..data.formats import resolve_data_format
 
     base = Path(config_dir).resolve() if config_dir is not None else None
 
@@ -80,9 +83,13 @@ def resolve_train_config(cfg: TrainConfig, config_dir: str | os.PathLike | None 
         if getattr(cfg.data, split) is not None:
             for key in ("annotations", "images"):
                 resolved[f"data.{split}.{key}"] = path(getattr(getattr(cfg.data, split), key))
-    for key in ("pretrained", "spec"):  # spec: SpineNet only
-        if getattr(cfg.model, key, None) is not None:
-            resolved[f"model.{key}"] = path(getattr(cfg.model, key))
+    resolved.update(resolve_data_format(cfg.data.format, resolved))  # yolo/voc: converted to COCO once, cached
+    if cfg.model.pretrained is not None:  # official | models:/NAME/VERSION | a checkpoint path
+        from ..weights.resolve import resolve_pretrained
+
+        resolved["model.pretrained"] = resolve_pretrained(cfg.model.pretrained, cfg.model.name, base)
+    if getattr(cfg.model, "spec", None) is not None:  # SpineNet only
+        resolved["model.spec"] = path(cfg.model.spec)
     if cfg.model.num_classes is None:
         resolved["model.num_classes"] = _count_categories(resolved["data.train.annotations"])
     if cfg.distill is not None:
@@ -361,6 +368,9 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
     else:
         check_datasets(cfg)
         check_distill(cfg)
+        from .finetune import check_pretrained
+
+        check_pretrained(cfg)  # a checkpoint of another model: one line, exit 2, before Ray starts
         name, run_id = _new_run_name(cfg.storage, cfg.name), None
     uri = tracking.configure()
     all_tags = {"detflow.kind": "train", "detflow.model": cfg.model.name, "detflow.run_dir": _join(cfg.storage, name),
@@ -396,6 +406,20 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         metrics = _best_val(meta)
         tracking.EpochMetrics(tracking.Run(run_id), tracking.MetricSpool(spool)).flush()  # what the workers left
         log_training_artifacts(cfg, meta, best=best, last=last)
+        early = meta.get("early_stop")
+        if early and early.get("stopped_epoch") is not None:
+            from ..engine.loop import emit
+
+            emit(early_stop_line(early, best))
     return TrainResult(run_id=run_id, checkpoint=best, last_checkpoint=last, metrics=metrics,
                        history=list(meta.get("history", [])), storage_path=_join(cfg.storage, name),
-                       wall_time_s=time.perf_counter() - start)
+                       wall_time_s=time.perf_counter() - start, early_stop=early)
+
+
+def early_stop_line(early: Mapping[str, Any], best: str) -> str:
+    """``early stop at epoch 7: val/bbox_mAP did not improve for 3 epochs (best 0.412 at epoch 4);
+    best checkpoint kept: …`` (epochs counted from 1, as the progress lines do)."""
+    stopped, best_epoch = int(early["stopped_epoch"]), int(early["best_epoch"])
+    key = early.get("metric", "val metric")
+    return (f"early stop at epoch {stopped + 1}: {key} did not improve for {stopped - best_epoch} epochs "
+            f"(best {float(early['best']):.4g} at epoch {best_epoch + 1}); best checkpoint kept: {best}")

@@ -23,7 +23,7 @@ import torch
 from ..config.train import TrainConfig
 from ..engine import checkpoint as ckpt_io
 from ..engine.ema import build_ema
-from ..engine.loop import TrainLoop, emit, evaluate_model, primary_metric, reduce_stats
+from ..engine.loop import EarlyStopping, TrainLoop, emit, evaluate_model, primary_metric, reduce_stats
 from ..engine.optim import build_optimizer
 from ..engine.schedules import IterLRScheduler, build_schedule
 from .data import TrainData, build_train_data
@@ -79,16 +79,16 @@ class EpochLogger:
 
 def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     """``detmodels.create_model`` with the config's overrides; ``model.pretrained`` weights loaded
-    where names and shapes match (a different class count leaves the class predictors fresh)."""
+    where names and shapes match (:func:`detflow.train.finetune.load_pretrained`: a different class
+    count leaves the class predictors fresh; a checkpoint of another model is refused). The
+    :class:`~detflow.train.finetune.LoadReport` is kept as ``model.pretrained_report``."""
     import detmodels
 
     model = detmodels.create_model(cfg.model.name, num_classes=num_classes, **cfg.model.create_kwargs())
     if cfg.model.pretrained:
-        state = ckpt_io.load_checkpoint_state(cfg.model.pretrained)
-        weights = state["ema"]["module"] if state.get("ema") else state["model"]
-        own = model.state_dict()
-        usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(usable, strict=False)
+        from .finetune import load_pretrained
+
+        model.pretrained_report = load_pretrained(model, cfg.model.pretrained, model_name=cfg.model.name)
     return model
 
 
@@ -169,8 +169,15 @@ class _WorkerRun:
         self.loop.model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": ddp_find_unused(model)})
         self.logger = EpochLogger(config.get("run_id") if self.rank == 0 else None, config.get("spool"))
+        if self.rank == 0:  # what the pretrained checkpoint filled and what it left fresh
+            from .finetune import log_report
+
+            log_report(getattr(model, "pretrained_report", None), self.logger)
         self.start_epoch, self.history, self.best = 0, [], {}
+        e = self.cfg.train
+        self.stopper = EarlyStopping(e.patience, e.min_delta) if e.patience else None
         self._restore(ray.train.get_checkpoint())
+        self.stopped = bool(self.stopper and self.stopper.stopped_epoch is not None)  # resumed after the stop
         self.resumed_from = self.start_epoch  # first epoch this attempt trains (0: fresh start)
 
     def _restore(self, checkpoint: Any) -> None:
@@ -186,6 +193,8 @@ class _WorkerRun:
         self.start_epoch = int(state["epoch"]) + 1
         self.history, self.best = list(meta.get("history", [])), dict(meta.get("best", {}))
         self.data.load_state_dict(state.get("data"), epoch=self.start_epoch)
+        if self.stopper is not None:  # the patience counter survives a restart
+            self.stopper.load_state_dict(state.get("early_stop"))
         for past in self.history:  # epochs reported but not logged (an outage, a crash) go now, once
             self.logger.log(int(past.get("epoch", state["epoch"])), past)
         if self.rank == 0:
@@ -195,10 +204,22 @@ class _WorkerRun:
         e = self.cfg.train
         if self.rank != 0 or self.data.val is None or not (last or (epoch + 1) % e.eval_interval == 0):
             return {}
-        plot = str(plot_dir / "pr_curve.png") if last else None
+        # plots of the final evaluation; with patience any evaluated epoch may turn out to be the final one
+        plots = last or self.stopper is not None
         return evaluate_model(self.loop.eval_model(), self.data.val_loader(), self.data.val.coco,
                               self.data.category_ids, device=self.device, score_thr=e.score_thr,
-                              nms_iou=e.nms_iou, max_det=e.max_det, plot_pr=plot)
+                              nms_iou=e.nms_iou, max_det=e.max_det,
+                              plot_pr=str(plot_dir / "pr_curve.png") if plots else None,
+                              plot_confusion=str(plot_dir / "confusion_matrix.png") if plots else None)
+
+    def _early_stop(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Rank 0 feeds the val metric to the stopper; its decision is broadcast, so every DDP rank
+        leaves the epoch loop after the same epoch."""
+        if self.stopper is None:
+            return False
+        key = primary_metric(self.data.task)
+        stop = self.rank == 0 and key in metrics and self.stopper.update(epoch, metrics[key])
+        return _broadcast_flag(stop, self.device)
 
     def _is_better(self, metrics: dict[str, float]) -> bool:
         key = primary_metric(self.data.task)
@@ -213,13 +234,17 @@ class _WorkerRun:
         if better:
             key = primary_metric(self.data.task)
             self.best = {"metric": key, "value": metrics.get(key), "epoch": epoch, "metrics": metrics}
-        state = {**self.loop.state_dict(), "epoch": epoch, "rng": ckpt_io.rng_state(), "data": self.data.state_dict()}
-        path = ckpt_io.save_checkpoint(tmp / f"epoch_{epoch:04d}", state=state, config=self.cfg,
-                                       meta=_meta(self.cfg, self.data, epoch, metrics, self.history, self.best,
-                                                  self.resumed_from))
+        early = ({**self.stopper.state_dict(), "metric": primary_metric(self.data.task)}
+                 if self.stopper is not None else None)
+        state = {**self.loop.state_dict(), "epoch": epoch, "rng": ckpt_io.rng_state(), "data": self.data.state_dict(),
+                 "early_stop": early}
+        meta = {**_meta(self.cfg, self.data, epoch, metrics, self.history, self.best, self.resumed_from),
+                "early_stop": early}
+        path = ckpt_io.save_checkpoint(tmp / f"epoch_{epoch:04d}", state=state, config=self.cfg, meta=meta)
         return ray.train.Checkpoint.from_directory(str(path)), better
 
-    def run_epoch(self, epoch: int) -> None:
+    def run_epoch(self, epoch: int) -> bool:
+        """Train, evaluate, checkpoint and log one epoch; True when early stopping ends the run here."""
         import ray.train
 
         e, last = self.cfg.train, epoch == self.cfg.train.epochs - 1
@@ -228,6 +253,8 @@ class _WorkerRun:
         with tempfile.TemporaryDirectory(prefix="detflow-ckpt-") as tmp:
             metrics.update(self._evaluate(epoch, last, Path(tmp)))
             metrics["epoch"] = epoch
+            stop = self._early_stop(epoch, metrics)
+            last = last or stop  # the stop epoch is the final one: checkpointed, its plots logged
             self.history.append(metrics)
             checkpoint, better = None, False
             if self.rank == 0 and (last or (epoch + 1) % self.cfg.checkpoint.every == 0):
@@ -238,11 +265,24 @@ class _WorkerRun:
                 lambda: ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name),
                 checkpoint.path if checkpoint is not None else None, self.best_dir, better)
             self.logger.log(epoch, metrics)
-            if last and (Path(tmp) / "pr_curve.png").exists():
-                self.logger.log_artifact(Path(tmp) / "pr_curve.png", "plots")
+            for plot in ("pr_curve.png", "confusion_matrix.png"):
+                if last and (Path(tmp) / plot).exists():
+                    self.logger.log_artifact(Path(tmp) / plot, "plots")
         if self.rank == 0:
             line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train/loss", "train/images_per_s", "val/bbox_mAP50", "val/segm_mAP50"))
             emit(f"epoch {epoch + 1}/{e.epochs} {line}")
+        return stop
+
+
+def _broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (as it is without an initialised process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -254,7 +294,8 @@ def train_worker(config: dict[str, Any]) -> None:
     try:
         run = _WorkerRun(config)
         for epoch in range(run.start_epoch, run.cfg.train.epochs):
-            run.run_epoch(epoch)
+            if run.stopped or run.run_epoch(epoch):  # early stop: every rank leaves after the same epoch
+                break
         run.logger.finish()
     finally:  # a worker is killed, not exited, when its run ends: remove the dataset copies now
         clear_cache()

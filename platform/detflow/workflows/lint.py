@@ -23,6 +23,7 @@ from ..config.base import (DuplicateKeyError, UniqueKeyLoader, format_validation
 from ..config.kinds import check_kind, read_user_config
 from ..errors import ConfigError
 from ..paths import resolve_path
+from ..weights.resolve import is_reference
 from .kinds import StepKind, ref_values, step_kinds
 from .schema import Defaults, Step, Workflow
 
@@ -444,7 +445,7 @@ def _absolutize(node: Any, base: Path) -> Any:
     """Resolve relative file paths (``annotations``, ``images``, ``config`` …) against ``base``."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in PATH_KEYS and isinstance(value, str) and "://" not in value:
+            if key in PATH_KEYS and isinstance(value, str) and "://" not in value and not is_reference(value):
                 node[key] = str(resolve_path(value, base))
             elif key == "storage" and isinstance(value, str) and value and "://" not in value:
                 node[key] = str(resolve_path(value, base))

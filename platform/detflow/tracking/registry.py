@@ -1,0 +1,51 @@
+"""Reading the MLflow model registry: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` → the
+version's artifacts on local disk (what :meth:`detflow.tracking.Run.register_model` registered).
+
+Example::
+
+    from detflow.tracking.registry import download_model_version
+    local = download_model_version("models:/coco_tiny/3", Path("/tmp/cache"))
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..atomic import atomic_dir
+from ..errors import UserInputError
+
+__all__ = ["parse_model_uri", "download_model_version"]
+
+_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))/?")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``(name, version, alias)`` of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` (one-line
+    UserInputError otherwise)."""
+    m = _URI.fullmatch(uri.strip())
+    if not m:
+        raise UserInputError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return m["name"], m["version"], m["alias"]
+
+
+def download_model_version(uri: str, cache: Path) -> Path:
+    """The artifacts of the registered version ``uri`` in ``cache/<name>-v<version>/`` (downloaded
+    once: a version's artifacts never change; an alias is resolved to its version first)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .run import _client
+
+    name, version, alias = parse_model_uri(uri)
+    client = _client()
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        source = client.get_model_version_download_uri(name, mv.version)
+    except MlflowException as exc:
+        raise UserInputError(f"{uri}: no such registered model version in {mlflow.get_tracking_uri()} "
+                             f"({str(exc).splitlines()[0]})") from None
+    dst = Path(cache) / f"{name}-v{mv.version}"
+    if not dst.is_dir():
+        with atomic_dir(dst) as tmp:
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp))
+    return dst
