@@ -96,8 +96,15 @@ def test_zoo_table_with_family_filter_and_caption(cli_env):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "yolov6_n " in out and "yolov6_l6" in out and "rtmdet_tiny" not in out
-    assert "37.5" in out and "1.28" in out and "4.7/11.4" in out
+    assert "37.5" in out and "1.28" in out  # the paper's own params/FLOPs (4.7/11.4) are in --json only
     assert "meituan/YOLOv6 README" in out and "T4 TensorRT 7.2" in out  # the caption names the source
+
+
+def test_zoo_table_fits_an_80_column_terminal(cli_env):
+    out = _cli("models", "zoo", env={**cli_env, "COLUMNS": "80"}).stdout
+    rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0].startswith(("rtmdet", "yolo", "spinenet"))]
+    assert len(rows) >= 20 and not any("…" in line for line in rows), rows
+    assert "rtmdet_ins_tiny " in out and "51.2/43.7" in out  # full names, box/mask AP unclipped
 
 
 def test_zoo_unknown_family_is_one_line_exit_2(cli_env):
