@@ -77,6 +77,7 @@ def test_each_epoch_report_carries_the_epoch_counter(monkeypatch):
     run.rank, run.world, run.history, run.best_dir = 1, 2, [], None
     run.logger = SimpleNamespace(log=lambda *a: None)
     run._evaluate = lambda epoch, last, tmp: {}
+    run.stopper = None  # no train.patience
     run.run_epoch(3)  # the first epoch a restored trial trains when its checkpoint was of epoch index 2
     assert reports and reports[0]["epoch"] == 3 and with_epochs_done(reports[0])[EPOCH_ATTR] == 4
 
