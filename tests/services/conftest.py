@@ -19,7 +19,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-from cli import cli_json, run_cli  # noqa: E402,F401 — used by the tests' fixtures below
+from cli import cli_json, run_cli  # noqa: E402 — used by the tests' fixtures below
 from cluster import RayCluster  # noqa: E402
 from services import MlflowServer, PostgresCluster, SeaweedS3, ServiceUnavailable, _wait_port  # noqa: E402
 
@@ -272,14 +272,6 @@ class FinishedSearch:
     trial_run_ids: list[str]
 
 
-def _last_json(stdout: str) -> dict:
-    """The JSON document a ``--json`` command prints last (one line, or indented)."""
-    import json
-
-    last = stdout.strip().splitlines()[-1]
-    return json.loads(last) if last.startswith("{") and last.endswith("}") else cli_json(stdout)
-
-
 def _search_dir(root: Path, base: dict) -> Path:
     """``root/data`` (12 synthetic 64 px images) and ``root/<name>.yaml`` (the base training config)."""
     from detflow.data import generate_synthetic
@@ -295,7 +287,7 @@ def _finished_search(command: str, root: Path, search: dict, tracking_url: str, 
 
     path = root / f"{search['name']}.yaml"
     path.write_text(yaml.safe_dump(search, sort_keys=False))
-    result = _last_json(run_cli([command, str(path), "--json"], env, timeout=1200).stdout)
+    result = cli_json(run_cli([command, str(path), "--json"], env, timeout=1200).stdout)
     client = MlflowClient(tracking_uri=tracking_url)
     parent = client.get_run(result["parent_run_id"])
     children = client.search_runs([parent.info.experiment_id], max_results=100,

@@ -18,6 +18,15 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 420) -> subpr
 
 
 def cli_json(stdout: str) -> dict:
-    """The indented JSON document that ends a ``--json`` command's output (after its log lines)."""
-    text = "\n" + stdout
-    return json.loads(text[text.rindex("\n{\n") + 1:])
+    """The last JSON document of a ``--json`` command's output: one line, or indented from a ``{`` line
+    to its ``}`` line. Log lines around it are skipped, including Ray's raylet warnings, which its log
+    monitor may print after the document."""
+    lines = stdout.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].rstrip()
+        if line.startswith("{") and line.endswith("}"):
+            return json.loads(line)
+        if line == "{":
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "}")
+            return json.loads("\n".join(lines[i:end + 1]))
+    raise ValueError(f"no JSON document in the command's output: …{stdout[-500:]!r}")
