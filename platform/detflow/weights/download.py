@@ -19,6 +19,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from ..errors import RuntimeFailure, UserInputError
 
@@ -37,13 +38,17 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def _hash_file(h: Any, path: Path) -> Any:
+    """``h`` updated with the bytes of ``path``, read in 1 MiB chunks."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    return _hash_file(hashlib.sha256(), path).hexdigest()
 
 
 def check_digest(name: str, digest: str, *, sha256: str | None = None, sha256_prefix: str | None = None) -> None:
@@ -137,11 +142,7 @@ def download(url: str, dest: Path, *, sha256: str | None = None, sha256_prefix: 
 
 def _stream(resp, part: Path, offset: int, url: str, progress: bool) -> str:
     """Write ``resp`` to ``part`` after its first ``offset`` bytes (hashed first); the hex digest."""
-    h = hashlib.sha256()
-    if offset:
-        with open(part, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
+    h = _hash_file(hashlib.sha256(), part) if offset else hashlib.sha256()
     length = resp.headers.get("Content-Length")
     total = offset + int(length) if length and length.isdigit() else None
     bar, task = _progress(total, offset, part.name.removesuffix(".part"))
