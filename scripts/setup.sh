@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${DETFLOW_EXTRAS:-dev,services}
+EXTRAS=${DETFLOW_EXTRAS:-dev,services,video}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip >/dev/null

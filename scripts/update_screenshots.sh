@@ -13,7 +13,8 @@ export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=dis
 DETFLOW_SCREENSHOT_DIR="$out" .venv/bin/python -m pytest -q -p no:cacheprovider tests/services/test_mlflow_ui.py "$@"
 mkdir -p docs/img
 for png in workflow-runs step-run registered-model compare-sweep-trials sweep-param_importances \
-           compare-nas-trials nas-pareto nas-param_importances; do
+           compare-nas-trials nas-pareto nas-param_importances training-run system-metrics \
+           step-run-models runs-grouped-by-workflow; do
   cp "$out/$png.png" "docs/img/mlflow-$png.png"
 done
 rm -rf "$out"

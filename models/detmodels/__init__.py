@@ -1,10 +1,15 @@
 """detmodels: real-time detectors in pure PyTorch (RTMDet, YOLOv6 v3.0, SpineNet-RetinaNet, YOLOv3-ASFF).
 
-Only torch (and numpy) are imported here; the platform (`detflow`) uses what this module exports:
-the registry (``create_model``, ``list_models``, ``get_model_entry``), each family's typed options
-(``RTMDetOptions``, ``YOLOv6Options``, ``SpineNetOptions``, ``YOLOv3ASFFOptions`` and their
-sections) with the YAML helpers ``options_from_dict`` / ``options_to_dict`` / ``option_paths``,
-and the SpineNet spec API that architecture search needs.
+The platform (`detflow`) uses what this module exports: the registry (``create_model``,
+``list_models``, ``get_model_entry``), each family's typed options (``RTMDetOptions``,
+``YOLOv6Options``, ``SpineNetOptions``, ``YOLOv3ASFFOptions`` and their sections) with the YAML
+helpers ``options_from_dict`` / ``options_to_dict`` / ``option_paths``, and the SpineNet spec API that
+architecture search needs.
+
+``import detmodels`` imports no torch: the registry, the options and the SpineNet spec API are plain
+Python (:mod:`detmodels.catalog` lists the variants), and the names that need torch (``Detector``,
+``reparameterize_model``, ``count_params``, ``Detections``…) are imported on first access (PEP 562).
+``create_model`` imports the family it builds.
 
 >>> import detmodels, torch
 >>> model = detmodels.create_model("rtmdet_tiny", num_classes=3,
@@ -14,30 +19,39 @@ and the SpineNet spec API that architecture search needs.
 >>> detmodels.options_from_dict(detmodels.YOLOv6Options, {"assigner": {"tal_topk": 9}}).assigner.tal_topk
 9
 """
-from .base import Detector, RawOutputs
-from .families.rtmdet import DSLOptions, RTMDetHeadOptions, RTMDetNeckOptions, RTMDetOptions
-from .families.spinenet import (SPINENET_VARIANTS, MaxIoUOptions, RetinaNetHeadOptions, SpineNetBackboneOptions,
-                                SpineNetOptions, SpineNetVariant)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .families.rtmdet_options import DSLOptions, RTMDetHeadOptions, RTMDetNeckOptions, RTMDetOptions
+from .families.spinenet_options import (SPINENET_VARIANTS, MaxIoUOptions, RetinaNetHeadOptions,
+                                        SpineNetBackboneOptions, SpineNetOptions, SpineNetVariant)
 from .families.spinenet_spec import (NUM_STEM_BLOCKS, BlockSpec, ScaleSettings, SpecError, SpineNetSpec, load_spec,
                                      save_spec, spec_from_dict, spec_to_dict, spinenet49_spec, validate_spec)
-from .families.yolov3_asff import YOLOv3ASFFHeadOptions, YOLOv3ASFFNeckOptions, YOLOv3ASFFOptions
-from .families.yolov6 import (TALOptions, YOLOv6BackboneOptions, YOLOv6HeadOptions, YOLOv6NeckOptions,
-                              YOLOv6Options)
-from .info import count_macs, count_params
-from .ops import dense_postprocess
+from .families.yolov3_asff_options import YOLOv3ASFFHeadOptions, YOLOv3ASFFNeckOptions, YOLOv3ASFFOptions
+from .families.yolov6_options import (TALOptions, YOLOv6BackboneOptions, YOLOv6HeadOptions, YOLOv6NeckOptions,
+                                      YOLOv6Options)
 from .options import OptionError, option_paths, options_from_dict, options_to_dict
 from .registry import ModelEntry, create_model, get_model_entry, list_models, register_model, variant_options
-from .reparam import reparameterize_model
-from .structures import Detections, InputSpec, Target
-from .weights import load_official_weights
 
 __version__ = "0.1.0"
+
+# Names that need torch: public name -> submodule, imported on first access.
+_LAZY = {
+    "Detector": "base", "RawOutputs": "base",
+    "Detections": "structures", "InputSpec": "structures", "Target": "structures",
+    "reparameterize_model": "reparam", "load_official_weights": "weights",
+    "count_params": "info", "count_macs": "info", "dense_postprocess": "ops",
+    "dense_instance_postprocess": "families.rtmdet_ins", "INSTANCE_OUTPUT_NAMES": "families.rtmdet_ins",
+}
 
 __all__ = [
     "Detector", "RawOutputs", "Detections", "InputSpec", "Target", "ModelEntry",
     "create_model", "list_models", "get_model_entry", "register_model",
     "reparameterize_model", "load_official_weights", "count_params", "count_macs",
     "dense_postprocess",  # decoding of exported graphs without NMS inside (detflow.bench)
+    "dense_instance_postprocess", "INSTANCE_OUTPUT_NAMES",  # the same with instance masks (RTMDet-Ins graphs)
     # typed options
     "OptionError", "variant_options", "options_from_dict", "options_to_dict", "option_paths",
     "RTMDetOptions", "RTMDetNeckOptions", "RTMDetHeadOptions", "DSLOptions",
@@ -49,3 +63,17 @@ __all__ = [
     "validate_spec", "spec_from_dict", "spec_to_dict", "load_spec", "save_spec", "SPINENET_VARIANTS",
     "SpineNetVariant",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-backed names of :data:`_LAZY`, imported (and cached here) on first access."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops.postprocess import dense_postprocess
+from .ops.precision import float32_guard
 from .structures import Detections, InputSpec, Target
 
 __all__ = ["Detector", "RawOutputs"]
@@ -128,6 +129,7 @@ class Detector(nn.Module, abc.ABC):
         self.requires_grad_(False)
         return self
 
+    @float32_guard
     def distill_loss(
         self, student: RawOutputs, teacher: RawOutputs, targets: Sequence[Target], weight: float = 1.0
     ) -> dict[str, Tensor]:
@@ -150,6 +152,15 @@ class Detector(nn.Module, abc.ABC):
             "loss_kd_box": weight * torch.stack(box_terms).mean(),
         }
 
-    def deploy_outputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``forward`` + ``decode``: the graph exported to ONNX (boxes ``N×A×4``, scores ``N×A×C``)."""
-        return self.decode(self(images))
+    #: Names of the :meth:`deploy_outputs` tensors, in order (the exported graph's output names).
+    deploy_output_names: tuple[str, ...] = ("boxes", "scores")
+
+    def deploy_decode(self, outputs: RawOutputs) -> tuple[Tensor, ...]:
+        """Raw ``forward`` outputs → the deploy tensors named by :attr:`deploy_output_names`
+        (``decode`` for detectors; instance models add what their masks need)."""
+        return self.decode(outputs)
+
+    def deploy_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """``forward`` + :meth:`deploy_decode`: the graph exported to ONNX (boxes ``N×A×4``, scores
+        ``N×A×C``, then any extra outputs of :attr:`deploy_output_names`)."""
+        return self.deploy_decode(self(images))

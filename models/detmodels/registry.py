@@ -1,31 +1,59 @@
-"""Model registry: one registered builder per variant name (timm/torchvision style).
+"""Model registry: one registered builder per variant name (timm/torchvision style), without torch.
 
 ``create_model(name, num_classes=80, *, options=None, **sections)`` is the single entry point. A
-variant is registered with :func:`register_model` together with its family's options type and its
-own default options; registering a name twice is an error.
+variant is registered with :func:`register_model` (a decorator on a builder) or :func:`add_model`
+together with its family's options type and its own default options; registering a name twice is an
+error. The published variants are listed by :mod:`detmodels.catalog`, whose builders are
+:class:`LazyBuilder` paths: looking a variant up (its family, options, defaults) imports no torch,
+building it imports its family's model code.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_model_entry", "variant_options"]
+__all__ = ["ModelEntry", "LazyBuilder", "register_model", "add_model", "create_model", "list_models",
+           "get_model_entry", "variant_options"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyBuilder:
+    """A builder named by ``"module:function"``, imported when first called, with keywords bound
+    (e.g. ``LazyBuilder("detmodels.families.yolov6:build_yolov6", (("size", "n"),))``)."""
+
+    target: str
+    bound: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, target: str, **bound: Any) -> "LazyBuilder":
+        """``LazyBuilder.of("pkg.module:function", size="n")``."""
+        return cls(target, tuple(bound.items()))
+
+    def resolve(self) -> Callable[..., Any]:
+        """The function itself (imports its module)."""
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **dict(self.bound), **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    """What the registry knows of a variant without building it.
+    """What the registry knows of a variant without building it (and without importing torch).
 
     Attributes:
         name: registered name, e.g. ``rtmdet_tiny``.
         family: ``rtmdet``, ``yolov6``, ``spinenet`` or ``yolov3_asff``.
         task: ``bbox`` (detection) or ``segm`` (instance segmentation).
         input_size: the paper's default square input size (pixels).
-        builder: ``builder(num_classes=..., *, options=<options type>) -> nn.Module`` (the
-            ``spinenet`` entry also takes ``spec=``).
+        builder: ``builder(num_classes=..., *, options=<options type>) -> nn.Module``: a function or a
+            :class:`LazyBuilder` (the catalog's: its module is imported at build time).
         size: the variant's size key in its family's table (``tiny``, ``s``, ``n6``, ``49``, ``asff``…).
         recipe: name of the training recipe the paper trains this variant with (``rtmdet``, ``yolov6``,
             ``retinanet``, ``yolov3_asff``); a run without ``recipe.name`` uses it.
@@ -33,6 +61,7 @@ class ModelEntry:
             that takes no options.
         default_options: this variant's defaults, an ``options`` instance (e.g. YOLOv6-N6 has
             ``atss_warmup_epochs=4``).
+        takes_spec: the builder also takes ``spec=`` (a SpineNet block spec: the ``spinenet`` entry).
     """
 
     name: str
@@ -44,14 +73,16 @@ class ModelEntry:
     recipe: str = "plain"
     options: type | None = None
     default_options: Any = None
+    takes_spec: bool = False
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, family: str, task: str = "bbox", input_size: int = 640, size: str = "",
-                   recipe: str = "plain", options: type | None = None, default_options: Any = None):
-    """Decorator registering ``builder`` under ``name``; duplicate names are rejected.
+def add_model(name: str, builder: Callable[..., nn.Module], *, family: str, task: str = "bbox",
+              input_size: int = 640, size: str = "", recipe: str = "plain", options: type | None = None,
+              default_options: Any = None, takes_spec: bool = False) -> ModelEntry:
+    """Register ``builder`` under ``name`` and return its entry; duplicate names are rejected.
 
     ``options`` is the family's options type; ``default_options`` this variant's defaults
     (default: ``options()``).
@@ -60,27 +91,37 @@ def register_model(name: str, *, family: str, task: str = "bbox", input_size: in
         default_options = options()
     if options is not None and not isinstance(default_options, options):
         raise TypeError(f"{name}: default_options must be a {options.__name__}, got {type(default_options).__name__}")
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    if task not in ("bbox", "segm"):
+        raise ValueError(f"task must be 'bbox' or 'segm', got {task!r}")
+    entry = ModelEntry(name, family, task, input_size, builder, size, recipe, options, default_options, takes_spec)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def register_model(name: str, *, family: str, task: str = "bbox", input_size: int = 640, size: str = "",
+                   recipe: str = "plain", options: type | None = None, default_options: Any = None):
+    """Decorator registering ``builder`` under ``name`` (see :func:`add_model`); a builder with a
+    ``spec`` parameter takes a SpineNet spec (``ModelEntry.takes_spec``)."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        if task not in ("bbox", "segm"):
-            raise ValueError(f"task must be 'bbox' or 'segm', got {task!r}")
-        _REGISTRY[name] = ModelEntry(name, family, task, input_size, builder, size, recipe, options,
-                                     default_options)
+        add_model(name, builder, family=family, task=task, input_size=input_size, size=size, recipe=recipe,
+                  options=options, default_options=default_options,
+                  takes_spec="spec" in inspect.signature(builder).parameters)
         return builder
 
     return wrap
 
 
-def _ensure_families_loaded() -> None:
-    # Importing the families package registers every variant (side effect, once).
-    from . import families  # noqa: F401
+def _ensure_catalog_loaded() -> None:
+    # Importing the catalog registers every published variant (side effect, once; no torch).
+    importlib.import_module(f"{__package__}.catalog")
 
 
 def get_model_entry(name: str) -> ModelEntry:
     """Return the registry entry for ``name`` or raise ``KeyError`` listing close names."""
-    _ensure_families_loaded()
+    _ensure_catalog_loaded()
     if name not in _REGISTRY:
         import difflib
 
@@ -117,16 +158,10 @@ def create_model(name: str, num_classes: int = 80, *, options: Any = None, **sec
     base = entry.default_options if options is None else options
     if not isinstance(base, entry.options):
         raise TypeError(f"{name}: options must be a {entry.options.__name__}, got {type(base).__name__}")
-    extra = {k: sections.pop(k) for k in list(sections) if k in _builder_keywords(entry)}
+    extra = {"spec": sections.pop("spec")} if entry.takes_spec and "spec" in sections else {}
     from .options import merge_options
 
     return entry.builder(num_classes=num_classes, options=merge_options(base, sections, name), **extra)
-
-
-def _builder_keywords(entry: ModelEntry) -> set[str]:
-    """Keywords of a builder besides ``num_classes`` and ``options`` (``spec`` for ``spinenet``)."""
-    params = inspect.signature(entry.builder).parameters
-    return {p for p in params if p not in ("num_classes", "options")}
 
 
 def variant_options(name: str, overrides: Any = None, where: str = "model") -> Any:
@@ -145,5 +180,5 @@ def variant_options(name: str, overrides: Any = None, where: str = "model") -> A
 
 def list_models(family: str | None = None) -> list[str]:
     """Sorted registered names, optionally of one family."""
-    _ensure_families_loaded()
+    _ensure_catalog_loaded()
     return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)

@@ -32,12 +32,21 @@ def register_weight_source(name: str):
     return wrap
 
 
+# The converters: each module registers its source when imported.
+_SOURCE_MODULES = ("rtmdet_weights", "yolov6_weights", "yolov3_asff_weights")
+
+
+def _ensure_sources_loaded() -> None:
+    import importlib
+
+    for module in _SOURCE_MODULES:
+        importlib.import_module(f"{__package__}.families.{module}")
+
+
 def load_official_weights(model: nn.Module, path: str | Path, source: str = "mmdet") -> nn.Module:
     """Load a reference implementation's checkpoint into ``model`` strictly (every tensor used,
     shapes checked). ``source`` is ``mmdet``, ``yolov6`` or ``asff``. Returns ``model``."""
-    from .registry import _ensure_families_loaded
-
-    _ensure_families_loaded()
+    _ensure_sources_loaded()
     if source not in _SOURCES:
         raise WeightsError(f"unknown weight source {source!r}; expected one of {sorted(_SOURCES)}")
     path = Path(path)

@@ -38,9 +38,10 @@ _KEY_VALUE = re.compile(r"(?i)(?P<key>[A-Za-z0-9_\-]*(?:secret|password|passwd|t
 
 
 def is_secret_key(key: Any) -> bool:
-    """True for keys that look like credentials (``*secret*``, ``*password*``, ``*token*``, ``*key*`` …)."""
+    """True for keys that look like credentials (``*secret*``, ``*password*``, ``*token*``, ``*key*`` …);
+    a :data:`SAFE_KEYS` name, alone or as the last part of a dotted tag (``detflow.cache_key``), is not."""
     k = str(key).lower()
-    return k not in SAFE_KEYS and any(word in k for word in _SECRET_WORDS)
+    return k.rsplit(".", 1)[-1] not in SAFE_KEYS and any(word in k for word in _SECRET_WORDS)
 
 
 def redact_url(text: str) -> str:

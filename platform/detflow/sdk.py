@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .tracking.compare import Comparison
 
 __all__ = ["run", "submit", "status", "resume", "cancel", "logs", "plan", "list_runs", "sweep", "nas", "compare",
-           "validate",
+           "validate", "step_output",
            "prepare_job", "JobSpec", "ConfigKind", "CONFIG_KINDS", "cluster_state_url", "cluster_python",
            "CLUSTER_PYTHON_ENV"]
 
@@ -395,6 +395,25 @@ def logs(run_id: str, step: str | None = None, *, state_url: str | None = None, 
         names = ", ".join(s.step_id for s in store.steps(run_id))
         raise UserInputError(f"run {run_id!r} has no step {step!r}; steps: {names}")
     return _step_log(row.log_path, started=row.started_at is not None)
+
+
+def step_output(run_id: str, step: str, *keys: str, state_url: str | None = None) -> str:
+    """The stored location (a local path or a storage URL) of the first of ``keys`` in the outputs of
+    step ``step`` of run ``run_id``; a one-line UserInputError when the run, the step or the output is
+    missing, or the step has not succeeded."""
+    store = _open_store(state_url)
+    if store.get_run(run_id) is None:
+        raise UserInputError(f"no workflow run {run_id!r}; list runs with `detflow status`")
+    row = store.step(run_id, step)
+    if row is None:
+        names = ", ".join(s.step_id for s in store.steps(run_id))
+        raise UserInputError(f"run {run_id!r} has no step {step!r}; steps: {names}")
+    outputs = row.outputs_dict
+    found = next((outputs[k] for k in keys if outputs.get(k) is not None), None)
+    if found is None:
+        raise UserInputError(f"step {step!r} of run {run_id!r} ({row.kind}, {row.status}) has no "
+                             f"{' or '.join(keys)} output")
+    return str(found)
 
 
 def _driver_log(run_obj: Any, address: str | None) -> str:

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-@pytest.fixture(scope="session")
+from scratch import lasting_dir, restore_tracking_uri  # noqa: E402
+
+
+@pytest.fixture(scope="package")
 def ray_session(tmp_path_factory):
     """A local Ray (2 CPUs) with DETFLOW_HOME in a temporary directory; yields that home.
 
     Files with their own ``ray_session`` (the workflow tests) override this one."""
-    home = tmp_path_factory.mktemp("detflow_home")
+    home = lasting_dir(tmp_path_factory, "detflow_home")
     os.environ.update(DETFLOW_HOME=str(home), MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
                       RAY_AUTH_MODE="disabled")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -21,11 +27,12 @@ def ray_session(tmp_path_factory):
     from detflow.ray_env import init_ray
 
     # init_ray, not ray.init: its dashboard serves the State API Ray Train needs to release a finished
-    # run's placement group, and this Ray lives for the whole session (later modules reuse it).
+    # run's placement group, and this Ray lives until the platform tests end (later modules reuse it).
     started = init_ray(num_cpus=2, log_to_driver=False)
     yield home
     if started:
         ray.shutdown()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -34,10 +41,7 @@ def _tracking_uri_ends_with_the_test():
     every later test's in-process runs at that test's store: undone after each test."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
-    if "mlflow" in sys.modules:
-        sys.modules["mlflow"].set_tracking_uri(None)
-        if before is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+    restore_tracking_uri(before)
 
 
 @pytest.fixture()

@@ -40,7 +40,7 @@ def test_latency_stats_hand_computed():
 def test_matrix_rows_not_installed_and_percentiles(synth, tmp_path):
     _, val = synth
     model = deploy.tiny_model()
-    export = export_onnx(model, tmp_path / "export", input_size=64, with_nms=True, max_det=50)
+    export_onnx(model, tmp_path / "export", input_size=64, with_nms=True, max_det=50)
     table = run_benchmark(
         [BenchArtifact("fp32", model=model), BenchArtifact("exported", str(tmp_path / "export"))],
         backends=["torch", "onnxruntime", "tensorrt"], batch_sizes=[1, 2], input_size=64, val=val,
@@ -93,6 +93,7 @@ def test_evaluate_artifact_matches_postprocess(synth, tmp_path):
     assert onnx_metrics["images"] == torch_metrics["images"] == 2
     assert onnx_metrics["AP"] == pytest.approx(torch_metrics["AP"], abs=1e-6)
     assert onnx_metrics["backend"] == "onnxruntime" and onnx_metrics["precision"] == "fp32"
+    assert "segm_AP" not in onnx_metrics and "segm" not in torch_metrics  # detection-only: no mask metrics
 
 
 def test_int8_artifact_benchmarks_on_torch_and_ort(synth, tmp_path):
@@ -104,6 +105,7 @@ def test_int8_artifact_benchmarks_on_torch_and_ort(synth, tmp_path):
                           batch_sizes=[1], val=val, warmup=1, iters=3)
     assert [(r.backend, r.precision, r.status) for r in table.rows] == [("torch", "int8", "ok"), ("onnxruntime", "int8", "ok")]
     assert table.rows[0].mAP == pytest.approx(table.rows[1].mAP, abs=5e-3)
+    assert all(r.segm_mAP is None and r.segm_mAP50 is None for r in table.rows)  # blank for detection-only
 
 
 def test_checkpoint_artifact_uses_its_models_normalisation():

@@ -79,8 +79,63 @@ def test_loop_loss_decreases_and_reports_times():
         last = loop.train_epoch(data, e).summary()
     assert last["train/loss"] < 0.7 * first["train/loss"]
     assert loop.step == 12 and loop.ema.updates == 12
-    assert first["train/images_per_s"] > 0 and 0 <= first["train/data_fraction"] <= 1
+    assert first["train/images_per_s"] > 0 and 0 <= first["train/data_wait_fraction"] <= 1
     assert set(first) >= {"train/loss_cls", "train/loss_box", "train/lr", "train/step_time_s"}
+
+
+class _SleepyDataset(torch.utils.data.Dataset):
+    """Eight 32 px toy samples; ``__getitem__`` sleeps ``delay`` seconds (a slow decode)."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        import time
+
+        time.sleep(self.delay)
+        g = torch.Generator().manual_seed(i)
+        return (torch.randn(3, 32, 32, generator=g),
+                {"boxes": torch.tensor([[4.0, 4.0, 12.0, 12.0]]), "labels": torch.tensor([1])}, {"image_id": i})
+
+
+def _collate(batch):
+    images, targets, metas = zip(*batch)
+    return torch.stack(images), list(targets), list(metas)
+
+
+def _slow_step(loop, seconds):
+    """Make every train step take at least ``seconds`` (a model of known cost)."""
+    import time
+
+    step = loop.train_step
+
+    def slow(*a, **kw):
+        time.sleep(seconds)
+        return step(*a, **kw)
+
+    loop.train_step = slow
+
+
+@pytest.mark.parametrize("delay,step_s", [(0.15, 0.0), (0.0, 0.2)])
+def test_loop_data_wait_fraction(delay, step_s):
+    """The loader's time is data wait, the step's is not, and the fraction is data / (data + step).
+    Sleeps give lower bounds (a loaded machine only adds time): a loader sleeping 4 × ``delay`` per
+    batch waits at least that; a step sleeping ``step_s`` takes at least that, while its free
+    loader (4 tiny tensors) waits far less than the step's sleep."""
+    torch.manual_seed(0)
+    loop = _loop(ToyDetector(), epochs=1, ema=False)
+    _slow_step(loop, step_s)
+    loader = torch.utils.data.DataLoader(_SleepyDataset(delay), batch_size=4, collate_fn=_collate)
+    s = loop.train_epoch(loader, 0).summary()
+    data, step = s["train/data_time_s"], s["train/step_time_s"]
+    assert data >= 4 * delay * 0.99 and step >= step_s * 0.99, (data, step)
+    assert s["train/data_wait_fraction"] == pytest.approx(data / (data + step))
+    if step_s:
+        assert data < step_s, (data, step)  # the step's sleep is not counted as waiting for data
+    assert "train/images_per_s" in s
 
 
 def test_loop_max_steps_and_distillation_terms():
@@ -206,7 +261,8 @@ def test_cosine_step_and_scheduler_state():
 
 
 def test_build_schedule_caps_warmup_for_short_runs():
-    spec = ScheduleSpec(name="cosine", warmup_iters=1000, warmup_epochs=3.0, min_lr_ratio=0.01, flat_fraction=0.0)
+    spec = ScheduleSpec(name="cosine", warmup_iters=1000, warmup_epochs=3.0, min_lr_ratio=0.01, flat_fraction=0.0,
+                        warmup_start=0.0)
     s = build_schedule(spec, epochs=2, iters_per_epoch=5)  # paper: max(3 epochs, 1000 it)
     assert s.warmup_iters == 3 and s.warmup_start == 0.0 and s.total_iters == 10 and s.min_lr_ratio == 0.01
     long = build_schedule(spec, epochs=300, iters_per_epoch=100)
@@ -214,6 +270,30 @@ def test_build_schedule_caps_warmup_for_short_runs():
     flat = build_schedule(ScheduleSpec(name="flat_cosine", warmup_iters=1000, warmup_epochs=0.0, min_lr_ratio=0.05,
                                        flat_fraction=0.5), epochs=300, iters_per_epoch=100)
     assert flat.warmup_start == 1e-5 and flat.flat_fraction == 0.5
+
+
+def test_burn_in_warmup_rises_as_progress_to_the_fourth():
+    """YOLOv3 / ASFF burn-in: lr · (it / warm-up)^4 from 0 (architectures.md §5: 5 epochs)."""
+    s = LRSchedule("flat_cosine", total_iters=1000, warmup_iters=100, warmup_start=0.0, warmup_power=4.0,
+                   flat_fraction=0.5)
+    assert s.factor(0) == 0.0
+    assert s.factor(50) == pytest.approx(0.5**4)  # 1/16 of the lr half-way (linear: 1/2)
+    assert s.factor(100) == s.factor(499) == 1.0
+
+
+def test_recipe_warmups_are_the_references():
+    from detflow.config.train import RecipeConfig
+    from detflow.engine.recipes import build_recipe
+
+    def sched(recipe: str):
+        spec = build_recipe(RecipeConfig(name=recipe), size="any", image_size=320, epochs=300).schedule
+        return build_schedule(spec, epochs=300, iters_per_epoch=100)
+
+    asff, retina, yolov6 = sched("yolov3_asff"), sched("retinanet"), sched("yolov6")
+    assert (asff.name, asff.warmup_iters, asff.warmup_power, asff.warmup_start) == ("flat_cosine", 500, 4.0, 0.0)
+    assert asff.factor(20 * 100 - 1) == 1.0 and asff.factor(21 * 100) < 1.0  # flat to epoch 20, then cosine
+    assert (retina.warmup_iters, retina.warmup_start, retina.warmup_power) == (2000, 0.0067, 1.0)
+    assert (yolov6.warmup_start, yolov6.warmup_power) == (0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- checkpoints

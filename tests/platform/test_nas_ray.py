@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detflow.tune.stats import STATS_FILE
+
 pytestmark = pytest.mark.slow
 
 BASE = {
@@ -64,10 +66,22 @@ def _mlflow(tmp_path: Path):
 
 def _ended_trials(exp: Path) -> int:
     try:
-        stats = json.loads((exp / "trial_stats.json").read_text())
+        stats = json.loads((exp / STATS_FILE).read_text())
     except (OSError, ValueError):
         return 0
     return sum("ended_at" in s for s in stats.values())
+
+
+def _saved_finished(exp: Path) -> set[str]:
+    """Trial ids Tune's newest saved experiment state records as TERMINATED (what a resume reads;
+    the driver saves it every second, so a trial that just ended is there a second later)."""
+    states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (OSError, ValueError, KeyError):
+        return set()
+    saved = [json.loads(t[0]) if isinstance(t[0], str) else t[0] for t in trials]
+    return {t["trial_id"] for t in saved if t.get("status") == "TERMINATED"}
 
 
 def _overlap(a: dict, b: dict) -> bool:
@@ -81,10 +95,10 @@ def test_concurrent_multi_objective_nas_resumes_after_a_killed_driver(nas_env):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = tmp_path / "home" / "nas" / "lat"
     deadline = time.time() + 400
-    while time.time() < deadline and _ended_trials(exp) < 1 and proc.poll() is None:
-        time.sleep(1)
-    assert _ended_trials(exp) >= 1 and proc.poll() is None, "no trial ended before the deadline"
-    finished_before = {k for k, s in json.loads((exp / "trial_stats.json").read_text()).items() if "ended_at" in s}
+    while time.time() < deadline and not (_ended_trials(exp) and _saved_finished(exp)) and proc.poll() is None:
+        time.sleep(0.5)
+    finished_before = _saved_finished(exp)  # what the resumed driver will read as finished
+    assert finished_before and proc.poll() is None, "no trial ended before the deadline"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-search
     proc.wait()
 
@@ -96,7 +110,7 @@ def test_concurrent_multi_objective_nas_resumes_after_a_killed_driver(nas_env):
     assert len(ids) == 4 and len(set(ids)) == 4  # none lost, none repeated
     assert all(t["status"] in ("TERMINATED", "STOPPED_EARLY") for t in rows), rows
     for t in rows:
-        if t["trial_id"] in finished_before:  # a trial the killed driver saw finish is not run again
+        if t["trial_id"] in finished_before:  # a trial the killed driver had saved as finished is not run again
             assert t["attempts"] == 1
     assert any(_overlap(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]), "no two trials ran at once"
     import optuna

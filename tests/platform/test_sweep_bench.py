@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from detflow.bench.search_bench import SearchBenchResult, SearchBenchRow, _row, search_bench_space
+from detflow.bench.search_bench import SearchBenchResult, _row, search_bench_space
 from detflow.tune.results import SweepResult
 from detflow.tune.stats import error_line, median_overhead, read_trial_stats
 

@@ -129,6 +129,7 @@ def test_failed_run_status_and_param_cap(store):
 def test_redaction_helpers():
     assert tracking.is_secret_key("AWS_SECRET_ACCESS_KEY") and tracking.is_secret_key("api_key")
     assert not tracking.is_secret_key("epochs") and not tracking.is_secret_key("cache_key")
+    assert not tracking.is_secret_key("detflow.cache_key") and tracking.is_secret_key("s3.secret_key")
     assert tracking.redact_url("postgresql://user:pw@db:5432/x") == "postgresql://***@db:5432/x"
     assert tracking.redact({"a": [{"token": "t"}], "b": None, "password": ""}) == {"a": [{"token": "***"}], "b": None, "password": ""}
 

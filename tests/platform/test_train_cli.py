@@ -119,7 +119,7 @@ def test_predict_cli_needs_images_or_annotations(synth, tmp_path, capsys):
     ckpt = _fake_checkpoint(synth, tmp_path)
     assert main(["predict", str(ckpt), "--out", str(tmp_path / "p.json")]) == 2
     assert main(["predict", str(tmp_path), "--images", str(synth.images_dir), "--out", str(tmp_path / "p.json")]) == 2
-    assert "not a detflow checkpoint" in capsys.readouterr().err
+    assert "not a model artifact" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -253,7 +253,7 @@ def _pseudo_val(checkpoint: str, synth, tmp: Path) -> Path:
     """A data section whose val ground truth is the checkpoint's own torch detections (those of at
     least 2×2 px): torch then scores close to 1, and another backend only as high by finding the same
     boxes (on the synthetic labels an untrained model scores 0, and any two backends agree on 0)."""
-    from detflow.train import predict
+    from detflow.predict import predict
 
     gt = json.loads(Path(synth.val_json).read_text())
     preds = predict(checkpoint, annotations=synth.val_json, images_dir=synth.images_dir)

@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from detflow.data import generate_synthetic
 
@@ -72,6 +72,7 @@ def test_train_two_cpu_workers_smoke(ray_session, synth, tmp_path):
 
 
 def test_worker_killed_mid_run_resumes_without_double_counting(ray_session, synth, tmp_path, monkeypatch):
+    from detflow import scratch
     from detflow.engine import checkpoint as ck
     from detflow.train import run_training
     from detflow.train.worker import PID_DIR_ENV
@@ -106,6 +107,8 @@ def test_worker_killed_mid_run_resumes_without_double_counting(ray_session, synt
     assert _epoch_steps(result.run_id, "epoch") == [0, 1, 2]
     assert _epoch_steps(result.run_id, "train/loss") == [0, 1, 2]
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    # the killed worker's checkpoint scratch was removed by the restarted workers
+    assert not list(scratch._root().glob(f"*-{killed[0]}")), "the killed worker's scratch folder leaked"
 
 
 _DRIVER = """

@@ -316,6 +316,14 @@ def test_lineage_parent_child_runs_and_registry(ray_session, home, monkeypatch):
     version = client.get_model_version_by_alias("lin", "candidate")
     assert version.tags["detflow.source_step"] == "student" and str(version.version) == "2"
     assert version.tags["detflow.upstream"] == "teacher"
+    # MLflow-native: the version comes from the student step's logged model, runs are readable
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.source_run_id == by_name["student"].info.run_id and model.model_type == "checkpoint"
+    assert {m.key: m.value for m in model.metrics} == {"val/AP50": pytest.approx(0.75)}
+    for run in runs:
+        assert run.data.tags["mlflow.source.name"] == "detflow workflow lin"
+        assert run.data.tags["mlflow.note.content"]
+    assert by_name["student"].data.tags["mlflow.note.content"] == "fake_model step 'student' of workflow lin"
 
 
 TINY_REAL = """

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
 from cli import cli_json, run_cli  # noqa: E402 — used by the tests' fixtures below
 from cluster import RayCluster  # noqa: E402
+from scratch import LASTING_ENV, lasting_dir  # noqa: E402
 from services import MlflowServer, PostgresCluster, SeaweedS3, ServiceUnavailable, _wait_port  # noqa: E402
 
 ARTIFACT_BUCKET = "mlflow-artifacts"
@@ -55,7 +56,7 @@ def _start(service, what: str):
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """SeaweedFS answering S3 on a free loopback port, with the buckets the tests use."""
-    server = _start(SeaweedS3(tmp_path_factory.mktemp("seaweedfs")), "SeaweedFS (S3)")
+    server = _start(SeaweedS3(lasting_dir(tmp_path_factory, "seaweedfs")), "SeaweedFS (S3)")
     try:
         for bucket in (ARTIFACT_BUCKET, RUNS_BUCKET):
             server.create_bucket(bucket)
@@ -67,7 +68,7 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory):
     """A private PostgreSQL cluster (database ``detflow`` created; more with ``.create_database``)."""
-    cluster = _start(PostgresCluster(tmp_path_factory.mktemp("pg")), "PostgreSQL")
+    cluster = _start(PostgresCluster(lasting_dir(tmp_path_factory, "pg")), "PostgreSQL")
     try:
         yield cluster
     finally:
@@ -79,7 +80,7 @@ def postgres(tmp_path_factory):
 def mlflow_server(tmp_path_factory, s3, postgres):
     """``detflow server`` with a PostgreSQL backend store and S3 artifacts (proxied)."""
     postgres.create_database("mlflow")
-    server = DetflowServer(tmp_path_factory.mktemp("mlflow_server"), backend_uri=postgres.url("mlflow", "psycopg2"),
+    server = DetflowServer(lasting_dir(tmp_path_factory, "mlflow_server"), backend_uri=postgres.url("mlflow", "psycopg2"),
                            artifacts_destination=f"s3://{ARTIFACT_BUCKET}/", env=s3.env())
     server = _start(server, "the MLflow tracking server")
     try:
@@ -93,9 +94,10 @@ def services_env(tmp_path_factory, s3, mlflow_server):
     """Environment for detflow processes using the services: AWS_* (S3), the tracking server, a
     private DETFLOW_HOME. Also exported into this process (Ray workers started later inherit it)."""
     env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DETFLOW_HOME": str(tmp_path_factory.mktemp("detflow_home")), "RAY_AUTH_MODE": "disabled",
+           "DETFLOW_HOME": str(lasting_dir(tmp_path_factory, "detflow_home")), "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0"}
     os.environ.update(env)
+    LASTING_ENV.update(env)
     return env
 
 
@@ -190,7 +192,7 @@ def ray_cluster(tmp_path_factory, s3, postgres, mlflow_server) -> ClusterService
     env.update(s3.env(), MLFLOW_TRACKING_URI=mlflow_server.url, MLFLOW_DISABLE_TELEMETRY="true",
                DETFLOW_STATE_URL=postgres.url("cluster_state", with_password=False), PGPASSWORD=postgres.password,
                RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-    cluster = RayCluster(tmp_path_factory.mktemp("ray_cluster"), env)
+    cluster = RayCluster(lasting_dir(tmp_path_factory, "ray_cluster"), env)
     try:
         cluster.start(workers=1)
     except ServiceUnavailable as exc:
@@ -224,7 +226,7 @@ def state_url(postgres):
 @pytest.fixture(scope="session")
 def tiny_workflow(tmp_path_factory, mlflow_server, state_url, child_env) -> FinishedWorkflow:
     """TINY_WORKFLOW run to completion: state in PostgreSQL, lineage on the server (PostgreSQL + S3)."""
-    path = tmp_path_factory.mktemp("wf") / "svc-tiny.yaml"
+    path = lasting_dir(tmp_path_factory, "wf") / "svc-tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_WORKFLOW, sort_keys=False))
     proc = run_cli(["run", str(path), "--state-url", state_url, "--json"], child_env())
     result = cli_json(proc.stdout)
@@ -300,7 +302,7 @@ def _finished_search(command: str, root: Path, search: dict, tracking_url: str, 
 def tiny_sweep(tmp_path_factory, mlflow_server, child_env) -> FinishedSearch:
     """TINY_SWEEP run by ``detflow sweep`` to the server: 4 TPE trials (2 at a time) over the learning
     rate and the assigner's soft-center alpha, each a Ray Train run of rtmdet_tiny."""
-    root = _search_dir(tmp_path_factory.mktemp("sweep"), {**SEARCH_BASE, "name": "base"})
+    root = _search_dir(lasting_dir(tmp_path_factory, "sweep"), {**SEARCH_BASE, "name": "base"})
     return _finished_search("sweep", root, TINY_SWEEP, mlflow_server.url, child_env())
 
 
@@ -310,5 +312,5 @@ def tiny_nas(tmp_path_factory, mlflow_server, child_env) -> FinishedSearch:
     base = {**SEARCH_BASE, "name": "spinenet", "model": {"name": "spinenet_49s"},
             "recipe": {"name": "retinanet", "ratio_range": [0.75, 1.25]},
             "train": {**SEARCH_BASE["train"], "optimizer": {"name": "adamw", "lr": 0.002, "scale_lr_by_batch": False}}}
-    root = _search_dir(tmp_path_factory.mktemp("nas"), base)
+    root = _search_dir(lasting_dir(tmp_path_factory, "nas"), base)
     return _finished_search("nas", root, TINY_NAS, mlflow_server.url, child_env())

@@ -1,7 +1,8 @@
 """Workflows on the real two-node Ray cluster (``ray_cluster``): storage in S3, state in PostgreSQL.
 
 a. synth → train (2 Ray Train workers, one per node) → qat → export → benchmark, each step pinned to
-   the node other than its input's producer: every artifact is in S3, nothing stays on the nodes.
+   the node other than its input's producer: every artifact is in S3, nothing stays on the nodes;
+   the training run has MLflow system metrics of each node (``system/node0/…``, ``system/node1/…``).
 b. the worker node's raylet SIGKILLed mid-training, a replacement node joins: the run completes and
    every epoch is in MLflow exactly once.
 d. the driver SIGKILLed mid-run: ``detflow resume`` from another process finishes the run without
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,7 +74,8 @@ def _keys(client, prefix: str) -> list[str]:
 def _step_node(client, run_id: str, step: str) -> str:
     """The node IP a step's (last) attempt ran on, from its stored log."""
     log = client.get_object(Bucket=BUCKET, Key=f"runs/{run_id}/{step}/step.log")["Body"].read().decode()
-    return [line for line in log.splitlines() if line.startswith("--- ")][-1].rsplit(" ", 1)[-1]
+    headers = re.findall(rf"^--- {re.escape(step)} attempt \d+ \(.*\) on node (\S+)$", log, re.M)
+    return headers[-1]
 
 
 def _strings(node) -> list[str]:
@@ -105,8 +108,26 @@ def test_chain_runs_across_nodes_with_every_artifact_in_s3(ray_cluster, s3, tmp_
         pinned = next(iter(step["resources"]["custom"])).removeprefix("node_")
         assert _step_node(client, run_id, step["id"]) == nodes[pinned]
     assert any(k.endswith(".onnx") for k in keys) and any("/train/runs/" in k and "/checkpoint_" in k for k in keys)
+    metrics = _training_run_metrics(ray_cluster.tracking_url, run_id)  # each node's local rank 0 logs its own
+    for node in ("node0", "node1"):
+        assert {f"system/{node}/cpu_utilization_percentage", f"system/{node}/system_memory_usage_megabytes"} <= metrics
     for node in ray_cluster.cluster.nodes:
         assert node.step_leftovers() == [], f"node {node.name} kept {node.step_leftovers()[:5]}"
+
+
+def _training_run_metrics(tracking_url: str, workflow_run_id: str) -> set[str]:
+    """The metric keys of the training run the workflow's train step made (tags workflow run id, kind train)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_url)
+    runs = client.search_runs(_experiment_ids(client), max_results=10, filter_string=(
+        f"tags.`detflow.workflow_run_id` = '{workflow_run_id}' and tags.`detflow.kind` = 'train'"))
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return set(runs[0].data.metrics)
+
+
+def _experiment_ids(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
 
 
 def _train_run_dir(client, run_id: str) -> str | None:

@@ -1,8 +1,10 @@
 """The MLflow UI of the team server, in a real browser (Playwright + Debian's headless Chromium):
-a finished workflow's parent run, its step child runs and their metrics, the registered model version
-with alias ``candidate``, and the compare page of the trials of a real ``detflow sweep`` and of a real
+a finished workflow's parent run, its step child runs and their metrics, a training run's description,
+dataset inputs (name and digest), logged model and system-metrics charts, a step run's logged model,
+the registered model version with alias ``candidate`` and its source logged model, and the compare page of the trials of a real ``detflow sweep`` and of a real
 ``detflow nas`` (parallel-coordinates axes for the searched knobs and the metrics) with the search
-plots their parent runs log (importances, metric per trial, Pareto front).
+plots their parent runs log (importances, metric per trial, Pareto front), and the runs table
+grouped by workflow run and by sweep (one group each).
 
 Screenshots go to the pytest tmp dir (or ``$DETFLOW_SCREENSHOT_DIR``, which
 ``scripts/update_screenshots.sh`` sets before copying them to docs/img/).
@@ -201,3 +203,125 @@ def test_registered_model_version_has_candidate_alias(page, tiny_workflow, shots
     row = page.get_by_role("row").filter(has_text="@ candidate")
     assert f"Version {version.version}" in row.first.inner_text()
     page.screenshot(path=str(shots / "registered-model.png"))
+
+    # the version comes from the train step's logged model: its page names it as the source model
+    assert version.source.startswith("models:/m-")
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    page.goto(f"{tiny_workflow.tracking_url}/#/models/{tiny_workflow.registered_model}/versions/{version.version}")
+    page.get_by_text("Source Model").first.wait_for()
+    _tidy(page)
+    body = page.inner_text("body")
+    assert model.name in body and client.get_run(model.source_run_id).info.run_name in body
+
+
+def _training_run(client, experiment_id: str, workflow_run_id: str):
+    """The training run nested under the workflow's ``train`` step (tagged ``detflow.kind = train``)."""
+    runs = client.search_runs([experiment_id], max_results=50, filter_string=(
+        f"tags.`detflow.workflow_run_id` = '{workflow_run_id}' and tags.`detflow.kind` = 'train'"))
+    assert runs, f"no training run in workflow run {workflow_run_id}"
+    return runs[0]
+
+
+def test_run_pages_show_datasets_models_description_and_system_metrics(page, tiny_workflow, shots):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tiny_workflow.tracking_url)
+    exp = client.get_experiment_by_name(tiny_workflow.experiment)
+    step = _runs_by_name(client, exp.experiment_id)["train"]
+    train = _training_run(client, exp.experiment_id, tiny_workflow.result["run_id"])
+    datasets = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+                for d in train.inputs.dataset_inputs}
+    assert set(datasets) == {"train", "val"}
+    assert all(len(d.digest) == 16 for d in datasets.values())
+    models = [client.get_logged_model(o.model_id) for o in step.outputs.model_outputs]
+    assert models and models[0].source_run_id == step.info.run_id
+    assert train.data.tags["mlflow.source.name"] == f"detflow workflow {tiny_workflow.experiment}"
+    assert any(k.startswith("system/cpu_utilization") for k in train.data.metrics)
+
+    page.goto(f"{tiny_workflow.tracking_url}/#/experiments/{exp.experiment_id}/runs/{train.info.run_id}")
+    shown = f"{datasets['train'].name} ({datasets['train'].digest})"  # the train split, then "+1" (val)
+    page.get_by_text(shown).first.wait_for()
+    _tidy(page)
+    body = page.inner_text("body")
+    (shots / "training-run-body.txt").write_text(body)
+    assert train.data.tags["mlflow.note.content"] in body and shown in body and "+1" in body
+    assert "rtmdet_tiny-best" in body  # the Models section of the run: its best checkpoint
+    page.screenshot(path=str(shots / "training-run.png"), full_page=True)
+    page.get_by_text("System metrics", exact=True).first.click()
+    page.get_by_text("cpu_utilization_percentage").first.wait_for()
+    page.screenshot(path=str(shots / "system-metrics.png"))
+
+    page.goto(f"{tiny_workflow.tracking_url}/#/experiments/{exp.experiment_id}/runs/{step.info.run_id}")
+    page.get_by_text(models[0].name).first.wait_for()
+    _tidy(page)
+    body = page.inner_text("body")
+    (shots / "step-run-body.txt").write_text(body)
+    assert step.data.tags["mlflow.note.content"] in body and models[0].name in body
+    page.screenshot(path=str(shots / "step-run-models.png"), full_page=True)
+
+
+def _groups(page, tracking_url: str, experiment_id: str, tag: str, shot: Path) -> tuple[dict[str, int], str]:
+    """The runs table of ``experiment_id`` grouped by ``tag`` (the table's "Group by" menu):
+    ``{group label: number of runs}``, as the group header rows show them, and the table's text."""
+    import re
+
+    page.goto(f"{tracking_url}/#/experiments/{experiment_id}")
+    page.get_by_text("Model training", exact=True).first.wait_for()
+    _tidy(page)
+    page.get_by_text("Model training", exact=True).first.click()
+    page.get_by_role("button", name="Group by").click()
+    page.get_by_text(tag, exact=True).click()
+    page.keyboard.press("Escape")
+    page.get_by_text("Group: ").first.wait_for()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shot))
+    headers = [row.inner_text() for row in page.get_by_role("row").filter(has_text="Group: ").all()]
+    found = (re.search(r"Group: (\S+)\s+(\d+)", text) for text in headers)
+    table = page.inner_text("body")
+    shot.with_suffix(".txt").write_text(table)
+    return {m.group(1): int(m.group(2)) for m in found if m}, table
+
+
+def _tagged(client, experiment_id: str, tag: str) -> dict[str, int]:
+    """``{tag value: number of runs}`` of the experiment's runs that carry ``tag`` (the MLflow API)."""
+    counts: dict[str, int] = {}
+    for run in client.search_runs([experiment_id], max_results=500):
+        value = run.data.tags.get(tag)
+        if value:
+            counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def test_group_by_workflow_run_and_by_sweep_gives_one_group_each(page, tiny_workflow, tiny_sweep, shots):
+    """The runs table grouped by ``detflow.workflow_run_id`` shows one group per workflow run holding
+    its parent, step and training runs; grouped by ``detflow.sweep``, the sweep's parent and trials.
+    A fresh browser context, so that the grouping (kept in local storage) does not leak into other tests."""
+    from mlflow.tracking import MlflowClient
+
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 860})
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    try:
+        client = MlflowClient(tracking_uri=tiny_workflow.tracking_url)
+        exp = client.get_experiment_by_name(tiny_workflow.experiment).experiment_id
+        expected = _tagged(client, exp, "detflow.workflow_run_id")
+        assert expected.get(tiny_workflow.result["run_id"], 0) >= 3  # parent, steps, the nested training
+        shown, _ = _groups(tab, tiny_workflow.tracking_url, exp, "detflow.workflow_run_id",
+                           shots / "runs-grouped-by-workflow.png")
+        assert shown == expected
+
+        client = MlflowClient(tracking_uri=tiny_sweep.tracking_url)
+        name = tiny_sweep.config["name"]
+        expected = _tagged(client, tiny_sweep.experiment_id, "detflow.sweep")
+        assert expected[name] == len(tiny_sweep.trial_run_ids) + 1  # the parent and its trials
+        shown, table = _groups(tab, tiny_sweep.tracking_url, tiny_sweep.experiment_id, "detflow.sweep",
+                               shots / "runs-grouped-by-sweep.png")
+        assert shown == expected
+        for run_id in tiny_sweep.trial_run_ids:  # each trial's row: its dataset (name, digest) and its model
+            trial = client.get_run(run_id)
+            labels = {f"{d.dataset.name} ({d.dataset.digest})" for d in trial.inputs.dataset_inputs}
+            assert any(label in table for label in labels), (labels, table[-2000:])
+            [out] = trial.outputs.model_outputs
+            assert client.get_logged_model(out.model_id).name in table
+    finally:
+        context.close()

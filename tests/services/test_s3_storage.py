@@ -269,6 +269,10 @@ def test_training_checkpoints_land_in_s3_and_resume_after_driver_kill(s3, mlflow
     run = mlflow.get_run(result["run_id"])
     leaked = [k for k, v in {**run.data.params, **run.data.tags}.items() if s3.secret_key in v or s3.access_key in v]
     assert not leaked, f"credentials in MLflow params/tags: {leaked}"
+    [out] = run.outputs.model_outputs  # the checkpoint in S3 is the run's logged model too
+    model = mlflow.get_logged_model(out.model_id)
+    assert model.source_run_id == result["run_id"] and model.tags["detflow.checkpoint"] == result["checkpoint"]
+    assert "meta.json" in {a.path for a in mlflow.list_logged_model_artifacts(out.model_id)}
     for text in (first, resumed.stdout, resumed.stderr):
         assert s3.secret_key not in text
 

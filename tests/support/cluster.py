@@ -52,9 +52,12 @@ class RayNode:
 
     def step_leftovers(self) -> list[Path]:
         """What workflow steps left on this node's disk: files under ``$DETFLOW_HOME/workflows`` and
-        ``detflow-*`` scratch or download directories in its TMPDIR."""
+        in its TMPDIR's ``detflow-*`` scratch or download directories (``detflow-scratch/`` keeps an
+        empty folder per process that used it, removed by the next one once that process ended)."""
+        tmp = self.root / "tmp"
         return ([p for p in (self.home / "workflows").rglob("*") if p.is_file()]
-                + sorted((self.root / "tmp").glob("detflow-*")))
+                + sorted(p for p in tmp.glob("detflow-*/**/*") if p.is_file())
+                + sorted(p for p in tmp.glob("detflow-*") if p.is_file()))
 
     def start(self, args: list[str], env: dict[str, str]) -> "RayNode":
         self.root.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..ops.precision import float32_guard
+
 from .task_aligned import (
     BatchAssignment, _empty, batched_pairwise_iou, gather_targets, points_in_boxes, resolve_multiple_gts,
 )
@@ -19,13 +21,14 @@ class ATSSAssigner:
     """Call with ``anchors`` ``A×4`` xyxy prior boxes (YOLOv6: 5·stride squares), ``level_sizes``
     (priors per level, summing to A), ``gt_labels`` ``B×M``, ``gt_boxes`` ``B×M×4``, ``gt_mask`` ``B×M``
     and optionally ``pd_boxes`` ``B×A×4``: the soft targets are then the IoU of the prediction with its GT.
-    Returns :class:`~detmodels.assigners.task_aligned.BatchAssignment`.
+    Returns :class:`~detmodels.assigners.task_aligned.BatchAssignment`. Computes in float32 under autocast.
     """
 
     def __init__(self, num_classes: int, topk: int = 9):
         self.num_classes, self.topk = num_classes, topk
 
     @torch.no_grad()
+    @float32_guard
     def __call__(self, anchors: Tensor, level_sizes: Sequence[int], gt_labels: Tensor, gt_boxes: Tensor,
                  gt_mask: Tensor, pd_boxes: Tensor | None = None) -> BatchAssignment:
         b = gt_boxes.shape[0]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.boxes import pairwise_iou
+from ..ops.precision import float32_guard
 
 __all__ = ["DynamicSoftLabelAssigner", "Assignment", "mask_center_of_mass"]
 
@@ -71,6 +72,7 @@ class DynamicSoftLabelAssigner:
         self.restrict_to_box = bool(restrict_to_box)
 
     @torch.no_grad()
+    @float32_guard
     def assign(self, pred_logits: Tensor, pred_boxes: Tensor, priors: Tensor, gt_boxes: Tensor,
                gt_labels: Tensor, gt_centers: Tensor | None = None) -> Assignment:
         """Assign one image's priors.
@@ -82,9 +84,7 @@ class DynamicSoftLabelAssigner:
             gt_boxes: ``M×4`` xyxy; gt_labels: ``M`` long in ``[0, C)``.
             gt_centers: ``M×2`` centres for the centre prior (default: box centres).
         """
-        with torch.autocast(device_type=pred_logits.device.type, enabled=False):
-            return self._assign(pred_logits.float(), pred_boxes.float(), priors.float(), gt_boxes.float(),
-                                gt_labels, None if gt_centers is None else gt_centers.float())
+        return self._assign(pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_centers)
 
     def _assign(self, logits: Tensor, boxes: Tensor, priors: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                 gt_centers: Tensor | None) -> Assignment:

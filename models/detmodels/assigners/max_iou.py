@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..ops.boxes import pairwise_iou
+from ..ops.precision import float32_guard
 
 __all__ = ["MaxIoUAssigner", "MaxIoUAssignment", "NEGATIVE", "IGNORE"]
 
@@ -40,7 +41,7 @@ class MaxIoUAssigner:
     With ``force_match`` (TF ``force_match_for_each_row``), each GT additionally claims its
     highest-IoU anchor even below the threshold (the last GT wins a shared anchor, as the TF matcher).
 
-    ``assign(anchors A×4, gt_boxes M×4)`` (xyxy, same pixels) → :class:`MaxIoUAssignment`.
+    ``assign(anchors A×4, gt_boxes M×4)`` (xyxy, same pixels) → :class:`MaxIoUAssignment`, in float32 under autocast.
     The thresholds' rule (0 <= neg <= pos <= 1) lives in ``detmodels.MaxIoUOptions``.
     """
 
@@ -48,6 +49,7 @@ class MaxIoUAssigner:
         self.pos_iou_thr, self.neg_iou_thr, self.force_match = pos_iou_thr, neg_iou_thr, force_match
 
     @torch.no_grad()
+    @float32_guard
     def assign(self, anchors: Tensor, gt_boxes: Tensor) -> MaxIoUAssignment:
         num_anchors = anchors.shape[0]
         if gt_boxes.numel() == 0:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.precision import float32_guard
+
 __all__ = ["TaskAlignedAssigner", "BatchAssignment", "points_in_boxes", "batched_pairwise_iou",
            "resolve_multiple_gts", "gather_targets"]
 
@@ -30,6 +32,7 @@ class BatchAssignment:
     fg_mask: Tensor
 
 
+@float32_guard
 def batched_pairwise_iou(gt: Tensor, pred: Tensor, eps: float = 1e-9) -> Tensor:
     """IoU of ``B×M×4`` with ``B×A×4`` (xyxy) → ``B×M×A``."""
     g, p = gt[:, :, None], pred[:, None]
@@ -84,12 +87,14 @@ class TaskAlignedAssigner:
     Call with ``pd_scores`` ``B×A×C`` (probabilities), ``pd_boxes`` ``B×A×4`` xyxy, ``points`` ``A×2``
     prior centres, ``gt_labels`` ``B×M`` long, ``gt_boxes`` ``B×M×4`` xyxy, ``gt_mask`` ``B×M`` bool
     (padding = False); all coordinates in the same unit (input pixels). Returns :class:`BatchAssignment`.
+    Computes in float32 under autocast (half-precision inputs are cast up).
     """
 
     def __init__(self, num_classes: int, topk: int = 13, alpha: float = 1.0, beta: float = 6.0, eps: float = 1e-9):
         self.num_classes, self.topk, self.alpha, self.beta, self.eps = num_classes, topk, alpha, beta, eps
 
     @torch.no_grad()
+    @float32_guard
     def __call__(self, pd_scores: Tensor, pd_boxes: Tensor, points: Tensor, gt_labels: Tensor,
                  gt_boxes: Tensor, gt_mask: Tensor) -> BatchAssignment:
         if gt_boxes.shape[1] == 0:

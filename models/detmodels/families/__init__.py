@@ -1,2 +1,3 @@
-"""Importing this package registers every family's variants (a failing import is an error)."""
-from . import rtmdet, rtmdet_ins, spinenet, yolov3_asff, yolov6  # noqa: F401
+"""The detector families. Importing this package imports no family: the variants are listed, without
+torch, by :mod:`detmodels.catalog` (from the ``*_options`` modules), and a family's model code is
+imported when one of its models is built."""

@@ -13,7 +13,7 @@ Options (:class:`RTMDetOptions`, shared by RTMDet-Ins in ``rtmdet_ins``): ``neck
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -23,85 +23,37 @@ from torch import Tensor, nn
 from ..assigners import DynamicSoftLabelAssigner
 from ..base import Detector, RawOutputs
 from ..layers import ConvNormAct, CSPLayer, PyramidPoolingModule, SPPBottleneck, SqueezeExcitation
-from ..ops import clip_boxes, distance2bbox, iou_loss, quality_focal_loss
-from ..options import FLAG, Options, family_options, integer, number, option
-from ..registry import register_model
+from ..layers.init import kaiming_normal_convs_, kaiming_uniform_convs_, set_bn_
+from ..ops import clip_boxes, distance2bbox, float32_guard, iou_loss, quality_focal_loss
 from ..structures import Detections, InputSpec, Target
 from .rtmdet_heads import RTMDetSepBNHead, make_priors
+from .rtmdet_options import (RTMDET_CONFIGS, DSLOptions, RTMDetConfig, RTMDetHeadOptions, RTMDetNeckOptions,
+                             RTMDetOptions)
 
-__all__ = ["RTMDetConfig", "RTMDET_CONFIGS", "CSPNeXt", "CSPNeXtPAFPN", "RTMDet", "build_rtmdet", "register_variants",
-           "RTMDetOptions", "RTMDetNeckOptions", "RTMDetHeadOptions", "DSLOptions", "rtmdet_kwargs"]
+__all__ = ["RTMDetConfig", "RTMDET_CONFIGS", "CSPNeXt", "CSPNeXtPAFPN", "RTMDet", "build_rtmdet",
+           "RTMDetOptions", "RTMDetNeckOptions", "RTMDetHeadOptions", "DSLOptions", "rtmdet_kwargs",
+           "BN_EPS", "BN_MOMENTUM", "init_conv_modules_"]
 
 STRIDES = (8, 16, 32)
 RTMDET_INPUT_SPEC = InputSpec(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), channel_order="BGR")
 # (in, out, blocks, add_identity, use_spp) of the P5 CSPNeXt stages before scaling (§3.1, Table 1).
 _ARCH_P5 = ((64, 128, 3, True, False), (128, 256, 6, True, False), (256, 512, 6, True, False),
             (512, 1024, 3, False, True))
+# Every RTMDet / RTMDet-Ins config passes ``norm_cfg=dict(type='SyncBN')`` with no eps or momentum, so
+# the BN is PyTorch's default (mmdetection ``configs/rtmdet/rtmdet_l_8xb32-300e_coco.py``); the
+# modules' own defaults (eps 1e-3, momentum 0.03) never apply.
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 
 
-@dataclasses.dataclass(frozen=True)
-class RTMDetConfig:
-    """One size of the paper's compound scaling (§3.1): channels ``int(c × widen)``, blocks
-    ``max(round(n × deepen), 1)``; neck CSP blocks ``max(round(3 × deepen), 1)``."""
-
-    deepen: float
-    widen: float
-    exp_on_reg: bool = False
-
-    def channels(self, c: int) -> int:
-        return int(c * self.widen)
-
-    def blocks(self, n: int) -> int:
-        return max(round(n * self.deepen), 1)
-
-
-RTMDET_CONFIGS: dict[str, RTMDetConfig] = {
-    "tiny": RTMDetConfig(0.167, 0.375),
-    "s": RTMDetConfig(0.33, 0.5),
-    "m": RTMDetConfig(0.67, 0.75),
-    "l": RTMDetConfig(1.0, 1.0, exp_on_reg=True),
-    "x": RTMDetConfig(1.33, 1.25, exp_on_reg=True),
-}
-
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RTMDetNeckOptions(Options):
-    """CSPNeXtPAFPN knobs (searched by sweeps): CSP ``expand_ratio`` in (0, 2]; ``se`` adds a
-    SqueezeExcitation after every CSP layer; ``ppm`` a PyramidPoolingModule on C5."""
-
-    expand_ratio: float = option(0.5, number(gt=0, le=2))
-    se: bool = option(False, FLAG)
-    ppm: bool = option(False, FLAG)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RTMDetHeadOptions(Options):
-    """Loss weights (§3.2): QFL 1, GIoU 2, Dice (RTMDet-Ins) 2; each >= 0."""
-
-    loss_cls_weight: float = option(1.0, number(ge=0))
-    loss_bbox_weight: float = option(2.0, number(ge=0))
-    loss_mask_weight: float = option(2.0, number(ge=0))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DSLOptions(Options):
-    """Dynamic soft-label assignment (§3.2): centre cost α^(d − β), ``topk`` IoUs for dynamic k,
-    IoU cost weight.
-
-    The one rule for α is α > 1: the cost must grow with the distance d (α = 1 switches the
-    prior off, α < 1 would prefer far priors); the paper uses α = 10, β = 3.
-    """
-
-    soft_center_alpha: float = option(10.0, number(gt=1))
-    soft_center_beta: float = option(3.0, number(ge=0))
-    topk: int = option(13, integer(1))
-    iou_weight: float = option(3.0, number(ge=0))
-
-
-@family_options("rtmdet", neck=RTMDetNeckOptions, head=RTMDetHeadOptions, assigner=DSLOptions)
-class RTMDetOptions:
-    """Every option of an RTMDet / RTMDet-Ins model (YAML ``model.neck|head|assigner``)."""
+def init_conv_modules_(module: nn.Module) -> None:
+    """mmcv ``ConvModule.init_weights`` (``mmcv/cnn/bricks/conv_module.py``, SiLU → the ``relu``
+    branch) on every :class:`ConvNormAct` in ``module``: conv weight ~ N(0, √(2/fan_out)) with
+    fan_out = out·k·k (``kaiming_init``: normal, fan_out, relu), bias 0; BN γ = 1, β = 0.
+    Other convs (e.g. channel attention's ``fc``) are left at PyTorch's default."""
+    for m in module.modules():
+        if isinstance(m, ConvNormAct):
+            kaiming_normal_convs_(m, a=0.0, mode="fan_out", nonlinearity="relu", bias=0.0)
+            set_bn_(m, eps=m.norm.eps, momentum=m.norm.momentum, reset_affine=True)
 
 
 class CSPNeXt(nn.Module):
@@ -109,9 +61,11 @@ class CSPNeXt(nn.Module):
     [3×3 stride-2 ConvNormAct → (SPPBottleneck, last stage) → CSPLayer with channel attention].
 
     ``forward(x)`` ``N×3×H×W`` → ``[C3, C4, C5]`` at strides 8/16/32 with :attr:`out_channels`.
+    Initialised by :meth:`init_weights` (``init``, as mmdetection ``mmdet/models/backbones/cspnext.py``).
     """
 
-    def __init__(self, cfg: RTMDetConfig, expand_ratio: float = 0.5, channel_attention: bool = True):
+    def __init__(self, cfg: RTMDetConfig, expand_ratio: float = 0.5, channel_attention: bool = True,
+                 init: str = "kaiming_uniform"):
         super().__init__()
         stem = cfg.channels(64)
         self.stem = nn.Sequential(
@@ -128,6 +82,19 @@ class CSPNeXt(nn.Module):
             self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
             self.stage_names.append(f"stage{i + 1}")
         self.out_channels = [cfg.channels(c) for _, c, *_ in _ARCH_P5[1:]]
+        self.init_weights(init)
+
+    def init_weights(self, init: str = "kaiming_uniform") -> None:
+        """``"kaiming_uniform"``: CSPNeXt's default ``init_cfg`` (mmengine ``KaimingInit``: every
+        Conv2d U(±1/√fan_in), i.e. a = √5, fan_in, leaky_relu; biases 0); ``"conv_module"``: that
+        ``init_cfg`` replaced (the tiny/s configs' pretrained backbone, absent): the ConvModules keep
+        their own init (:func:`init_conv_modules_`), channel attention keeps PyTorch's. BN γ 1, β 0."""
+        if init == "kaiming_uniform":
+            kaiming_uniform_convs_(self, a=math.sqrt(5), mode="fan_in", nonlinearity="leaky_relu", bias=0.0)
+        elif init == "conv_module":
+            init_conv_modules_(self)
+        else:
+            raise ValueError(f"CSPNeXt init: expected 'kaiming_uniform' or 'conv_module', got {init!r}")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.stem(x)
@@ -149,6 +116,8 @@ class CSPNeXtPAFPN(nn.Module):
     Options (searched later): ``expand_ratio`` of the CSP layers; ``se`` adds a
     :class:`SqueezeExcitation` after every CSP layer; ``ppm`` puts a :class:`PyramidPoolingModule`
     on the C5 input. Shapes: ``[N×c3×H/8, N×c4×H/16, N×c5×H/32]`` → 3 maps ``N×out×…``.
+    Init (mmdetection ``mmdet/models/necks/cspnext_pafpn.py`` default ``init_cfg``, kept by every
+    RTMDet config): every Conv2d U(±1/√fan_in) (Kaiming uniform, a = √5, fan_in), biases 0.
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int, num_blocks: int, expand_ratio: float = 0.5,
@@ -167,6 +136,7 @@ class CSPNeXtPAFPN(nn.Module):
         self.out_convs = nn.ModuleList(ConvNormAct(ci, out_channels, 3) for ci in c)
         se_channels = [c[i - 1] for i in range(len(c) - 1, 0, -1)] + c[1:]
         self.se_layers = nn.ModuleList(SqueezeExcitation(ch) for ch in se_channels) if se else None
+        kaiming_uniform_convs_(self, a=math.sqrt(5), mode="fan_in", nonlinearity="leaky_relu", bias=0.0)
 
     def _csp(self, block: CSPLayer, index: int, x: Tensor) -> Tensor:
         y = block(x)
@@ -213,13 +183,14 @@ class RTMDet(Detector):
                  loss_weights: Mapping[str, float] | None = None):
         super().__init__(num_classes, STRIDES)
         self.cfg = cfg
-        self.backbone = CSPNeXt(cfg)
+        self.backbone = CSPNeXt(cfg, init=cfg.backbone_init)
         feat = cfg.channels(256)
         self.neck = CSPNeXtPAFPN(self.backbone.out_channels, feat, cfg.blocks(3), neck_expand_ratio,
                                  se=neck_se, ppm=neck_ppm)
         self.bbox_head = self._make_head(cfg, num_classes, feat)
         self.assigner = assigner or DynamicSoftLabelAssigner()
         self.loss_weights = {"cls": 1.0, "bbox": 2.0, "mask": 2.0, **dict(loss_weights or {})}
+        set_bn_(self, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     def _make_head(self, cfg: RTMDetConfig, num_classes: int, feat: int) -> nn.Module:
         return RTMDetSepBNHead(num_classes, feat, feat, STRIDES, exp_on_reg=cfg.exp_on_reg)
@@ -268,8 +239,10 @@ class RTMDet(Detector):
     def _gt_centers(self, target: Target, device: torch.device) -> Tensor | None:
         return None
 
+    @float32_guard
     def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
-        """``{"loss_cls", "loss_bbox"}`` (RTMDet §3.2; normalisation as the reference)."""
+        """``{"loss_cls", "loss_bbox"}`` (RTMDet §3.2; normalisation as the reference), in float32
+        (decode, assignment and reductions) whatever autocast the forward ran under."""
         losses, _ = self._det_loss(outputs, targets)
         return losses
 
@@ -278,16 +251,15 @@ class RTMDet(Detector):
         logits = _flatten_levels(outputs["cls"]).float()
         boxes = distance2bbox(priors[None, :, :2], _flatten_levels(outputs["box"]).float())
         labels, metrics, gt_index = self._assign_batch(logits, boxes, priors, targets)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            qfl = quality_focal_loss(logits.reshape(-1, self.num_classes), labels.reshape(-1), metrics.reshape(-1))
-            loss_cls = qfl.sum() / metrics.sum().clamp(min=1.0)
-            pos = gt_index >= 0
-            gt_boxes = torch.cat([t["boxes"].to(boxes.device).float().reshape(-1, 4) for t in targets])
-            offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets][:-1], device=boxes.device).cumsum(0)
-            flat_gt = (gt_index + offsets[:, None])[pos]
-            weight = metrics[pos]
-            giou = iou_loss(boxes[pos], gt_boxes[flat_gt], "giou", eps=1e-6) * weight
-            loss_bbox = giou.sum() / weight.sum().clamp(min=1.0) + boxes.sum() * 0
+        qfl = quality_focal_loss(logits.reshape(-1, self.num_classes), labels.reshape(-1), metrics.reshape(-1))
+        loss_cls = qfl.sum() / metrics.sum().clamp(min=1.0)
+        pos = gt_index >= 0
+        gt_boxes = torch.cat([t["boxes"].to(boxes.device).float().reshape(-1, 4) for t in targets])
+        offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets][:-1], device=boxes.device).cumsum(0)
+        flat_gt = (gt_index + offsets[:, None])[pos]
+        weight = metrics[pos]
+        giou = iou_loss(boxes[pos], gt_boxes[flat_gt], "giou", eps=1e-6) * weight
+        loss_bbox = giou.sum() / weight.sum().clamp(min=1.0) + boxes.sum() * 0
         losses = {"loss_cls": self.loss_weights["cls"] * loss_cls, "loss_bbox": self.loss_weights["bbox"] * loss_bbox}
         return losses, (priors, gt_index, metrics)
 
@@ -314,22 +286,5 @@ def build_rtmdet(size: str, num_classes: int = 80, *, options: RTMDetOptions | N
         raise ValueError(f"unknown RTMDet size {size!r}; expected one of {sorted(RTMDET_CONFIGS)}")
     return model_cls(RTMDET_CONFIGS[size], num_classes, **rtmdet_kwargs(options or RTMDetOptions()))
 
-
-def register_variants(model_cls: type[RTMDet], prefix: str, recipe: str, title: str) -> None:
-    """Register ``{prefix}_{size}`` for every size of :data:`RTMDET_CONFIGS` (RTMDet and RTMDet-Ins)."""
-    def register(size: str) -> None:
-        def builder(num_classes: int = 80, *, options: RTMDetOptions) -> RTMDet:
-            return build_rtmdet(size, num_classes, options=options, model_cls=model_cls)
-
-        builder.__name__ = f"{prefix}_{size}"
-        builder.__doc__ = f"{title}-{size} (arXiv 2212.07784); see build_rtmdet."
-        register_model(builder.__name__, family="rtmdet", task=model_cls.task, input_size=640, size=size,
-                       recipe=recipe, options=RTMDetOptions)(builder)
-
-    for size in RTMDET_CONFIGS:
-        register(size)
-
-
-register_variants(RTMDet, "rtmdet", "rtmdet", "RTMDet")
 
 from . import rtmdet_weights  # noqa: E402,F401  (registers the "mmdet" weight source)

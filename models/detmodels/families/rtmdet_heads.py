@@ -5,7 +5,6 @@ Module attribute names follow the reference implementation (mmdetection ``RTMDet
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -13,11 +12,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct
+from ..layers.init import normal_convs_, prior_bias
 
 __all__ = [
     "RTMDetSepBNHead", "RTMDetInsSepBNHead", "MaskFeatModule", "make_priors", "dynamic_mask_logits",
-    "NUM_PROTOTYPES", "KERNEL_CHANNELS",
+    "NUM_PROTOTYPES", "KERNEL_CHANNELS", "HEAD_STD", "PRIOR_PROB",
 ]
+
+HEAD_STD = 0.01  # std of every head conv (mmdetection rtmdet_head.py / rtmdet_ins_head.py init_weights)
+PRIOR_PROB = 0.01  # foreground prior of the class bias (mmengine bias_init_with_prob(0.01))
 
 NUM_PROTOTYPES = 8  # mask prototypes P (= dynamic conv width D)
 _DY_LAYERS = 3
@@ -81,17 +84,17 @@ class RTMDetSepBNHead(nn.Module):
         self.init_weights()
 
     def init_weights(self, reg_bias: float = 0.0) -> None:
-        """N(0, 0.01) convs, BN (1, 0), class bias from prior 0.01 (focal-loss init)."""
+        """As mmdetection ``RTMDetSepBNHead.init_weights`` (``mmdet/models/dense_heads/rtmdet_head.py``;
+        RTMDet-Ins: ``rtmdet_ins_head.py``, ``reg_bias`` 1): every Conv2d of the head (towers,
+        predictors, mask branch) N(0, 0.01) with bias 0; BN γ 1, β 0; class bias −log((1−π)/π)
+        with prior π = 0.01 (σ(bias) = 0.01, Focal Loss §4.1); box bias ``reg_bias``."""
+        normal_convs_(self, std=HEAD_STD, bias=0.0)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for conv in self.rtm_cls:
-            nn.init.constant_(conv.bias, -math.log((1 - 0.01) / 0.01))
+            nn.init.constant_(conv.bias, prior_bias(PRIOR_PROB))
         for conv in self.rtm_reg:
             nn.init.constant_(conv.bias, reg_bias)
 

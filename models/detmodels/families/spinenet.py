@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from ..assigners import MaxIoUAssigner
 from ..base import Detector, RawOutputs
 from ..layers import ConvNormAct, make_act
+from ..layers.init import prior_bias, set_bn_, variance_scaling_convs_
 from ..layers.spinenet_blocks import BN_EPS, BN_MOMENTUM, BlockGroup, ScalePermutedBlock, block_out_channels
-from ..ops import huber_loss, sigmoid_focal_loss
-from ..options import (FLAG, Options, Rule, check, family_options, integer, is_number, number, one_of, option,
-                       optional)
-from ..registry import register_model
+from ..ops import float32_guard, huber_loss, sigmoid_focal_loss
 from ..structures import Detections, InputSpec, Target
+from .spinenet_options import (SPINENET_VARIANTS, MaxIoUOptions, RetinaNetHeadOptions, SpineNetBackboneOptions,
+                               SpineNetOptions, SpineNetVariant)
 from .spinenet_spec import (
     NUM_STEM_BLOCKS, ScaleSettings, SpineNetSpec, load_spec, merged_into, spec_from_dict, spinenet49_spec,
     validate_spec,
@@ -43,8 +43,9 @@ from .spinenet_spec import (
 
 __all__ = [
     "SpineNet", "RetinaNetHead", "RetinaNet", "SpineNetVariant", "SPINENET_VARIANTS", "build_spinenet",
+    "build_spinenet_variant", "spinenet_from_spec",
     "resolve_spec", "generate_anchors", "encode_boxes", "decode_boxes", "SpineNetOptions", "SpineNetBackboneOptions",
-    "RetinaNetHeadOptions", "MaxIoUOptions",
+    "RetinaNetHeadOptions", "MaxIoUOptions", "init_spinenet_",
 ]
 
 # ImageNet mean/std on RGB, 0–255 scale (TF vision input pipeline). The TF parser pads with 0 after
@@ -57,96 +58,21 @@ STEM_CHANNELS = 64
 BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class SpineNetVariant:
-    """A published size (§4.3 of the reference notes; TPU ``spinenet*_retinanet.yaml``)."""
+@torch.no_grad()
+def init_spinenet_(backbone: nn.Module) -> None:
+    """The backbone's init as tensorflow/models has it (``official/vision/modeling/backbones/
+    spinenet.py``: every ``Conv2D`` of the stem, block groups, resampling and endpoints takes
+    ``kernel_initializer="VarianceScaling"``, i.e. Keras' truncated normal with std √(1/fan_in), no
+    bias; ``norm_momentum`` 0.99 and ``norm_epsilon`` 1e-3 of ``NormActivation`` in
+    ``official/vision/configs/common.py``, used by the RetinaNet SpineNet experiments).
 
-    scale: ScaleSettings
-    head_convs: int
-    head_filters: int
-    anchor_size: float
-    input_size: int
-
-
-# SpineNet-49S follows the code's SCALING_MAP (128-d endpoints → 11.27 M with 91 classes), not the
-# model zoo's 11.9 M (256-d endpoints); see the module docstring.
-SPINENET_VARIANTS: dict[str, SpineNetVariant] = {
-    "49s": SpineNetVariant(ScaleSettings(0.65, 1, 0.5, 128), 4, 128, 3.0, 640),
-    "49": SpineNetVariant(ScaleSettings(1.0, 1, 0.5, 256), 4, 256, 3.0, 640),
-    "96": SpineNetVariant(ScaleSettings(1.0, 2, 0.5, 256), 4, 256, 3.0, 1024),
-    "143": SpineNetVariant(ScaleSettings(1.0, 3, 1.0, 256), 4, 256, 4.0, 1280),
-    "190": SpineNetVariant(ScaleSettings(1.3, 4, 1.0, 512), 7, 512, 4.0, 1280),
-}
-
-
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SpineNetBackboneOptions(Options):
-    """Scale settings (§3.3; ``null``: the variant's, or the spec's ``scale`` for ``spinenet``),
-    ``stochastic_depth_rate`` in [0, 1) and the ``activation`` (``swish`` / ``relu``)."""
-
-    filter_size_scale: float | None = option(None, optional(number(gt=0)))
-    block_repeats: int | None = option(None, optional(integer(1)))
-    resample_alpha: float | None = option(None, optional(number(gt=0)))
-    endpoints_num_filters: int | None = option(None, optional(integer(1)))
-    stochastic_depth_rate: float = option(0.2, number(ge=0, lt=1))
-    activation: str = option("swish", one_of("swish", "silu", "relu"))
-
-    def scale(self, base: ScaleSettings) -> ScaleSettings:
-        """``base`` with the fields set here replaced."""
-        names = [f.name for f in dataclasses.fields(ScaleSettings)]
-        return dataclasses.replace(base, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
-
-
-_ASPECT_RATIOS = Rule(lambda r: isinstance(r, tuple) and len(r) > 0 and all(is_number(x) and x > 0 for x in r),
-                      "a non-empty list of numbers > 0")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RetinaNetHeadOptions(Options):
-    """RetinaNet head and losses: ``num_convs`` × ``num_filters`` (``null``: the endpoint width),
-    anchors (``anchor_size`` · stride, ``num_scales`` octave scales, ``aspect_ratios``), focal α/γ,
-    Huber δ, box loss weight, top-k boxes before NMS."""
-
-    num_convs: int = option(4, integer(1))
-    num_filters: int | None = option(None, optional(integer(1)))
-    anchor_size: float = option(3.0, number(gt=0))
-    num_scales: int = option(3, integer(1))
-    aspect_ratios: tuple[float, ...] = option((1.0, 2.0, 0.5), _ASPECT_RATIOS)
-    focal_alpha: float = option(0.25, number(ge=0, le=1))
-    focal_gamma: float = option(1.5, number(ge=0))
-    huber_delta: float = option(0.1, number(gt=0))
-    box_loss_weight: float = option(50.0, number(ge=0))
-    pre_nms_topk: int = option(5000, integer(1))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MaxIoUOptions(Options):
-    """Max-IoU matching: positive at IoU >= ``pos_iou_thr``, negative below ``neg_iou_thr``
-    (0 <= neg <= pos <= 1), ``force_match`` every GT to its best anchor."""
-
-    pos_iou_thr: float = option(0.5, number(ge=0, le=1))
-    neg_iou_thr: float = 0.5  # its bound is pos_iou_thr: checked in __post_init__
-    force_match: bool = option(True, FLAG)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self, "neg_iou_thr", is_number(self.neg_iou_thr) and 0 <= self.neg_iou_thr <= self.pos_iou_thr,
-              f"a number in [0, pos_iou_thr={self.pos_iou_thr}]")
-
-
-@family_options("spinenet", backbone=SpineNetBackboneOptions, head=RetinaNetHeadOptions, assigner=MaxIoUOptions)
-class SpineNetOptions:
-    """Every option of a SpineNet-RetinaNet (no neck: the backbone feeds the head directly)."""
-
-
-def variant_options(key: str) -> SpineNetOptions:
-    """The published options of ``spinenet_<key>`` (scale, head width/depth, anchor size)."""
-    v = SPINENET_VARIANTS[key]
-    backbone = SpineNetBackboneOptions(**dataclasses.asdict(v.scale))
-    head = RetinaNetHeadOptions(num_convs=v.head_convs, num_filters=v.head_filters, anchor_size=v.anchor_size)
-    return SpineNetOptions(backbone=backbone, head=head)
+    PyTorch keeps γ = 1, β = 0 (Keras' ``BatchNormalization`` defaults; TF's blocks use no zero-γ).
+    The authors' original tensorflow/tpu code uses the same ``variance_scaling_initializer()`` for its
+    convs but BN momentum 0.997 / eps 1e-4 in its RetinaNet configs (``configs/base_config.py``); we
+    follow the Model Garden. Loading weights afterwards overwrites all of this.
+    """
+    variance_scaling_convs_(backbone, scale=1.0, mode="fan_in")
+    set_bn_(backbone, eps=BN_EPS, momentum=BN_MOMENTUM, reset_affine=True)
 
 
 def _filters(level: int, scale: float) -> int:
@@ -160,6 +86,7 @@ class SpineNet(nn.Module):
     convs (``endpoints_num_filters``) on the output blocks L{min}–L{max} (no FPN).
 
     ``forward(x)`` ``N×3×H×W`` → ``[N×E×⌈H/2^l⌉×⌈W/2^l⌉ for l in min_level..max_level]``.
+    Initialised by :func:`init_spinenet_` (TF Model Garden's VarianceScaling convs, BN 1e-3 / 0.01).
     """
 
     def __init__(self, spec: SpineNetSpec, scale: ScaleSettings, *, act: str = "swish",
@@ -193,6 +120,7 @@ class SpineNet(nn.Module):
             ConvNormAct(widths[self._outputs[lv]], scale.endpoints_num_filters, 1, act=act, bn_eps=BN_EPS,
                         bn_momentum=BN_MOMENTUM) for lv in self.levels)
         self.out_channels = [scale.endpoints_num_filters] * len(self.levels)
+        init_spinenet_(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         h, w = x.shape[-2:]
@@ -239,13 +167,18 @@ class RetinaNetHead(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self, prior_prob: float) -> None:
+        """TF Model Garden ``RetinaNetHead.build`` (tensorflow/models
+        ``official/vision/modeling/heads/dense_prediction_heads.py``): tower convs N(0, 0.01) with
+        zero bias, class and box predictors N(0, 1e-5), class bias ``-log((1 - π)/π)`` (π = 0.01),
+        box bias 0; every BN eps 1e-3 and Keras momentum 0.99 (PyTorch 0.01), γ = 1, β = 0."""
         for conv in [*self.cls_convs, *self.box_convs]:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
         for conv in (self.cls_pred, self.box_pred):
             nn.init.normal_(conv.weight, std=1e-5)
             nn.init.zeros_(conv.bias)
-        nn.init.constant_(self.cls_pred.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.cls_pred.bias, prior_bias(prior_prob))
+        set_bn_(self, eps=BN_EPS, momentum=BN_MOMENTUM, reset_affine=True)
 
     def _tower(self, x: Tensor, convs: nn.ModuleList, norms: nn.ModuleList) -> Tensor:
         for conv, norm in zip(convs, norms):
@@ -376,19 +309,19 @@ class RetinaNet(Detector):
             box_t.append(encode_boxes(matched, anchors))
         return torch.stack(cls_t), torch.stack(valid), torch.stack(pos), torch.stack(box_t)
 
+    @float32_guard
     def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
-        """``{"loss_cls", "loss_box"}`` (RetinaNet focal + weighted Huber, TF normalisation)."""
+        """``{"loss_cls", "loss_box"}`` (RetinaNet focal + weighted Huber, TF normalisation), in float32."""
         logits = _flatten(outputs["cls"], self.num_classes).float()
         deltas = _flatten(outputs["box"], 4).float()
         anchors = self.anchors(outputs)
         cls_t, valid, pos, box_t = self._targets(anchors, targets, logits.device)
         cfg = self.loss_cfg
         normalizer = pos.sum().float() + 1.0
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            focal = sigmoid_focal_loss(logits, cls_t, float(cfg.focal_alpha), float(cfg.focal_gamma))
-            loss_cls = (focal * valid[..., None]).sum() / normalizer
-            huber = huber_loss(deltas[pos], box_t[pos], float(cfg.huber_delta))
-            loss_box = huber.sum() / (4.0 * normalizer) + deltas.sum() * 0
+        focal = sigmoid_focal_loss(logits, cls_t, float(cfg.focal_alpha), float(cfg.focal_gamma))
+        loss_cls = (focal * valid[..., None]).sum() / normalizer
+        huber = huber_loss(deltas[pos], box_t[pos], float(cfg.huber_delta))
+        loss_box = huber.sum() / (4.0 * normalizer) + deltas.sum() * 0
         return {"loss_cls": loss_cls, "loss_box": float(cfg.box_loss_weight) * loss_box}
 
 
@@ -420,26 +353,13 @@ def build_spinenet(spec: SpineNetSpec, base_scale: ScaleSettings, num_classes: i
         pre_nms_topk=hd.pre_nms_topk)
 
 
-def _register_variant(key: str) -> None:
-    name = f"spinenet_{key}"
+def build_spinenet_variant(key: str, num_classes: int = 80, *, options: SpineNetOptions) -> RetinaNet:
+    """``spinenet_<key>``: SpineNet-49's block spec at the variant's scale + RetinaNet (arXiv 1912.05027)."""
     variant = SPINENET_VARIANTS[key]
-
-    def builder(num_classes: int = 80, *, options: SpineNetOptions) -> RetinaNet:
-        return build_spinenet(spinenet49_spec(variant.scale, name=f"spinenet-{key}"), variant.scale, num_classes,
-                              options=options)
-
-    builder.__name__ = name
-    builder.__doc__ = f"SpineNet-{key.upper()} + RetinaNet (arXiv 1912.05027); see build_spinenet."
-    register_model(name, family="spinenet", input_size=variant.input_size, size=key, recipe="retinanet",
-                   options=SpineNetOptions, default_options=variant_options(key))(builder)
+    return build_spinenet(spinenet49_spec(variant.scale, name=f"spinenet-{key}"), variant.scale, num_classes,
+                          options=options)
 
 
-for _key in SPINENET_VARIANTS:
-    _register_variant(_key)
-
-
-@register_model("spinenet", family="spinenet", input_size=640, size="49", recipe="retinanet",
-                options=SpineNetOptions)
 def spinenet_from_spec(num_classes: int = 80, *, options: SpineNetOptions,
                        spec: str | Path | Mapping[str, Any] | SpineNetSpec | None = None) -> RetinaNet:
     """Any valid SpineNet spec + RetinaNet. The spec's ``scale`` section (if any) replaces the

@@ -2,7 +2,8 @@
 Single-Shot Object Detection", arXiv 1911.09516): the paper's strong YOLOv3 baseline (Darknet-53,
 SPP, guided-anchoring head with a deformable 3×3 "feature adaption"), + ASFF (§3), + ASFF* (RFB).
 
-Registered: ``yolov3`` (baseline), ``yolov3_asff``, ``yolov3_asff_rfb`` (ASFF*), input 608.
+Variants (:data:`~.yolov3_asff_options.YOLOV3_ASFF_VARIANTS`): ``yolov3`` (baseline), ``yolov3_asff``,
+``yolov3_asff_rfb`` (ASFF*), input 608.
 
 >>> import detmodels
 >>> m = detmodels.create_model("yolov3_asff", num_classes=3)  # doctest: +SKIP
@@ -11,10 +12,10 @@ Options (:class:`YOLOv3ASFFOptions`): ``neck.dropblock``, ``head.ignore_thr``, `
 
 Pixels: RGB, ``/255`` then ImageNet mean/std (the reference ``preproc_for_test``).
 DropBlock (``--dropblock``, on for ASFF*) follows the reference schedule through ``set_epoch``.
+Initialisation: the reference's (:func:`init_yolov3_asff_`), run in the constructor; loaded weights replace it.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import torch
@@ -26,14 +27,16 @@ from ..layers.asff import ASFF, RFBBlock
 from ..layers.darknet import SPP, Darknet53, DarknetBottleneck, darknet_conv
 from ..layers.deform_conv import DeformConv2d
 from ..layers.dropblock import DropBlock
-from ..ops import box_cxcywh_to_xyxy
-from ..options import FLAG, Options, family_options, number, option
-from ..registry import register_model
+from ..layers.init import kaiming_normal_convs_, set_bn_
+from ..ops import box_cxcywh_to_xyxy, float32_guard
 from ..structures import Detections, InputSpec, Target
 from .yolov3_asff_loss import YOLOv3LossConfig, yolov3_level_loss
+from .yolov3_asff_options import (YOLOV3_ASFF_VARIANTS, YOLOv3ASFFHeadOptions, YOLOv3ASFFNeckOptions,
+                                  YOLOv3ASFFOptions)
 
 __all__ = ["YOLOv3SPPNeck", "FeatureAdaption", "GuidedAnchorHead", "YOLOv3ASFF", "build_yolov3_asff",
-           "ANCHORS", "YOLOV3_INPUT_SPEC", "YOLOv3ASFFOptions", "YOLOv3ASFFNeckOptions", "YOLOv3ASFFHeadOptions"]
+           "build_yolov3_asff_variant", "ANCHORS", "YOLOV3_INPUT_SPEC", "init_yolov3_asff_", "YOLOv3ASFFOptions", "YOLOv3ASFFNeckOptions",
+           "YOLOv3ASFFHeadOptions"]
 
 # The reference fills expanded/padded areas with the mean colour (TrainTransform): 114 is its nearest grey.
 YOLOV3_INPUT_SPEC = InputSpec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB",
@@ -173,6 +176,7 @@ class YOLOv3ASFF(Detector):
         self.heads = nn.ModuleList(GuidedAnchorHead(c, num_classes, rfb=rfb) for c in head_channels)
         self.loss_cfg = loss or YOLOv3LossConfig()
         self.register_buffer("anchors", torch.tensor(ANCHORS, dtype=torch.float32), persistent=False)
+        init_yolov3_asff_(self)
 
     def set_epoch(self, epoch: int, max_epochs: int) -> None:
         """Apply the reference DropBlock schedule (epochs rescaled from 300 to ``max_epochs``)."""
@@ -235,9 +239,10 @@ class YOLOv3ASFF(Detector):
         """Reference test settings: confidence 0.01 (σ(obj)·σ(cls)), class-wise NMS at 0.65."""
         return self._dense_postprocess(outputs, image_sizes, score_thr, nms_iou, max_det, scale_factors, key="obj")
 
+    @float32_guard
     def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
         """``loss_anchor``, ``loss_iou``, ``loss_l1``, ``loss_obj``, ``loss_cls`` summed over levels,
-        divided by the batch size (reference ``YOLOv3Head``)."""
+        divided by the batch size (reference ``YOLOv3Head``), in float32 under autocast."""
         h0, w0 = outputs["obj"][0].shape[-2:]
         image_hw = (h0 * self.strides[0], w0 * self.strides[0])
         totals: dict[str, Tensor] = {}
@@ -252,28 +257,31 @@ class YOLOv3ASFF(Detector):
         return totals
 
 
+# ---------------------------------------------------------------------- initialisation
+# The reference's init (GOATmessi7/ASFF main.py ``init_yolo``, applied to the whole model before
+# any checkpoint is loaded): Kaiming-normal fan-in with the LeakyReLU slope as ``a``.
+INIT_LEAKY_SLOPE = 0.1
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # network_blocks.py ``add_conv``: ``nn.BatchNorm2d(out_ch)``, PyTorch defaults
+
+
+def init_yolov3_asff_(model: nn.Module) -> None:
+    """Initialise ``model`` as the reference code does (GOATmessi7/ASFF ``main.py`` ``init_yolo``;
+    ``models/network_blocks.py``, ``models/yolov3_head.py``, ``utils/DCN/modules/deform_conv2d.py``).
+
+    * every ``nn.Conv2d`` (Darknet/neck/ASFF conv units, ASFF's biased ``weight_levels``, the head's
+      ``guide_wh``, ``conv_offset`` and ``pred``, RFB convs): ``kaiming_normal_(a=0.1, mode="fan_in",
+      nonlinearity="leaky_relu")``, i.e. ``N(0, √(2/1.01)/√fan_in)``; biases 0. The head has no
+      separate normal std and no prior-probability class/objectness bias: they start at 0;
+    * the deformable 3×3 conv is not an ``nn.Conv2d`` and keeps its own ``reset_parameters``
+      (Kaiming-uniform ``a=√5``, bias ``U(±1/√fan_in)``, as :class:`DeformConv2d` already does);
+    * BatchNorm: γ = 1, β = 0, eps 1e-5, momentum 0.1 (PyTorch defaults; the reference's apex
+      SyncBN conversion keeps them).
+    """
+    kaiming_normal_convs_(model, a=INIT_LEAKY_SLOPE, mode="fan_in", nonlinearity="leaky_relu", bias=0.0)
+    set_bn_(model, eps=BN_EPS, momentum=BN_MOMENTUM, reset_affine=True)
+
+
 # ---------------------------------------------------------------------- builders
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv3ASFFNeckOptions(Options):
-    """``dropblock``: DropBlock in the neck (on for ASFF* only, as the reference README's command)."""
-
-    dropblock: bool = option(False, FLAG)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv3ASFFHeadOptions(Options):
-    """Loss options of the reference: ``ignore_thr`` (``IGNORETHRE`` 0.7, in [0, 1]) and
-    ``label_smooth`` (``LABAL_SMOOTH``)."""
-
-    ignore_thr: float = option(0.7, number(ge=0, le=1))
-    label_smooth: bool = option(True, FLAG)
-
-
-@family_options("yolov3_asff", neck=YOLOv3ASFFNeckOptions, head=YOLOv3ASFFHeadOptions)
-class YOLOv3ASFFOptions:
-    """Every option of a YOLOv3(-ASFF) model; the Darknet-53 backbone has none."""
-
-
 def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = False,
                       options: YOLOv3ASFFOptions | None = None) -> YOLOv3ASFF:
     """Build YOLOv3 (+ASFF, +RFB) with typed ``options`` (default: :class:`YOLOv3ASFFOptions`)."""
@@ -282,19 +290,10 @@ def build_yolov3_asff(num_classes: int = 80, *, asff: bool = True, rfb: bool = F
     return YOLOv3ASFF(num_classes, asff=asff, rfb=rfb, dropblock=opts.neck.dropblock, loss=loss)
 
 
-def _register(name: str, asff: bool, rfb: bool, doc: str) -> None:
-    def builder(num_classes: int = 80, *, options: YOLOv3ASFFOptions) -> YOLOv3ASFF:
-        return build_yolov3_asff(num_classes, asff=asff, rfb=rfb, options=options)
+def build_yolov3_asff_variant(name: str, num_classes: int = 80, *, options: YOLOv3ASFFOptions) -> YOLOv3ASFF:
+    """Variant ``name`` of :data:`YOLOV3_ASFF_VARIANTS` (``yolov3``, ``yolov3_asff``, ``yolov3_asff_rfb``)."""
+    variant = YOLOV3_ASFF_VARIANTS[name]
+    return build_yolov3_asff(num_classes, asff=variant.asff, rfb=variant.rfb, options=options)
 
-    builder.__name__ = name
-    builder.__doc__ = f"{doc} (arXiv 1911.09516); see build_yolov3_asff."
-    defaults = YOLOv3ASFFOptions(neck=YOLOv3ASFFNeckOptions(dropblock=rfb))
-    register_model(name, family="yolov3_asff", input_size=608, size=name, recipe="yolov3_asff",
-                   options=YOLOv3ASFFOptions, default_options=defaults)(builder)
-
-
-_register("yolov3", False, False, "YOLOv3 strong baseline of the ASFF paper")
-_register("yolov3_asff", True, False, "YOLOv3 + ASFF")
-_register("yolov3_asff_rfb", True, True, "YOLOv3 + ASFF* (ASFF + RFB + DropBlock)")
 
 from . import yolov3_asff_weights  # noqa: E402,F401  (registers the "asff" weight source)

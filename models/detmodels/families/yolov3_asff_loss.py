@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import box_xyxy_to_cxcywh
+from ..ops import box_xyxy_to_cxcywh, float32_guard
 from ..structures import Target
 
 __all__ = ["YOLOv3LossConfig", "yolov3_level_loss", "cxcywh_iou", "keep_last"]
@@ -35,6 +35,7 @@ class YOLOv3LossConfig:
     label_smooth: bool = True
 
 
+@float32_guard
 def cxcywh_iou(a: Tensor, b: Tensor, eps: float = 0.0) -> Tensor:
     """Aligned IoU of ``…×4`` (cx, cy, w, h) boxes; zero when they do not overlap."""
     tl = torch.maximum(a[..., :2] - a[..., 2:] / 2, b[..., :2] - b[..., 2:] / 2)
@@ -74,6 +75,7 @@ def _ignore_mask(pred: Tensor, img: Tensor, gts: Tensor, thr: float) -> Tensor:
     return out.reshape(pred.shape[:4])
 
 
+@float32_guard
 def _wh_iou(wh_a: Tensor, wh_b: Tensor) -> Tensor:
     """IoU of centred boxes from sizes ``…×2`` (broadcast)."""
     inter = torch.minimum(wh_a, wh_b).prod(-1)
@@ -96,6 +98,7 @@ def _box_targets(shape: torch.Size, img: Tensor, a: Tensor, gj: Tensor, gi: Tens
     return target_box, mask
 
 
+@float32_guard
 def yolov3_level_loss(box: Tensor, obj: Tensor, cls: Tensor, slot_anchors: Tensor, pred: Tensor,
                       targets: Sequence[Target], anchors: Tensor, level: int, stride: int,
                       image_hw: tuple[int, int], cfg: YOLOv3LossConfig) -> dict[str, Tensor]:

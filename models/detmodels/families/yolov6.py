@@ -20,152 +20,47 @@ each variant's defaults are ``get_model_entry(name).default_options``.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..base import Detector, RawOutputs
 from ..layers import SPPF, BepC3, BiC, ConvNormAct, RepBlock, SimCSPSPPF, SimSPPF, make_rep_unit
-from ..options import FLAG, Options, family_options, integer, number, one_of, option, optional
-from ..registry import register_model
+from ..layers.init import set_bn_
+from ..ops.precision import float32_guard
 from ..structures import Detections, InputSpec, Target
 from .yolov6_distill import cosine_distill_weight, yolov6_distill_loss
 from .yolov6_head import EfficientDecoupledHead
 from .yolov6_loss import YOLOv6Criterion, decode_dense
+from .yolov6_options import (VARIANTS, TALOptions, YOLOv6BackboneOptions, YOLOv6Config,
+                             YOLOv6HeadOptions, YOLOv6NeckOptions, YOLOv6Options, default_options)
 
 __all__ = ["YOLOv6", "YOLOv6Config", "VARIANTS", "EfficientRep", "RepBiPAN", "cosine_distill_weight", "YOLOv6Options",
-           "YOLOv6BackboneOptions", "YOLOv6NeckOptions", "YOLOv6HeadOptions", "TALOptions", "build_yolov6"]
+           "YOLOv6BackboneOptions", "YOLOv6NeckOptions", "YOLOv6HeadOptions", "TALOptions", "build_yolov6",
+           "init_yolov6_"]
 
 _BN = {"bn_eps": 1e-3, "bn_momentum": 0.03}
-# Base channels / repeats before width / depth scaling (Y6 configs). Neck: (top-down reduce, outputs P3…).
-BASE_P5 = {"backbone": (64, 128, 256, 512, 1024), "backbone_repeats": (1, 6, 12, 18, 6),
-           "neck_reduce": (256, 128), "neck_out": (128, 256, 512), "neck_repeats": 12}
-BASE_P6 = {"backbone": (64, 128, 256, 512, 768, 1024), "backbone_repeats": (1, 6, 12, 18, 6, 6),
-           "neck_reduce": (512, 256, 128), "neck_out": (128, 256, 512, 1024), "neck_repeats": 12}
 
 
-@dataclasses.dataclass(frozen=True)
-class YOLOv6Config:
-    """One row of the scaling table (Y6 ``configs/yolov6{n,s,m,l}{,6}.py``).
+@torch.no_grad()
+def init_yolov6_(model: "YOLOv6") -> None:
+    """YOLOv6's initialisation and normalisation, as ``Model.__init__`` of meituan/YOLOv6
+    ``yolov6/models/yolo.py``: first the head's ``initialize_biases``, then ``initialize_weights``
+    (``yolov6/utils/torch_utils.py``).
 
-    Attributes:
-        depth, width: multipliers of the base repeats / channels.
-        csp_e: BepC3 hidden ratio for CSPBep models (M/L); ``None`` for EfficientRep (N/S).
-        block: basic unit, ``repvgg`` or ``conv_silu`` (L).
-        spp: ``simcspsppf``, ``simsppf`` or ``sppf``.
-        reg_max: DFL bins − 1 (0 = plain distances).
-        iou_loss: ``siou`` (N) or ``giou``.
-        distill_class_weight: class-KD weight of self-distillation.
-        p6: four output levels (strides 8–64, 1280 px) instead of three.
-        neck_csp_e: BepC3 ratio of the neck when it differs from the backbone's.
+    * every ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (backbone, neck, head towers, BiC upsample): PyTorch's
+      default, kept on purpose (the reference's ``initialize_weights`` passes over convs): weight
+      ~ U(±1/√fan_in) (kaiming-uniform, a = √5), bias ~ U(±1/√fan_in) where present;
+    * every BatchNorm: eps 1e-3, momentum 0.03 (PyTorch convention), γ = 1, β = 0;
+    * head predictors (:meth:`EfficientDecoupledHead.init_predictors`): weight 0, class bias
+      −log(99) (prior 0.01), box bias 1.0 (``yolov6/models/effidehead.py`` ``initialize_biases``);
+    * BottleRep ``alpha`` = 1 (``yolov6/layers/common.py``).
+
+    Runs in the constructor; converted / pretrained weights loaded afterwards overwrite it.
     """
-
-    depth: float
-    width: float
-    csp_e: float | None
-    block: str
-    spp: str
-    reg_max: int
-    iou_loss: str
-    distill_class_weight: float
-    p6: bool = False
-    neck_csp_e: float | None = None  # None: same as csp_e
-
-    @property
-    def base(self) -> dict:
-        return BASE_P6 if self.p6 else BASE_P5
-
-    def ch(self, c: int) -> int:
-        return math.ceil(c * self.width / 8) * 8
-
-    def rep(self, n: int) -> int:
-        return max(round(n * self.depth), 1) if n > 1 else n
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        return (8, 16, 32, 64) if self.p6 else (8, 16, 32)
-
-
-VARIANTS: dict[str, YOLOv6Config] = {
-    "n": YOLOv6Config(0.33, 0.25, None, "repvgg", "simcspsppf", 0, "siou", 1.0),
-    "s": YOLOv6Config(0.33, 0.50, None, "repvgg", "simcspsppf", 0, "giou", 1.0),
-    "m": YOLOv6Config(0.60, 0.75, 2 / 3, "repvgg", "simsppf", 16, "giou", 0.8),
-    "l": YOLOv6Config(1.0, 1.0, 1 / 2, "conv_silu", "sppf", 16, "giou", 2.0),
-    "n6": YOLOv6Config(0.33, 0.25, None, "repvgg", "simcspsppf", 0, "siou", 1.0, p6=True),
-    "s6": YOLOv6Config(0.33, 0.50, None, "repvgg", "simcspsppf", 0, "giou", 1.0, p6=True),
-    "m6": YOLOv6Config(0.60, 0.75, 2 / 3, "repvgg", "simsppf", 16, "giou", 0.8, p6=True),
-    "l6": YOLOv6Config(1.0, 1.0, 1 / 2, "conv_silu", "sppf", 16, "giou", 2.0, p6=True),
-}
-
-
-
-
-_CSP_E = optional(number(gt=0, le=1))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv6BackboneOptions(Options):
-    """Basic unit (``repvgg`` or ``conv_silu``) and BepC3 ratio ``csp_e`` in (0, 1]; ``null`` =
-    EfficientRep (RepBlocks, N/S), a ratio = CSPBep (M 2/3, L 1/2)."""
-
-    block: Literal["repvgg", "conv_silu"] = option("repvgg", one_of("repvgg", "conv_silu"))
-    csp_e: float | None = option(None, _CSP_E)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv6NeckOptions(Options):
-    """RepBi-PAN BepC3 ratio ``csp_e`` in (0, 1]; ``null``: the backbone's."""
-
-    csp_e: float | None = option(None, _CSP_E)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class YOLOv6HeadOptions(Options):
-    """Efficient Decoupled Head and its losses: ``anchor_aided`` (AAT), ``dld`` (DLD branch),
-    ``reg_max`` (DFL bins − 1, 0 = plain distances), ``iou_loss``, self-distillation
-    ``temperature``, ``distill_class_weight`` and ``distill_feat`` (channel-wise feature KD)."""
-
-    anchor_aided: bool = option(False, FLAG)
-    dld: bool = option(False, FLAG)
-    reg_max: int = option(0, integer(0))
-    iou_loss: Literal["siou", "giou"] = option("siou", one_of("siou", "giou"))
-    temperature: float = option(20.0, number(gt=0))
-    distill_class_weight: float = option(1.0, number(ge=0))
-    distill_feat: bool = option(False, FLAG)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TALOptions(Options):
-    """Task-aligned assigner (topk 13, t = s^α·IoU^β with α 1, β 6), the ATSS warm-up assigner's
-    ``atss_topk`` (9) and the AAT branch's TAL ``aat_topk`` (26)."""
-
-    tal_topk: int = option(13, integer(1))
-    tal_alpha: float = option(1.0, number(ge=0))
-    tal_beta: float = option(6.0, number(ge=0))
-    atss_topk: int = option(9, integer(1))
-    aat_topk: int = option(26, integer(1))
-
-
-@family_options("yolov6", backbone=YOLOv6BackboneOptions, neck=YOLOv6NeckOptions, head=YOLOv6HeadOptions,
-                assigner=TALOptions)
-class YOLOv6Options(Options):
-    """Every option of a YOLOv6 model; ``atss_warmup_epochs``: epochs assigned by ATSS before TAL
-    (Y6 configs: 0 for P5, 4 for P6)."""
-
-    atss_warmup_epochs: int = option(0, integer(0))
-
-
-def default_options(size: str) -> YOLOv6Options:
-    """The paper's options of ``yolov6_<size>`` (from its row of :data:`VARIANTS`)."""
-    cfg = VARIANTS[size]
-    return YOLOv6Options(
-        backbone=YOLOv6BackboneOptions(block=cfg.block, csp_e=cfg.csp_e),
-        neck=YOLOv6NeckOptions(csp_e=cfg.neck_csp_e),
-        head=YOLOv6HeadOptions(reg_max=cfg.reg_max, iou_loss=cfg.iou_loss,
-                               distill_class_weight=cfg.distill_class_weight),
-        atss_warmup_epochs=4 if cfg.p6 else 0)  # Y6 configs: ATSS warm-up only for the P6 models
+    model.head.init_predictors()
+    set_bn_(model, eps=1e-3, momentum=0.03)
 
 
 def _stage_block(block: str, csp_e: float | None, c_in: int, c_out: int, n: int) -> nn.Module:
@@ -291,6 +186,7 @@ class YOLOv6(Detector):
                                            anchor_aided=anchor_aided, dld=dld)
         self.criterion = YOLOv6Criterion(num_classes, self.strides, self.reg_max, iou_type=cfg.iou_loss,
                                          **(criterion_kwargs or {}))
+        init_yolov6_(self)
 
     def forward(self, images: Tensor) -> RawOutputs:
         feats = self.neck(self.backbone(images))
@@ -299,9 +195,10 @@ class YOLOv6(Detector):
             out["feats"] = list(feats)
         return out
 
+    @float32_guard
     def loss(self, outputs: RawOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
         """``loss_cls`` (VFL), ``loss_iou`` (×2.5), ``loss_dfl`` (×0.5, DFL models/DLD) and, with AAT,
-        ``loss_cls_ab``/``loss_iou_ab``; TAL, or ATSS during the warm-up epochs (see :meth:`set_epoch`)."""
+        ``loss_cls_ab``/``loss_iou_ab``; TAL, or ATSS during the warm-up epochs (see :meth:`set_epoch`). Float32 under autocast."""
         return self.criterion(outputs, targets, self._epoch)
 
     def decode(self, outputs: RawOutputs) -> tuple[Tensor, Tensor]:
@@ -319,6 +216,7 @@ class YOLOv6(Detector):
         self.head.emit_dld_in_eval = True
         return self
 
+    @float32_guard
     def distill_loss(self, student: RawOutputs, teacher: RawOutputs, targets: Sequence[Target],
                      weight: float = 1.0) -> dict[str, Tensor]:
         """YOLOv6 self-distillation: KL at temperature ``T`` on class scores (×T², × class weight) and
@@ -342,18 +240,5 @@ def build_yolov6(size: str, num_classes: int = 80, *, options: YOLOv6Options | N
                   distill_feat=head.distill_feat, temperature=head.temperature,
                   distill_class_weight=head.distill_class_weight, criterion_kwargs=crit)
 
-
-def _register(size: str) -> None:
-    @register_model(f"yolov6_{size}", family="yolov6", input_size=1280 if VARIANTS[size].p6 else 640,
-                    size=size, recipe="yolov6", options=YOLOv6Options, default_options=default_options(size))
-    def builder(num_classes: int = 80, *, options: YOLOv6Options) -> YOLOv6:
-        return build_yolov6(size, num_classes, options=options)
-
-    builder.__doc__ = (f"YOLOv6-{size.upper()} v3.0 ({1280 if VARIANTS[size].p6 else 640} px). "
-                       "Options: :class:`YOLOv6Options`.")
-
-
-for _size in VARIANTS:
-    _register(_size)
 
 from . import yolov6_weights  # noqa: E402,F401  (registers the "yolov6" weight source)

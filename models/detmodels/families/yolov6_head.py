@@ -4,13 +4,13 @@ Distillation (DLD, "Self-Distillation"). Both auxiliaries are removed by :meth:`
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct
+from ..layers.init import prior_bias
 
 __all__ = ["EfficientDecoupledHead", "SEED_ANCHORS"]
 
@@ -71,8 +71,14 @@ class EfficientDecoupledHead(nn.Module):
 
     @torch.no_grad()
     def init_predictors(self) -> None:
-        """Zero predictor weights; class bias −log((1−p)/p) with p = 0.01, box bias 1.0."""
-        cls_bias = -math.log((1 - _PRIOR_PROB) / _PRIOR_PROB)
+        """Every 1×1 predictor: weight 0; class bias −log((1−π)/π) with π = 0.01 (≈ −4.595), box bias 1.0.
+
+        As ``Detect.initialize_biases`` of meituan/YOLOv6 ``yolov6/models/effidehead.py`` (and of
+        ``yolov6/models/heads/effidehead_fuseab.py`` for the AAT predictors, ``…/effidehead_distill_ns.py``
+        for the DLD branch). The stem/cls/reg ConvBNSiLU keep PyTorch's conv default (the reference's
+        ``initialize_weights`` leaves ``nn.Conv2d`` untouched); their BN is eps 1e-3, momentum 0.03.
+        """
+        cls_bias = prior_bias(_PRIOR_PROB)
         for group, bias in ((self.cls_preds, cls_bias), (self.reg_preds, 1.0), (self.cls_preds_ab, cls_bias),
                             (self.reg_preds_ab, 1.0), (self.reg_preds_dfl, 1.0)):
             for conv in group or ():

@@ -17,6 +17,7 @@ from ..assigners.atss import ATSSAssigner
 from ..assigners.task_aligned import BatchAssignment, TaskAlignedAssigner
 from ..ops.boxes import bbox2distance, box_cxcywh_to_xyxy, distance2bbox
 from ..ops.losses import distribution_focal_loss, iou_loss, varifocal_loss
+from ..ops.precision import float32_guard
 from ..structures import Target
 from .yolov6_head import SEED_ANCHORS
 
@@ -130,6 +131,7 @@ class YOLOv6Criterion:
         return outputs["box_dfl"][0].shape[1] // 4
 
     # ------------------------------------------------------------------ losses
+    @float32_guard
     def __call__(self, outputs: dict, targets: Sequence[Target], epoch: int = 0) -> dict[str, Tensor]:
         res, flat = self.assign_outputs(outputs, targets, epoch)
         cls_loss, tss = self._vfl(flat["cls"], res, strict_norm=True)

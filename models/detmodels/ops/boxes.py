@@ -1,6 +1,7 @@
 """Box utilities in plain torch: conversions and the IoU family (IoU, GIoU, DIoU, CIoU, SIoU).
 
-All boxes are ``…×4`` float tensors. ``pairwise_*`` functions compare ``N×4`` with ``M×4`` and return
+All boxes are ``…×4`` float tensors. The IoU functions compute in float32 under autocast
+(:func:`~detmodels.ops.precision.float32_guard`). ``pairwise_*`` functions compare ``N×4`` with ``M×4`` and return
 ``N×M``; ``aligned_*`` functions compare ``…×4`` with ``…×4`` element-wise and return ``…``.
 """
 from __future__ import annotations
@@ -9,6 +10,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from .precision import float32_guard
 
 __all__ = [
     "box_xyxy_to_cxcywh", "box_cxcywh_to_xyxy", "box_xywh_to_xyxy", "box_xyxy_to_xywh", "box_area",
@@ -51,6 +54,7 @@ def clip_boxes(b: Tensor, hw: tuple[int, int]) -> Tensor:
     )
 
 
+@float32_guard
 def pairwise_iou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     """IoU of every box in ``a`` (``N×4``) with every box in ``b`` (``M×4``) → ``N×M``."""
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
@@ -74,11 +78,13 @@ def _enclosing(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return wh[..., 0], wh[..., 1]
 
 
+@float32_guard
 def aligned_iou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     inter, union = _inter_union(a, b)
     return inter / (union + eps)
 
 
+@float32_guard
 def aligned_giou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     """Generalised IoU (Rezatofighi et al. 2019): IoU − (C − U)/C with C the enclosing box area."""
     inter, union = _inter_union(a, b)
@@ -94,6 +100,7 @@ def _center_dist2(a: Tensor, b: Tensor) -> Tensor:
     return ((ca - cb) ** 2).sum(-1)
 
 
+@float32_guard
 def aligned_diou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     """Distance IoU (Zheng et al. 2020): IoU − ρ²(centres)/c² with c the enclosing diagonal."""
     iou = aligned_iou(a, b, eps)
@@ -101,6 +108,7 @@ def aligned_diou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     return iou - _center_dist2(a, b) / (cw**2 + ch**2 + eps)
 
 
+@float32_guard
 def aligned_ciou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     """Complete IoU (Zheng et al. 2020): DIoU − α·v, v = 4/π²·(atan(w_b/h_b) − atan(w_a/h_a))²."""
     iou = aligned_iou(a, b, eps)
@@ -114,6 +122,7 @@ def aligned_ciou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     return iou - diou_term - alpha * v
 
 
+@float32_guard
 def aligned_siou(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     """SCYLLA-IoU (Gevorgyan 2022), as YOLOv6 uses it: IoU − (Δ + Ω)/2 with angle-aware distance."""
     iou = aligned_iou(a, b, eps)

@@ -1,5 +1,6 @@
 """Detection losses in plain torch. Each returns the *unreduced* per-element loss unless noted,
-so callers apply the normalisation their paper prescribes.
+so callers apply the normalisation their paper prescribes. Every loss computes in float32, autocast
+or not (:func:`~detmodels.ops.precision.float32_guard`): half-precision inputs are cast up.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import aligned_ciou, aligned_diou, aligned_giou, aligned_iou, aligned_siou
+from .precision import float32_guard
 
 __all__ = [
     "quality_focal_loss", "varifocal_loss", "sigmoid_focal_loss", "iou_loss", "dice_loss",
@@ -17,6 +19,7 @@ __all__ = [
 IOU_FUNCS = {"iou": aligned_iou, "giou": aligned_giou, "diou": aligned_diou, "ciou": aligned_ciou, "siou": aligned_siou}
 
 
+@float32_guard
 def quality_focal_loss(logits: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
     """Quality Focal Loss (GFL, Li et al. 2020) as RTMDet uses it (§3.2).
 
@@ -37,6 +40,7 @@ def quality_focal_loss(logits: Tensor, labels: Tensor, scores: Tensor, beta: flo
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
 
 
+@float32_guard
 def varifocal_loss(logits: Tensor, target_scores: Tensor, labels_onehot: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
     """Varifocal Loss (VarifocalNet, Zhang et al. 2021) as in YOLOv6 §2.3.
 
@@ -44,10 +48,10 @@ def varifocal_loss(logits: Tensor, target_scores: Tensor, labels_onehot: Tensor,
     """
     pred = logits.sigmoid()
     weight = alpha * pred.pow(gamma) * (1 - labels_onehot) + target_scores * labels_onehot
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        return F.binary_cross_entropy_with_logits(logits.float(), target_scores.float(), reduction="none") * weight.float()
+    return F.binary_cross_entropy_with_logits(logits, target_scores, reduction="none") * weight
 
 
+@float32_guard
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Focal loss (Lin et al. 2017, RetinaNet §3): −α_t (1 − p_t)^γ log p_t, element-wise (``…×C``).
 
@@ -62,6 +66,7 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return loss
 
 
+@float32_guard
 def iou_loss(pred: Tensor, target: Tensor, kind: str = "giou", eps: float = 1e-7) -> Tensor:
     """``1 − IoU-variant`` for aligned xyxy boxes (``…×4`` → ``…``); kind in iou/giou/diou/ciou/siou."""
     if kind not in IOU_FUNCS:
@@ -69,6 +74,7 @@ def iou_loss(pred: Tensor, target: Tensor, kind: str = "giou", eps: float = 1e-7
     return 1.0 - IOU_FUNCS[kind](pred, target, eps)
 
 
+@float32_guard
 def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 5e-6) -> Tensor:
     """V-Net Dice loss per instance: 1 − 2Σpt / (Σp² + Σt² + 2·eps) (mmdet ``DiceLoss``, naive_dice=False).
 
@@ -81,6 +87,7 @@ def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 5e-6) -> Tensor
     return 1 - num / den
 
 
+@float32_guard
 def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Distribution Focal Loss (GFL §3.3): cross-entropy to the two bins around a continuous target.
 
@@ -96,6 +103,7 @@ def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
     )
 
 
+@float32_guard
 def huber_loss(pred: Tensor, target: Tensor, delta: float = 0.1) -> Tensor:
     """Huber loss (RetinaNet/SpineNet box loss, δ 0.1), element-wise, TF convention (0.5·x² inside δ)."""
     diff = (pred - target).abs()

@@ -92,7 +92,7 @@ def _row(cfg: NasConfig, result, exp_dir: Path, stats: dict, runs: dict[str, str
 
 def trial_rows(cfg: NasConfig, grid, parent_run_id: str, exp_dir: Path) -> list[dict[str, Any]]:
     """One row per Tune trial (launch order: ``trial`` 0, 1, …), from the ResultGrid, the per-trial
-    stats (``trial_stats.json``) and the child runs found by ``detflow.trial_id``."""
+    stats (``stats/trial_stats.json``) and the child runs found by ``detflow.trial_id``."""
     from ..tune.results import _mlflow_runs_by_trial
     from ..tune.stats import read_trial_stats
 

@@ -5,7 +5,8 @@ An *artifact* is one of: a checkpoint directory (fp32), a quantisation output di
 (``model.int8.onnx`` [+ ``model.int8.pt2``]), an export directory or ``.onnx`` file, or a model
 object. :func:`load_artifact` resolves it; :func:`make_runner` turns (artifact, backend) into a
 :class:`Runner`: ``runner(images N×3×H×W float, normalised)`` → list of numpy outputs
-(``boxes``, ``scores`` — or the four fixed-size NMS outputs when NMS is in the graph).
+(``boxes``, ``scores`` [+ ``mask_kernels``, ``mask_feat`` for instance models] — or the four fixed-size
+NMS outputs when NMS is in the graph).
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def _from_dir(path: Path, name: str) -> Artifact:
     for candidate in ("model_nms.onnx", "model.onnx"):
         if (path / candidate).is_file():
             return _from_onnx(path / candidate, name)
-    raise UserInputError(f"{path}: not a benchmarkable artifact (expected a checkpoint, a quantisation output "
+    raise UserInputError(f"{path}: not a model artifact (expected a checkpoint, a quantisation output "
                          "directory with model.int8.onnx, or an export directory with model.onnx)")
 
 
@@ -165,7 +166,8 @@ def torch_threads(threads: int) -> Iterator[None]:
 @dataclasses.dataclass
 class Runner:
     """``fn(images)`` → list of numpy outputs. ``device`` is what ran it; ``nms_in_graph`` whether
-    the outputs are already NMS-ed (``num_dets, det_boxes, det_scores, det_labels``)."""
+    the outputs are already NMS-ed (``num_dets, det_boxes, det_scores, det_labels``); ``max_batch``
+    the most images one call takes (a fixed-batch graph's batch; ``None``: any)."""
 
     backend: str
     precision: str
@@ -237,18 +239,30 @@ def _onnx_for(art: Artifact, input_size: tuple[int, int], work_dir: Path) -> str
     return str(out / "model.onnx")
 
 
+def _is_nms_graph(output_names: Sequence[str]) -> bool:
+    """Whether a graph's outputs are the fixed-size NMS ones (not dense boxes/scores[/mask outputs])."""
+    from ..export.nms import NMS_OUTPUTS
+
+    names = list(output_names)
+    if set(names) & set(NMS_OUTPUTS):
+        return True
+    return len(names) == 4 and "boxes" not in names  # a graph exported with other output names
+
+
 def _ort_runner(art: Artifact, onnx_path: str, cuda: bool, threads: int) -> Runner:
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
     session = ort_session(onnx_path, threads=threads, providers=providers)
     name = session.get_inputs()[0].name
-    nms = len(session.get_outputs()) == 4
+    nms = _is_nms_graph([o.name for o in session.get_outputs()])
+    batch = session.get_inputs()[0].shape[0]  # an int for a graph exported with a fixed batch
 
     def run(images: torch.Tensor) -> list[np.ndarray]:
         return session.run(None, {name: images.detach().cpu().numpy().astype(np.float32, copy=False)})
 
     device = _device_name("cuda") if cuda else _device_name("cpu")
     backend = "onnxruntime-cuda" if cuda else "onnxruntime"
-    return Runner(backend, art.precision, device, run, nms_in_graph=nms, threads=threads)
+    return Runner(backend, art.precision, device, run, nms_in_graph=nms, threads=threads,
+                  max_batch=batch if isinstance(batch, int) and batch > 0 else None)
 
 
 def make_runner(
@@ -280,32 +294,13 @@ def make_runner(
 
 
 def _build_trt_engine(onnx_path: str, precision: str, input_size: tuple[int, int], max_batch: int):
-    """Serialised TensorRT engine of ``onnx_path``: FP16 for float graphs; INT8 (+FP16 fallback) for
-    QDQ graphs, whose Q/DQ scales TensorRT uses as they are (explicit quantisation)."""
+    """TensorRT engine of ``onnx_path`` (:func:`detflow.export.tensorrt.build_engine`, profile 1..max_batch)."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)  # implicit in TRT 10
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeFailure(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
-    config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-    profile = builder.create_optimization_profile()
-    h, w = input_size
-    profile.set_shape("images", (1, 3, h, w), (max_batch, 3, h, w), (max_batch, 3, h, w))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeFailure(f"TensorRT failed to build an engine from {onnx_path}")
-    return trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    from ..export.tensorrt import build_engine
+
+    blob = build_engine(onnx_path, precision=precision, input_size=input_size, batch=(1, max_batch, max_batch))
+    return trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
 
 
 def _tensorrt_runner(art: Artifact, onnx_path: str, *, input_size: tuple[int, int], max_batch: int) -> Runner:
@@ -334,7 +329,7 @@ def _tensorrt_runner(art: Artifact, onnx_path: str, *, input_size: tuple[int, in
         return [b.cpu().numpy() for b in bufs]
 
     note = "explicit quantisation from the Q/DQ graph" if precision == "int8" else "FP16 engine from the fp32 ONNX"
-    return Runner("tensorrt", precision, _device_name("cuda"), run, nms_in_graph=len(outputs) == 4,
+    return Runner("tensorrt", precision, _device_name("cuda"), run, nms_in_graph=_is_nms_graph(outputs),
                   max_batch=max_batch, note=note)
 
 

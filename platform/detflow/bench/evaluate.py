@@ -3,7 +3,9 @@
 The val split goes through the same letterbox (``build_val_transforms``) the model was validated
 with, the artifact runs on the chosen backend, dense outputs go through class-aware NMS
 (``detmodels.dense_postprocess``; graphs with NMS inside are used as they are), boxes go back
-to original pixels and :func:`detflow.evaluation.evaluate_coco` scores them.
+to original pixels and :func:`detflow.evaluation.evaluate_coco` scores them. Instance graphs (outputs
+``boxes, scores, mask_kernels, mask_feat``: RTMDet-Ins) go through ``detmodels.dense_instance_postprocess``
+(the model's own mask step) and are scored for masks too: ``segm_AP``, ``segm_AP50``, … and ``segm``.
 
 >>> evaluate_artifact("out/qat", split, input_size=320, backend="onnxruntime")["AP50"]   # doctest: +SKIP
 0.71
@@ -19,24 +21,34 @@ import numpy as np
 import torch
 
 import detmodels
-from detmodels import dense_postprocess
+from detmodels import dense_instance_postprocess, dense_postprocess
 
 from ..errors import DataError
 from .backends import Artifact, Runner, load_artifact, make_runner
 
-__all__ = ["evaluate_artifact", "evaluate_runner", "outputs_to_detections"]
+__all__ = ["evaluate_artifact", "evaluate_runner", "outputs_to_detections", "has_mask_outputs"]
+
+# Mask metrics copied to the top level as ``segm_<key>`` (the full dict is under ``"segm"``).
+SEGM_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def outputs_to_detections(
     outputs: Sequence[np.ndarray], runner: Runner, metas: Sequence[dict], input_hw: tuple[int, int],
     *, score_thr: float, nms_iou: float, max_det: int,
 ) -> list[detmodels.Detections]:
-    """Runner outputs of a batch → per-image detections in original pixels (letterbox undone)."""
+    """Runner outputs of a batch → per-image detections in original pixels (letterbox undone).
+
+    Instance outputs (``boxes, scores, mask_kernels, mask_feat``) give detections with ``masks``.
+    """
     sizes = [tuple(m["orig_size"]) for m in metas]
     scales = [float(m.get("scale", 1.0)) for m in metas]
     if not runner.nms_in_graph:
-        boxes, scores = (torch.from_numpy(np.asarray(o[: len(metas)], dtype=np.float32)) for o in outputs[:2])
-        return dense_postprocess(boxes, scores, input_hw, sizes, score_thr, nms_iou, max_det, scale_factors=scales)
+        dense = [torch.from_numpy(np.asarray(o[: len(metas)], dtype=np.float32)) for o in outputs]
+        if has_mask_outputs(outputs, runner):
+            return dense_instance_postprocess(*dense[:4], input_hw, sizes, score_thr, nms_iou, max_det,
+                                              scale_factors=scales)
+        return dense_postprocess(dense[0], dense[1], input_hw, sizes, score_thr, nms_iou, max_det,
+                                 scale_factors=scales)
     num, boxes, scores, labels = outputs
     dets = []
     for i, (size, scale) in enumerate(zip(sizes, scales)):
@@ -48,6 +60,12 @@ def outputs_to_detections(
         dets.append(detmodels.Detections(b, torch.from_numpy(scores[i, :k][keep].astype(np.float32)),
                                          torch.from_numpy(labels[i, :k][keep].astype(np.int64))))
     return dets
+
+
+def has_mask_outputs(outputs: Sequence[np.ndarray], runner: Runner) -> bool:
+    """Whether dense runner outputs carry instance masks (``N×A×4, N×A×C, N×A×K, N×P×h×w``)."""
+    return (not runner.nms_in_graph and len(outputs) >= 4 and np.ndim(outputs[2]) == 3
+            and np.ndim(outputs[3]) == 4)
 
 
 def _as_split(split: Any) -> Any:
@@ -95,16 +113,21 @@ def evaluate_runner(
     known = art.info.get("category_ids")
     if known and list(known) != category_ids:
         raise DataError(f"{split.annotations}: category ids {category_ids} differ from the artifact's {list(known)}")
-    results, seen = [], 0
+    results, seen, masks = [], 0, False
     for images, _, metas in loader:
         if max_images is not None and seen >= max_images:
             break
         outputs = runner(_pad_batch(images, batch_size))
         hw = (int(images.shape[-2]), int(images.shape[-1]))
         dets = outputs_to_detections(outputs, runner, metas, hw, score_thr=score_thr, nms_iou=nms_iou, max_det=max_det)
+        masks = masks or has_mask_outputs(outputs, runner)
         results += detections_to_coco(dets, [int(m["image_id"]) for m in metas], category_ids)
         seen += len(metas)
     metrics = evaluate_coco(dataset.coco, results)
+    if masks:
+        segm = evaluate_coco(dataset.coco, results, iou_type="segm")
+        metrics["segm"] = segm
+        metrics.update({f"segm_{k}": v for k, v in segm.items() if k in SEGM_KEYS})
     if plot_confusion is not None:
         from ..evaluation.confusion import write_confusion_plot
 
@@ -136,7 +159,8 @@ def evaluate_artifact(
         input_size: letterbox size; default the artifact's export size or its config's ``data.image_size``.
         plot_confusion: also write the detection confusion matrix (PNG) to this file.
     Returns:
-        ``evaluate_coco`` keys (AP, AP50, …, per_class, note) plus images, eval_time_s, backend, precision.
+        ``evaluate_coco`` keys (AP, AP50, …, per_class, note) plus images, eval_time_s, backend, precision;
+        for instance artifacts also ``segm`` (the mask ``evaluate_coco`` dict) and ``segm_AP``, ``segm_AP50``, ….
     """
     art = load_artifact(path)
     size = resolve_input_size(art, input_size)

@@ -69,6 +69,8 @@ class BenchRow:
     throughput: float | None = None
     mAP: float | None = None
     mAP50: float | None = None
+    segm_mAP: float | None = None  # mask mAP of instance models (RTMDet-Ins); None for detection-only ones
+    segm_mAP50: float | None = None
     device: str = ""
     note: str = ""
 
@@ -76,7 +78,8 @@ class BenchRow:
 COLUMNS = [f.name for f in dataclasses.fields(BenchRow)]
 _MD_COLUMNS = [("artifact", "artifact"), ("precision", "precision"), ("backend", "backend"), ("batch_size", "batch"),
                ("input_size", "input"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-               ("throughput", "img/s"), ("mAP", "mAP"), ("mAP50", "mAP50"), ("status", "status")]
+               ("throughput", "img/s"), ("mAP", "mAP"), ("mAP50", "mAP50"), ("segm_mAP", "segm mAP"),
+               ("segm_mAP50", "segm mAP50"), ("status", "status")]
 
 
 def _fmt(value: Any) -> str:
@@ -143,7 +146,7 @@ class BenchTable:
             if r.status != "ok":
                 continue
             key = f"bench/{r.artifact}/{r.backend}/{r.precision}/b{r.batch_size}"
-            for field in ("p50_ms", "p90_ms", "p99_ms", "throughput", "mAP", "mAP50"):
+            for field in ("p50_ms", "p90_ms", "p99_ms", "throughput", "mAP", "mAP50", "segm_mAP", "segm_mAP50"):
                 value = getattr(r, field)
                 if value is not None:
                     out[f"{key}/{field}"] = float(value)
@@ -293,6 +296,8 @@ def _run_cell(art: Artifact, backend: str, size: tuple[int, int], label: str, ba
             m = evaluate_runner(runner, art, val, input_size=size, batch_size=eval_batch_size,
                                 max_images=max_eval_images)
             scores = {"mAP": float(m["AP"]), "mAP50": float(m["AP50"])}
+            if "segm_AP" in m:  # an instance model: its masks are scored too
+                scores.update(segm_mAP=float(m["segm_AP"]), segm_mAP50=float(m["segm_AP50"]))
         return _cell_rows(art, backend, runner, batch_sizes, size, warmup, iters, scores)
     except (UserInputError, RuntimeFailure):
         raise

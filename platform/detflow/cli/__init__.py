@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import DetflowError
-from . import bench, compare, config, data, evaluate, models, search, server, train, val, workflow
+from . import bench, compare, config, data, evaluate, export, models, predict, search, server, train, val, workflow
 
 app = typer.Typer(
     name="detflow",
@@ -37,7 +37,7 @@ def _root(
 
 
 # Each area's module registers its commands; a module that fails to import is an error, never skipped.
-for _module in (config, data, evaluate, val, models, train, workflow, search, compare, bench, server):
+for _module in (config, data, evaluate, val, models, train, predict, export, workflow, search, compare, bench, server):
     _module.register(app)
 
 

@@ -1,5 +1,6 @@
 """``detflow bench …``: training throughput (``bench train``), data-pipeline speed (``bench data``),
-searches (``bench search``: ASHA vs none; ``bench nas``: NAS trials at a time).
+searches (``bench search``: ASHA vs none; ``bench nas``: NAS trials at a time), val mAP50 against
+wall time of a time-budgeted training (``bench learn``), CLI start-up times (``bench cli``).
 
 Other benchmark commands attach to :data:`bench_app` in this module.
 """
@@ -139,6 +140,95 @@ def bench_nas_cmd(
                                images=images, image_size=image_size, cost=cost, scheduler=scheduler,
                                metric=metric, print_fn=None if as_json else typer.echo)
     typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
+
+
+@bench_app.command("learn")
+def bench_learn_cmd(
+    model: str = typer.Option(..., "--model", help="Registered model name.", show_default=False),
+    minutes: float = typer.Option(20.0, "--minutes", min=0.05, help="Wall-clock budget of the training run."),
+    images: int = typer.Option(400, "--images", min=4, help="Synthetic training images (+ a quarter for val)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=32, show_default=False,
+                                             help="Synthetic image side and training input size "
+                                             "(default: 320 px images, the config's input size)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, show_default=False,
+                                          help="Ray Train workers (default: the config's)."),
+    eval_every_s: Optional[float] = typer.Option(None, "--eval-every-s", min=1, show_default=False,
+                                                 help="Evaluate about every this many seconds (default: 60)."),
+    eval_interval: Optional[int] = typer.Option(None, "--eval-interval", min=1, show_default=False,
+                                                help="Evaluate every N epochs (instead of --eval-every-s)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, show_default=False,
+                                         help="Train N epochs (no probe, no budget plan)."),
+    config: Optional[Path] = typer.Option(None, "--config", show_default=False,
+                                          help="Base train config (default: workflows/configs/<family>_synth.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the run: KEY=VALUE (repeatable)."),
+    data: Optional[Path] = typer.Option(None, "--data", show_default=False,
+                                        help="Synthetic set directory (reused, or written there) "
+                                        "(default: $DETFLOW_HOME/bench/learn-data/…)."),
+    out: Optional[Path] = typer.Option(None, "--out", show_default=False,
+                                       help="Where learn.md, learn.json, learn_curve.png and the run go "
+                                       "(default: $DETFLOW_HOME/bench/learn/MODEL-STAMP)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Val mAP50 against wall time: train MODEL with its family's short-budget recipe on the synthetic set
+    for a wall-clock budget (epochs planned from a probe of the step and evaluation times), evaluating at
+    regular points; prints (elapsed, epoch, train loss, bbox mAP50[, segm mAP50]) and the final figure,
+    writes a plot of mAP50 vs wall time (also logged to the run in MLflow).
+
+    Example: detflow bench learn --model rtmdet_tiny --minutes 20 --images 400 --workers 2
+    """
+    from ..bench.learn_bench import check_model_name, default_data_dir, run_learn_bench
+    from ..errors import UserInputError
+
+    check_model_name(model)
+    if eval_every_s is not None and eval_interval is not None:
+        raise UserInputError(f"--eval-every-s {eval_every_s:g} and --eval-interval {eval_interval}: give one of them")
+    data = data or default_data_dir(images, image_size)
+    _synth_with_bar(data, images, image_size or 320)
+    with json_stdout(as_json):
+        result = run_learn_bench(model, minutes=minutes, images=images, image_size=image_size, workers=workers,
+                                 eval_every_s=eval_every_s or 60.0, eval_interval=eval_interval, epochs=epochs,
+                                 config=config, overrides=set_, data_dir=data, out=out,
+                                 print_fn=None if as_json else typer.echo, progress=not as_json)
+    typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
+
+
+@bench_app.command("cli")
+def bench_cli_cmd(
+    runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per command (median reported)."),
+    config: str = typer.Option("workflows/configs/rtmdet_tiny_synth.yaml", "--config",
+                               help="Config file timed with `config validate` (empty: leave the case out)."),
+    workflow: str = typer.Option("workflows/quickstart.yaml", "--workflow",
+                                 help="Workflow timed as a cached re-run; it runs once first, un-timed, to fill "
+                                 "the cache (empty: leave the case out)."),
+    no_lineage: bool = typer.Option(False, "--no-lineage", help="Run the workflow with --no-lineage (no MLflow)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Start-up wall time of `detflow --help`, `models list`, `config validate` and a cached workflow
+    re-run: median of N runs, each in a fresh `python -m detflow` process, beside each target and the
+    load average (docs/benchmarks.md has the protocol and the figures).
+
+    Example: detflow bench cli --runs 5 --workflow workflows/quickstart.yaml
+    """
+    from ..bench.cli_bench import run_cli_bench
+
+    result = run_cli_bench(runs, config=config or None, workflow=workflow or None, lineage=not no_lineage,
+                           print_fn=None if as_json else lambda msg: typer.echo(msg, err=True))
+    typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
+
+
+def _synth_with_bar(root: Path, images: int, image_size: int) -> None:
+    """The bench's synthetic set in ``root`` (reused when there), with a rich progress bar on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..bench.learn_bench import learn_data
+
+    if (root / "val.json").is_file() and (root / "train.json").is_file():
+        return
+    columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("images", total=None)
+        learn_data(root, images, image_size, lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def register(app: typer.Typer) -> None:

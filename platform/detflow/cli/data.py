@@ -54,7 +54,7 @@ def check_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     max_pixels: Optional[int] = typer.Option(
         None, "--max-pixels", min=1, show_default=False,
-        help="Refuse images with more pixels than this [default: 178956970, Pillow's decompression-bomb limit]."),
+        help="Refuse images with more pixels than this (default: 178956970, Pillow's decompression-bomb limit)."),
 ) -> None:
     """Validate a COCO file and its images; exit 2 when there are errors.
 

@@ -12,7 +12,7 @@ import typer
 from ..weights.convert import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, NUM_COCO_CLASSES, write_checkpoint_dir
 from .common import command_group
 
-__all__ = ["register", "list_cmd", "convert_cmd", "pull_cmd", "model_rows", "write_checkpoint_dir",
+__all__ = ["register", "list_cmd", "convert_cmd", "pull_cmd", "model_rows", "table_rows", "write_checkpoint_dir",
            "COCO_CATEGORY_IDS", "COCO_CLASS_NAMES"]
 
 models_app = command_group("Registered detectors: sizes, costs and official-weight conversion.",
@@ -56,43 +56,84 @@ def model_rows(names: list[str] | None = None, *, with_flops: bool = True, deplo
     return rows
 
 
-@models_app.command("list")
-def list_cmd(
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
-    no_flops: bool = typer.Option(False, "--no-flops", help="Skip the (slow) FLOP measurement."),
-    family: Optional[str] = typer.Option(None, "--family", help="Only this family (rtmdet, yolov6, …)."),
-    deploy: bool = typer.Option(False, "--deploy", help="Measure the re-parameterised (inference) form."),
-    names: Optional[list[str]] = typer.Argument(None, help="Only these models (default: all).", show_default=False),
-) -> None:
-    """List every registered model with family, task, parameters (M) and GFLOPs.
+def table_rows(names: list[str], *, with_flops: bool = True) -> list[dict]:
+    """Rows like :func:`model_rows` read from the checked zoo table (:mod:`detflow.zoo`): nothing is
+    built and torch is not imported. The table holds the training form only, so no ``macs`` key."""
+    from ..zoo import get_entry
 
-    Parameters and FLOPs are measured by building each model (80 classes) and running one forward
-    pass at its default input size; GFLOPs = 2 × multiply-accumulates.
+    rows = []
+    for name in names:
+        e = get_entry(name)
+        row = {"name": e.name, "family": e.family, "task": e.task, "input_size": e.input_size, "deploy": False,
+               "params_m": e.params_m}
+        if with_flops:
+            row["gflops"] = e.gflops
+        rows.append(row)
+    return rows
 
-    Example: detflow models list --family rtmdet --json    (or: detflow models list rtmdet_tiny yolov6_n --deploy)
-    """
+
+def _table_names(family: str | None, names: list[str]) -> list[str] | None:
+    """The names to list from the zoo table, or None when the table cannot answer (a family or a name
+    registered in ``detmodels`` but not in the table: those are measured)."""
+    from ..zoo import zoo_entries
+
+    known = [e.name for e in zoo_entries(family)]
+    if not known or any(n not in known for n in names):
+        return None
+    return list(names) or known
+
+
+def _measured_rows(family: str | None, names: list[str], *, with_flops: bool, deploy: bool,
+                   progress: bool) -> list[dict]:
+    """Rows measured by building each model (imports torch and ``detmodels``)."""
     import detmodels
 
     from ..errors import UserInputError
 
     known = detmodels.list_models(family)
-    unknown = [n for n in names or [] if n not in known]
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise UserInputError(f"unknown model {unknown[0]!r}" + (f" in family {family!r}" if family else "")
                              + f"; known: {', '.join(known)}")
-    rows = model_rows(list(names) if names else known, with_flops=not no_flops, deploy=deploy, progress=not as_json)
+    return model_rows(list(names) or known, with_flops=with_flops, deploy=deploy, progress=progress)
+
+
+@models_app.command("list")
+def list_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    no_flops: bool = typer.Option(False, "--no-flops", help="Leave out the GFLOPs column."),
+    family: Optional[str] = typer.Option(None, "--family", help="Only this family (rtmdet, yolov6, …)."),
+    deploy: bool = typer.Option(False, "--deploy", help="Measure the re-parameterised (inference) form (builds every model: slow)."),
+    measure: bool = typer.Option(False, "--measure", help="Build every model and measure it instead of reading the table (slow)."),
+    names: Optional[list[str]] = typer.Argument(None, help="Only these models (default: all).", show_default=False),
+) -> None:
+    """List every registered model with family, task, parameters (M) and GFLOPs.
+
+    Parameters and GFLOPs (80 classes, training form, one forward pass at the default input size,
+    GFLOPs = 2 × multiply-accumulates) are read from the zoo table (detflow/zoo.py, checked against
+    built models by the tests), so nothing is built; --measure (or --deploy) builds each model and
+    measures it, as does a model registered but not in the table.
+
+    Example: detflow models list --family rtmdet --json    (or: detflow models list rtmdet_tiny yolov6_n --deploy)
+    """
+    names = list(names or [])
+    from_table = None if (measure or deploy) else _table_names(family, names)
+    if from_table is not None:
+        rows = table_rows(from_table, with_flops=not no_flops)
+    else:
+        rows = _measured_rows(family, names, with_flops=not no_flops, deploy=deploy, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    _print_rows(rows, with_flops=not no_flops)
+    _print_rows(rows, with_flops=not no_flops, measured=from_table is None)
 
 
-def _print_rows(rows: list[dict], *, with_flops: bool) -> None:
+def _print_rows(rows: list[dict], *, with_flops: bool, measured: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
     form = "deploy form" if rows and rows[0].get("deploy") else "training form"
-    table = Table(title=f"registered models (80 classes, {form}, measured)",
+    table = Table(title=f"registered models (80 classes, {form}, {'measured' if measured else 'zoo table'})",
                   caption="GFLOPs = 2 × multiply-accumulates at the input size (papers' 'FLOPs' are often MACs)"
                   if with_flops else None)
     heads = ["name", "family", "task", "input", "params (M)"] + (["GFLOPs (2×MACs)"] if with_flops else [])

@@ -1,4 +1,4 @@
-"""``detflow train`` (Ray Train + MLflow) and ``detflow predict`` (a checkpoint on images)."""
+"""``detflow train`` (Ray Train + MLflow)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import typer
 
 from .output import json_stdout
 
-__all__ = ["register", "train_cmd", "predict_cmd"]
+__all__ = ["register", "train_cmd"]
 
 
 def train_cmd(
@@ -53,27 +53,5 @@ def train_cmd(
     typer.echo(f"wall time:       {result.wall_time_s:.1f} s")
 
 
-def predict_cmd(
-    checkpoint: str = typer.Argument(..., help="Checkpoint directory (or s3:// URI)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Directory of images (or the image dir of --annotations)."),
-    annotations: Optional[Path] = typer.Option(None, "--annotations", help="COCO JSON whose images to predict on."),
-    out: Path = typer.Option(..., "--out", help="Where to write the COCO results JSON."),
-    draw: Optional[Path] = typer.Option(None, "--draw", help="Also write images with boxes/masks drawn here."),
-    score_thr: Optional[float] = typer.Option(None, "--score-thr", min=0, max=1, help="Keep detections above this score."),
-) -> None:
-    """Run a checkpoint on images and write COCO results.
-
-    Example: detflow predict .detflow/runs/rtmdet-tiny-synth-…/best --images data/synth/images --out preds.json --draw preds/
-    """
-    from ..errors import UserInputError
-    from ..train import predict
-
-    if images is None and annotations is None:
-        raise UserInputError("detflow predict: expected --images DIR or --annotations FILE")
-    results = predict(checkpoint, images_dir=images, annotations=annotations, out=out, draw_dir=draw, score_thr=score_thr)
-    typer.echo(f"wrote {len(results)} detections to {out}" + (f"; drawings in {draw}" if draw else ""))
-
-
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
-    app.command("predict")(predict_cmd)

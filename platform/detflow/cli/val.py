@@ -12,13 +12,19 @@ from typing import Any, Optional
 
 import typer
 
-__all__ = ["register", "val_cmd", "val_split", "default_backend"]
+__all__ = ["register", "val_cmd", "val_split", "config_split", "default_backend"]
 
 
 def val_split(config: Path) -> Any:
     """The val ``DatasetSplit`` (COCO) of ``config``, paths resolved against its directory: a training
     config (``kind: train``) or a data section (``val``, optionally ``format``, at the top level). A
     YOLO / VOC split (``format: yolo|voc``) is converted once, as training does (content-hash cache)."""
+    return config_split(config, "val")
+
+
+def config_split(config: Path, which: str) -> Any:
+    """The ``which`` (``train`` | ``val``) ``DatasetSplit`` (COCO) of a training config or a data
+    section file, as :func:`val_split` describes."""
     from ..config.base import read_yaml
     from ..config.kinds import load_user_config
     from ..config.train import DatasetSplit, TrainConfig
@@ -31,15 +37,15 @@ def val_split(config: Path) -> Any:
                            f"got {type(raw).__name__}"])
     if "kind" in raw:
         section = load_user_config(TrainConfig, config).data
-        val, fmt, field = section.val, getattr(section, "format", "coco"), "data.val"
+        split, fmt, field = getattr(section, which), getattr(section, "format", "coco"), f"data.{which}"
     else:
-        val, fmt, field = _data_section_val(raw, config), raw.get("format", "coco"), "val"
+        split, fmt, field = _data_section_split(raw, config, which), raw.get("format", "coco"), which
         if fmt not in ("coco", "yolo", "voc"):
             raise ConfigError([f"{config}: format: expected coco | yolo | voc, got {fmt!r}"])
-    if val is None:
-        raise ConfigError([f"{config}: {field}: expected a val split (annotations + images) to evaluate on, got null"])
+    if split is None:
+        raise ConfigError([f"{config}: {field}: expected a {which} split (annotations + images), got null"])
     base = config.resolve().parent
-    annotations, images = resolve_path(val.annotations, base), resolve_path(val.images, base)
+    annotations, images = resolve_path(split.annotations, base), resolve_path(split.images, base)
     if fmt != "coco":
         from ..data.formats.cache import cached_split
 
@@ -48,17 +54,17 @@ def val_split(config: Path) -> Any:
     return DatasetSplit(annotations=str(annotations), images=str(images))
 
 
-def _data_section_val(raw: dict, config: Path) -> Any:
-    """``val`` of a data-section file as a ``DatasetSplit`` (None when absent)."""
+def _data_section_split(raw: dict, config: Path, which: str) -> Any:
+    """``which`` of a data-section file as a ``DatasetSplit`` (None when absent)."""
     from ..config.train import DatasetSplit
     from ..errors import ConfigError
 
-    val = raw.get("val")
-    if val is None:
+    split = raw.get(which)
+    if split is None:
         return None
-    if not isinstance(val, dict) or set(val) != {"annotations", "images"}:
-        raise ConfigError([f"{config}: val: expected {{annotations: FILE, images: DIR}}, got {val!r}"])
-    return DatasetSplit(annotations=str(val["annotations"]), images=str(val["images"]))
+    if not isinstance(split, dict) or set(split) != {"annotations", "images"}:
+        raise ConfigError([f"{config}: {which}: expected {{annotations: FILE, images: DIR}}, got {split!r}"])
+    return DatasetSplit(annotations=str(split["annotations"]), images=str(split["images"]))
 
 
 def default_backend(artifact: str) -> str:

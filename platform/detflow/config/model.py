@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import inspect
 import typing
 from typing import Annotated, Any, ClassVar, Union
 
@@ -118,8 +117,7 @@ class _SpineNetModelConfig(_FamilyModelConfig):
     def _spec_entry(self) -> "_SpineNetModelConfig":
         """Only an entry whose builder takes ``spec=`` (``spinenet``) accepts one; the published
         variants are fixed specs."""
-        builder = detmodels.get_model_entry(self.name).builder
-        if self.spec is not None and "spec" not in inspect.signature(builder).parameters:
+        if self.spec is not None and not detmodels.get_model_entry(self.name).takes_spec:
             raise field_error("ModelConfig", ("spec",), self.spec, "null: only the 'spinenet' entry takes a spec")
         return self
 

@@ -141,6 +141,8 @@ class ScheduleConfig(StrictModel):
     name: ScheduleName | None = None
     warmup_iters: int | None = Field(None, ge=0)
     warmup_epochs: float | None = Field(None, ge=0)
+    warmup_start: float | None = Field(None, ge=0, le=1, description="LR factor at the first warm-up iteration")
+    warmup_power: float | None = Field(None, ge=1, description="warm-up shape: progress^power (1 linear, 4 burn-in)")
     min_lr_ratio: float | None = Field(None, ge=0, le=1)
     flat_fraction: float | None = Field(None, ge=0, le=1, description="flat_cosine: fraction of epochs before decay")
 
@@ -162,7 +164,8 @@ class TrainLoopConfig(StrictModel):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     ema: EMAConfig = EMAConfig()
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision of forward + loss: bf16 on "
+                                                "CPU or GPU, fp16 on GPU only (with a GradScaler)")
     grad_clip: float | None = Field(None, gt=0)
     sync_bn: bool = False
     eval_interval: PositiveInt = 1
@@ -220,6 +223,15 @@ class TrainConfig(StrictModel):
         if self.train.patience is not None and self.data.val is None:
             raise field_error("TrainConfig", ("train", "patience"), self.train.patience,
                               "null (early stopping watches the val metric: add data.val or remove train.patience)")
+        return self
+
+    @model_validator(mode="after")
+    def _fp16_needs_gpu(self) -> TrainConfig:
+        """``train.amp: fp16`` autocasts on CUDA only: refused for CPU workers (``scaling.gpus_per_worker: 0``)."""
+        if self.train.amp == "fp16" and self.scaling.gpus_per_worker == 0:
+            raise field_error("TrainConfig", ("train", "amp"), self.train.amp,
+                              "'off' or 'bf16' (fp16 mixed precision needs a GPU: scaling.gpus_per_worker is 0; "
+                              "bf16 autocasts on CPU)")
         return self
 
     @model_validator(mode="after")

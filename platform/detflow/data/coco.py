@@ -72,7 +72,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
+            return np.array(img if img.mode == "RGB" else img.convert("RGB"))  # RGB: no converted copy
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except Image.DecompressionBombError as exc:

@@ -388,10 +388,12 @@ def _warp_masks(masks: np.ndarray, inv: np.ndarray, out_w: int, out_h: int) -> n
 
 
 def _hsv_luts(image: np.ndarray, lut_h: np.ndarray, lut_s: np.ndarray, lut_v: np.ndarray) -> np.ndarray:
-    """Map the H, S, V channels (Pillow's 0–255 HSV) of an RGB image through three uint8 LUTs."""
-    hsv = np.asarray(Image.fromarray(image).convert("HSV"))
-    mapped = np.stack([lut_h[hsv[..., 0]], lut_s[hsv[..., 1]], lut_v[hsv[..., 2]]], axis=-1)
-    return np.array(Image.fromarray(mapped, mode="HSV").convert("RGB"))
+    """Map the H, S, V channels (Pillow's 0–255 HSV) of an RGB image through three uint8 LUTs.
+
+    The LUTs are applied by Pillow (``point`` on the HSV image) between the two colour conversions,
+    so the pixels never make a numpy round trip in HSV (the same bytes as indexing in numpy)."""
+    lut = np.concatenate([lut_h, lut_s, lut_v]).tolist()
+    return np.array(Image.fromarray(image).convert("HSV").point(lut).convert("RGB"))
 
 
 class YOLOXHSVRandomAug(RandomTransform):

@@ -81,11 +81,25 @@ class EarlyStopping:
             self.stopped_epoch = state.get("stopped_epoch")
 
 
+AMP_DEVICES = ("cuda", "cpu")  # where torch.autocast runs bf16
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast dtype on CUDA; ``None`` (full precision) on CPU or with ``amp='off'``."""
-    if amp == "off" or device.type != "cuda":
-        return None
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+    """The autocast dtype of ``train.amp`` on ``device``; ``None``: full precision.
+
+    ``bf16`` autocasts on CUDA and on CPU; ``fp16`` only on CUDA (CPU fp16 kernels are slow and
+    many are missing, and fp16 needs a GradScaler): on CPU it falls back to full precision, which
+    :class:`TrainLoop` says in a one-line warning (a config with ``scaling.gpus_per_worker: 0`` is
+    refused at validation instead). ``amp='off'`` and other devices: ``None``.
+
+    >>> autocast_dtype("bf16", torch.device("cpu")), autocast_dtype("fp16", torch.device("cpu"))
+    (torch.bfloat16, None)
+    """
+    if amp == "bf16" and device.type in AMP_DEVICES:
+        return torch.bfloat16
+    if amp == "fp16" and device.type == "cuda":
+        return torch.float16
+    return None
 
 
 def move_targets(targets: Sequence[dict], device: torch.device) -> list[dict]:
@@ -94,7 +108,12 @@ def move_targets(targets: Sequence[dict], device: torch.device) -> list[dict]:
 
 @dataclasses.dataclass
 class EpochStats:
-    """What one epoch measured on this process (sums; :meth:`summary` gives means)."""
+    """What one epoch measured on this process (sums; :meth:`summary` gives means).
+
+    ``data_time`` is the time spent waiting for the loader's next batch, ``step_time`` the time
+    computing it (host→device copy, forward, backward, optimizer step; CUDA synchronised), so
+    ``train/data_wait_fraction`` = data / (data + step) tells whether the epoch was input-bound.
+    """
 
     losses: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
     steps: int = 0
@@ -113,23 +132,34 @@ class EpochStats:
             "train/images_per_s": world_size * self.images / max(self.wall_time, 1e-9),
             "train/data_time_s": self.data_time / n,
             "train/step_time_s": self.step_time / n,
-            "train/data_fraction": self.data_time / max(self.data_time + self.step_time, 1e-9),
+            # share of the step (waiting for the loader + computing) spent waiting for the next batch:
+            # near 1 the loader is the bottleneck, near 0 the model is
+            "train/data_wait_fraction": self.data_time / max(self.data_time + self.step_time, 1e-9),
             "train/epoch_time_s": self.wall_time,
         })
         return out
 
 
+MAX_REDUCED = ("train/data_wait_fraction",)  # the worst rank: one starved rank stalls every rank's all-reduce
+
+
 def reduce_stats(summary: dict[str, float]) -> dict[str, float]:
-    """Average loss terms and timings over DDP ranks (no-op without an initialised process group)."""
+    """Average loss terms and timings over DDP ranks; ``train/data_wait_fraction`` takes the maximum
+    over ranks (no-op without an initialised process group)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return summary
-    keys = sorted(k for k in summary if k not in ("train/images_per_s", "train/lr"))
+    out = dict(summary)
+    keys = sorted(k for k in summary if k not in ("train/images_per_s", "train/lr") and k not in MAX_REDUCED)
     t = torch.tensor([summary[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
-    out = dict(summary)
     out.update({k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())})
+    maxed = [k for k in MAX_REDUCED if k in summary]
+    if maxed:
+        m = torch.tensor([summary[k] for k in maxed], dtype=torch.float64)
+        dist.all_reduce(m, op=dist.ReduceOp.MAX)
+        out.update({k: float(v) for k, v in zip(maxed, m.tolist())})
     return out
 
 
@@ -174,7 +204,9 @@ class TrainLoop:
         model: a ``detmodels.Detector`` (possibly wrapped in DDP), already on ``device``.
         optimizer / scheduler: see :mod:`detflow.engine.optim` and :mod:`detflow.engine.schedules`.
         ema: optional :class:`ModelEMA`, updated after every optimizer step.
-        amp: ``off`` | ``bf16`` | ``fp16`` (autocast on CUDA only; fp16 uses a GradScaler).
+        amp: ``off`` | ``bf16`` | ``fp16``: autocast of forward + loss (bf16 on CUDA and CPU; fp16 on
+            CUDA only, with a GradScaler; see :func:`autocast_dtype`). Assignment, IoU and loss
+            reductions run in float32 whatever the setting (``detmodels.ops.float32_guard``).
         grad_clip: max global grad norm, or ``None``.
         teacher: optional frozen teacher detector; adds ``distill_loss(weight=distill_weight·α(e))``.
         max_steps_per_epoch: cap on steps per epoch (smoke runs, benchmarks).
@@ -190,6 +222,9 @@ class TrainLoop:
         self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
         self.device = torch.device(device)
         self.amp_dtype = autocast_dtype(amp, self.device)
+        if amp != "off" and self.amp_dtype is None:
+            emit(f"warning: train.amp={amp} is not supported on {self.device.type} (fp16 needs CUDA; use bf16 "
+                 "on CPU): training in full precision (float32)")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.grad_clip, self.teacher = grad_clip, teacher
         self.distill_weight, self.distill_decay = distill_weight, distill_decay
@@ -254,7 +289,6 @@ class TrainLoop:
                 t_end = time.perf_counter()
                 stats.data_time += t_data - t_prev
                 stats.step_time += t_end - t_data
-                t_prev = t_end
                 for k, v in terms.items():
                     stats.losses[k] += v
                 stats.steps += 1
@@ -264,6 +298,7 @@ class TrainLoop:
                 eta = (t_end - start) / stats.steps * (total - stats.steps)
                 info = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in terms.items())
                 bar.update(stats.steps, f"{info} {stats.images / (t_end - start):.1f} img/s", eta)
+                t_prev = time.perf_counter()  # the bookkeeping above is neither data wait nor step
         finally:
             bar.close()
         stats.wall_time = time.perf_counter() - start

@@ -14,9 +14,9 @@ Rows (reference fact sheet §2.7, §3.4, §4.5, §5.3; optimiser · schedule · 
 * ``yolov6``: Nesterov SGD lr 0.01 (n, n6: 0.02) for 256 images, momentum 0.937, wd 5e-4 · cosine
   (warm-up max(3 epochs, 1000 it), lrf 0.01) · ramped EMA (0.9999, ramp 2000).
 * ``retinanet``: SGD lr 0.28 for 256 images, momentum 0.9, wd 4e-5 · step ×0.1 at 95 % and 98 %
-  (2000 warm-up iterations) · no EMA.
-* ``yolov3_asff``: SGD lr 0.001 (not scaled by batch), momentum 0.9, wd 5e-4 · cosine (5 warm-up
-  epochs) · no EMA.
+  (2000 linear warm-up iterations from 0.0067·lr, tensorflow/models) · no EMA.
+* ``yolov3_asff``: SGD lr 0.001 (not scaled by batch), momentum 0.9, wd 5e-4 · 5-epoch burn-in
+  lr·progress⁴ (the ASFF / darknet burn-in), flat to epoch 20 of 300, then cosine · no EMA.
 * ``plain``: AdamW lr 0.001 for 64 images, wd 0.05 · cosine (warm-up max(200 it, 1 epoch)) · EMA.
 
 A size without its own row (another family's model) takes the recipe's ``any`` row.
@@ -62,7 +62,7 @@ _YOLOV6 = EngineRecipe(
     optimizer=OptimizerSpec(name="sgd", lr=0.01, weight_decay=5e-4, momentum=0.937, nesterov=True,
                             base_batch=256, scale_lr_by_batch=True),
     schedule=ScheduleSpec(name="cosine", warmup_iters=1000, warmup_epochs=3.0, min_lr_ratio=0.01,
-                          flat_fraction=0.0),
+                          flat_fraction=0.0, warmup_start=0.0),
     ema=EMASpec(enabled=True, kind="ramped", decay=0.9999, gamma=2000.0))
 _YOLOV6_N = replace(_YOLOV6, optimizer=replace(_YOLOV6.optimizer, lr=0.02))
 
@@ -70,19 +70,20 @@ _RETINANET = EngineRecipe(
     optimizer=OptimizerSpec(name="sgd", lr=0.28, weight_decay=4e-5, momentum=0.9, nesterov=False,
                             base_batch=256, scale_lr_by_batch=True),
     schedule=ScheduleSpec(name="step", warmup_iters=2000, warmup_epochs=0.0, min_lr_ratio=0.01,
-                          flat_fraction=0.0, milestones=(0.95, 0.98)),
+                          flat_fraction=0.0, milestones=(0.95, 0.98), warmup_start=0.0067),
     ema=EMASpec(enabled=False, kind="exp_momentum"))
 
 _YOLOV3_ASFF = EngineRecipe(
     optimizer=OptimizerSpec(name="sgd", lr=0.001, weight_decay=5e-4, momentum=0.9, nesterov=False,
                             base_batch=64, scale_lr_by_batch=False),
-    schedule=ScheduleSpec(name="cosine", warmup_iters=0, warmup_epochs=5.0, min_lr_ratio=0.01,
-                          flat_fraction=20 / 300),
+    schedule=ScheduleSpec(name="flat_cosine", warmup_iters=0, warmup_epochs=5.0, min_lr_ratio=0.01,
+                          flat_fraction=20 / 300, warmup_start=0.0, warmup_power=4.0),
     ema=EMASpec(enabled=False, kind="exp_momentum"))
 
 _PLAIN = replace(  # rtmdet's AdamW and EMA at lr 0.001 for 64 images, with a short-warm-up cosine
     _RTMDET, optimizer=replace(_RTMDET.optimizer, lr=0.001, base_batch=64),
-    schedule=replace(_RTMDET.schedule, name="cosine", warmup_iters=200, warmup_epochs=1.0, flat_fraction=0.0))
+    schedule=replace(_RTMDET.schedule, name="cosine", warmup_iters=200, warmup_epochs=1.0, flat_fraction=0.0,
+                     warmup_start=0.0))
 
 ENGINE_RECIPES: dict[tuple[str, str], EngineRecipe] = {
     ("rtmdet", ANY_SIZE): _RTMDET,

@@ -1,7 +1,7 @@
 """Per-iteration learning-rate schedules: linear warm-up, then flat-cosine, cosine, step or constant.
 
-* ``flat_cosine`` (RTMDet, Lyu et al. 2022 §3.3 / MMDetection config): linear warm-up from
-  ``warmup_start``·lr over ``warmup_iters``; flat until ``flat_fraction`` of training; then cosine per
+* ``flat_cosine`` (RTMDet, Lyu et al. 2022 §3.3 / MMDetection config; YOLOv3-ASFF): warm-up from
+  ``warmup_start``·lr over ``warmup_iters`` (linear, or progress⁴ for the ASFF burn-in); flat until ``flat_fraction`` of training; then cosine per
   iteration down to ``min_lr_ratio``·lr (RTMDet: flat until epoch 150 of 300, eta_min 0.05·lr).
 * ``cosine`` (YOLOv6 v3.0 §3.4): lf(t) = 1 + (lrf − 1)(1 − cos(πt/T))/2 with lrf = ``min_lr_ratio``,
   after a linear warm-up from 0 over max(3 epochs, 1000 iterations).
@@ -35,7 +35,8 @@ class LRSchedule:
         name: ``flat_cosine`` | ``cosine`` | ``step`` | ``constant``.
         total_iters: iterations of the whole training (epochs × iterations per epoch).
         warmup_iters: linear warm-up length (0 = none).
-        warmup_start: factor at iteration 0 of the warm-up (RTMDet 1e-5, YOLOv6 0).
+        warmup_start: factor at iteration 0 of the warm-up (RTMDet 1e-5, YOLOv6 0, SpineNet 0.0067).
+        warmup_power: the warm-up rises as progress^power: 1 linear, 4 the YOLOv3 / ASFF burn-in.
         min_lr_ratio: final factor of the (flat-)cosine decay.
         flat_fraction: ``flat_cosine``: fraction of ``total_iters`` before the decay starts.
         milestones: ``step``: fractions of ``total_iters`` where the factor is multiplied by ``gamma``.
@@ -45,6 +46,7 @@ class LRSchedule:
     total_iters: int
     warmup_iters: int = 0
     warmup_start: float = 1e-5
+    warmup_power: float = 1.0
     min_lr_ratio: float = 0.05
     flat_fraction: float = 0.5
     milestones: tuple[float, ...] = (0.95, 0.98)
@@ -57,7 +59,7 @@ class LRSchedule:
     def warmup(self, it: int) -> float:
         if self.warmup_iters <= 0 or it >= self.warmup_iters:
             return 1.0
-        return self.warmup_start + (1.0 - self.warmup_start) * it / self.warmup_iters
+        return self.warmup_start + (1.0 - self.warmup_start) * (it / self.warmup_iters) ** self.warmup_power
 
     def decay(self, it: int) -> float:
         total = max(self.total_iters, 1)
@@ -81,8 +83,7 @@ def build_schedule(spec: ScheduleSpec, *, epochs: int, iters_per_epoch: int) -> 
     """The :class:`LRSchedule` of ``spec`` for a run of ``epochs`` × ``iters_per_epoch`` iterations.
 
     Warm-up = max(``warmup_iters``, ``warmup_epochs`` · iters/epoch), capped at a third of training
-    so that short (smoke) runs still train at full LR; it starts from 0 for ``cosine`` (YOLOv6) and
-    from 1e-5 otherwise (MMDetection's LinearLR ``start_factor``).
+    so that short (smoke) runs still train at full LR; its start factor and shape are the spec's.
     """
     total = max(int(epochs) * int(iters_per_epoch), 1)
     warm = min(max(int(spec.warmup_iters), int(round(spec.warmup_epochs * iters_per_epoch))), total // 3)
@@ -90,7 +91,8 @@ def build_schedule(spec: ScheduleSpec, *, epochs: int, iters_per_epoch: int) -> 
         name=spec.name,
         total_iters=total,
         warmup_iters=warm,
-        warmup_start=0.0 if spec.name == "cosine" else 1e-5,
+        warmup_start=spec.warmup_start,
+        warmup_power=spec.warmup_power,
         min_lr_ratio=spec.min_lr_ratio,
         flat_fraction=spec.flat_fraction,
         milestones=tuple(spec.milestones),

@@ -43,7 +43,8 @@ class OptimizerSpec:
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSpec:
     """A per-iteration LR schedule (see :mod:`detflow.engine.schedules`). Warm-up is
-    max(``warmup_iters``, ``warmup_epochs`` × iterations per epoch); ``milestones`` (``step``):
+    max(``warmup_iters``, ``warmup_epochs`` × iterations per epoch), rising from ``warmup_start``·lr as
+    progress^``warmup_power`` (1: linear; 4: the YOLOv3/ASFF burn-in); ``milestones`` (``step``):
     fractions of the run where the lr is multiplied by 0.1."""
 
     name: ScheduleName
@@ -52,6 +53,8 @@ class ScheduleSpec:
     min_lr_ratio: float
     flat_fraction: float
     milestones: tuple[float, ...] = ()
+    warmup_start: float = 1e-5
+    warmup_power: float = 1.0
 
     def merged(self, cfg: ScheduleConfig | None) -> ScheduleSpec:
         """This spec with the non-``None`` fields of ``train.schedule`` applied."""

@@ -5,6 +5,13 @@ The exported graph is ``model.deploy_outputs`` after :func:`detmodels.reparamete
 graph), outputs ``boxes`` ``N×A×4`` (xyxy, input pixels) and ``scores`` ``N×A×C`` (probabilities).
 With ``with_nms`` the graph continues with ONNX ``NonMaxSuppression`` (see :mod:`.nms`).
 
+Instance models (RTMDet-Ins, ``model.deploy_output_names``) add two outputs: ``mask_kernels``
+``N×A×169`` (each prior's dynamic-conv parameters) and ``mask_feat`` ``N×8×H/8×W/8`` (the mask
+prototypes); after NMS, :func:`detmodels.dense_instance_postprocess` (the step the torch model's own
+``postprocess`` runs) applies the kept priors' kernels to ``mask_feat`` and resizes/thresholds the masks
+to original pixels. Their sidecar says ``"task": "segm"`` and records ``"instance": {"strides", ...}``.
+The ``with_nms`` graph of an instance model keeps boxes only (no masks).
+
 Next to every ``.onnx`` file a sidecar ``.json`` records what a runtime needs to use it (input size,
 pixel normalisation, class ids, outputs, precision); :func:`read_sidecar` reads it back.
 
@@ -35,7 +42,7 @@ from ..errors import RuntimeFailure, UserInputError
 __all__ = [
     "ExportResult", "ModelSource", "DeployModule", "export_onnx", "resolve_model", "ort_session",
     "read_sidecar", "write_sidecar", "sidecar_path", "normalize_input_size", "export_graph",
-    "compare_onnx_to_torch",
+    "compare_onnx_to_torch", "output_names_of", "graph_outputs_info",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,14 +86,36 @@ class ModelSource:
 
 
 class DeployModule(nn.Module):
-    """``images`` (``N×3×H×W``, normalised) → ``(boxes N×A×4, scores N×A×C)``: the graph that is exported."""
+    """``images`` (``N×3×H×W``, normalised) → ``(boxes N×A×4, scores N×A×C[, mask_kernels, mask_feat])``:
+    the graph that is exported (outputs named by :attr:`output_names`)."""
 
     def __init__(self, model: detmodels.Detector):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return output_names_of(self.model)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         return self.model.deploy_outputs(images)
+
+
+def output_names_of(model: nn.Module) -> tuple[str, ...]:
+    """The deploy output names of a detector (``boxes, scores`` unless it declares more)."""
+    return tuple(getattr(model, "deploy_output_names", OUTPUT_NAMES))
+
+
+def graph_outputs_info(model: nn.Module) -> dict[str, Any]:
+    """Sidecar fields naming a deploy graph's outputs: ``outputs``, and for instance models
+    ``task: segm`` plus ``instance`` (prior strides, mask stride, mask threshold)."""
+    names = output_names_of(model)
+    info: dict[str, Any] = {"outputs": list(names)}
+    if "mask_kernels" in names:
+        strides = [int(s) for s in getattr(model, "strides", (8, 16, 32))]
+        info.update(task="segm", instance={"strides": strides, "mask_stride": strides[0], "mask_thr": 0.5,
+                                           "postprocess": "detmodels.dense_instance_postprocess"})
+    return info
 
 
 def resolve_model(checkpoint_or_model: str | os.PathLike | nn.Module) -> ModelSource:
@@ -126,7 +155,8 @@ def export_graph(module: nn.Module, example: Tensor, path: Path, *, dynamic_batc
                  opset: int | None = None) -> str:
     """Write ``module(example)`` as ONNX to ``path``; dynamo exporter first, TorchScript exporter as fallback.
 
-    Returns the exporter used (``"dynamo"`` or ``"torchscript"``). Output names are ``boxes``, ``scores``.
+    Returns the exporter used (``"dynamo"`` or ``"torchscript"``). Output names are ``module.output_names``
+    (default ``boxes``, ``scores``).
     """
     with atomic_path(path) as tmp:  # a crash mid-export never leaves a truncated graph at ``path``
         return _export_to(module, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
@@ -134,13 +164,13 @@ def export_graph(module: nn.Module, example: Tensor, path: Path, *, dynamic_batc
 
 def _export_to(module: nn.Module, example: Tensor, path: Path, *, dynamic_batch: bool, opset: int | None) -> str:
     """:func:`export_graph` into ``path`` (a temporary name)."""
-    n_out = len(OUTPUT_NAMES)
+    names = list(getattr(module, "output_names", OUTPUT_NAMES))
     try:
         dyn = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                module, (example,), dynamo=True, input_names=["images"], output_names=list(OUTPUT_NAMES[:n_out]),
+                module, (example,), dynamo=True, input_names=["images"], output_names=names,
                 dynamic_shapes=dyn, opset_version=opset or 18, optimize=True, verbose=False,
             )
         program.save(str(path), external_data=False)
@@ -148,13 +178,13 @@ def _export_to(module: nn.Module, example: Tensor, path: Path, *, dynamic_batch:
     except Exception as exc:  # the TorchScript exporter handles some graphs dynamo cannot
         log.warning("dynamo ONNX export failed (%s: %s); falling back to the TorchScript exporter",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-    axes = {name: {0: "batch"} for name in ("images", *OUTPUT_NAMES)} if dynamic_batch else None
+    axes = {name: {0: "batch"} for name in ("images", *names)} if dynamic_batch else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, (example,), str(path), dynamo=False, opset_version=min(opset or 17, 17),
-                input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+                input_names=["images"], output_names=names, dynamic_axes=axes,
             )
     except Exception as exc:
         raise RuntimeFailure(f"ONNX export failed with both exporters: {type(exc).__name__}: {exc}") from exc
@@ -261,7 +291,7 @@ def export_onnx(
         checks += [torch.randn(b, 3, *size, generator=gen) for b in (1, 3)]
     diff = compare_onnx_to_torch(module, onnx_path, checks, threads=threads)
     info = deploy_info(source, size, precision="fp32", exporter=exporter, dynamic_batch=dynamic_batch,
-                       outputs=list(OUTPUT_NAMES), with_nms=False, max_abs_diff=diff)
+                       with_nms=False, max_abs_diff=diff, **graph_outputs_info(module.model))
     sidecar = write_sidecar(onnx_path, info)
     final = onnx_path
     if with_nms:
@@ -271,6 +301,8 @@ def export_onnx(
         append_nms(onnx_path, final, iou_threshold=nms_iou, score_threshold=score_thr, max_det=max_det)
         nms_info = dict(info, with_nms=True, outputs=["num_dets", "det_boxes", "det_scores", "det_labels"],
                         nms={"iou": nms_iou, "score_thr": score_thr, "max_det": max_det})
+        nms_info.pop("instance", None)  # NMS keeps boxes only: no masks from this graph
+        nms_info.pop("task", None)
         sidecar = write_sidecar(final, nms_info)
     log.info("exported %s (%s exporter, max |ORT - torch| = %.3g)", final, exporter, diff)
     return ExportResult(str(final), diff, size, exporter, with_nms, dynamic_batch, str(sidecar))

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from ..atomic import atomic_write
 from ..errors import RuntimeFailure, UserInputError
 from ..export.onnx import (
-    ModelSource, compare_onnx_to_torch, deploy_info, export_graph, ort_session, write_sidecar,
+    ModelSource, compare_onnx_to_torch, deploy_info, export_graph, graph_outputs_info, ort_session, output_names_of,
+    write_sidecar,
 )
 
 __all__ = [
@@ -219,7 +220,8 @@ def take(batches: Iterable[Batch], n: int | None) -> list[Batch]:
 
 
 class QuantDeployModule(nn.Module):
-    """Converted (int8) raw forward followed by the float ``decode`` of the original detector."""
+    """Converted (int8) raw forward followed by the float ``deploy_decode`` of the original detector
+    (``boxes, scores`` — plus ``mask_kernels, mask_feat`` for instance models, as :class:`DeployModule`)."""
 
     def __init__(self, quantized: nn.Module, detector: nn.Module):
         from torchao.quantization.pt2e import allow_exported_model_train_eval
@@ -228,8 +230,12 @@ class QuantDeployModule(nn.Module):
         self.quantized = allow_exported_model_train_eval(quantized)
         self.detector = detector
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.detector.decode(self.quantized(images))
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return output_names_of(self.detector)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return self.detector.deploy_decode(self.quantized(images))
 
 
 def count_qdq(onnx_path: str | Path) -> dict[str, int]:
@@ -243,7 +249,7 @@ def count_qdq(onnx_path: str | Path) -> dict[str, int]:
 
 def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: ModelSource,
                 extra: dict[str, Any]) -> dict[str, Any]:
-    """Export ``module`` (images → boxes, scores) as the int8 QDQ ONNX; check it runs in ORT.
+    """Export ``module`` (images → boxes, scores[, mask outputs]) as the int8 QDQ ONNX; check it runs in ORT.
 
     Returns metrics: exporter, ``ort_vs_torch_max_abs_diff`` (int8 graph in ORT vs the converted
     torch module; rounding can differ by one quantisation step) and the QDQ node counts.
@@ -255,8 +261,9 @@ def export_int8(module: nn.Module, example: Tensor, out_dir: Path, source: Model
         raise RuntimeFailure(f"{path}: the exported graph has no QuantizeLinear/DequantizeLinear nodes ({counts})")
     diff = compare_onnx_to_torch(module, path, [example[:2]])
     size = tuple(example.shape[-2:])
+    outputs = graph_outputs_info(getattr(module, "detector", source.model))
     write_sidecar(path, deploy_info(source, size, precision="int8", exporter=exporter, dynamic_batch=True,
-                                    outputs=["boxes", "scores"], with_nms=False, **extra))
+                                    with_nms=False, **outputs, **extra))
     return {"exporter": exporter, "ort_vs_torch_max_abs_diff": diff, "qdq_nodes": counts}
 
 
@@ -327,8 +334,8 @@ def fp32_reference_diff(fp32: nn.Module, int8_onnx: str | Path, batches: Sequenc
     name = sess.get_inputs()[0].name
     ds, db = [], []
     for x in batches:
-        boxes, scores = fp32(x)
-        q_boxes, q_scores = sess.run(None, {name: x.numpy()})
+        boxes, scores = fp32(x)[:2]
+        q_boxes, q_scores = sess.run(None, {name: x.numpy()})[:2]
         ds.append(np.abs(scores.numpy() - q_scores).ravel())
         db.append(np.abs(boxes.numpy() - q_boxes).ravel())
     s, b = np.concatenate(ds), np.concatenate(db)

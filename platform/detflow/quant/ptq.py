@@ -22,7 +22,7 @@ from torch import nn
 import detmodels
 
 from ..errors import RuntimeFailure, UserInputError
-from ..export.onnx import DeployModule, deploy_info, export_graph, resolve_model, write_sidecar
+from ..export.onnx import DeployModule, deploy_info, export_graph, graph_outputs_info, resolve_model, write_sidecar
 from .common import (
     INT8_ONNX, QuantDeployModule, QuantResult, build_quantizer, count_qdq, export_int8, export_program,
     fp32_reference_diff, iter_batches, resolve_skip_layers, save_torch_program, take, write_quant_dir,
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def pt2e_ptq(model: detmodels.Detector, calib: Sequence[torch.Tensor], float_modules: Sequence[str],
              style: str = "conv_qdq") -> nn.Module:
-    """Calibrated and converted int8 deploy module (images → boxes, scores) of a re-parameterised ``model``."""
+    """Calibrated and converted int8 deploy module (images → boxes, scores[, mask_kernels, mask_feat]) of a
+    re-parameterised ``model``."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -126,7 +127,7 @@ def _fallback(fp32: nn.Module, calib: Sequence[torch.Tensor], out: Path, source,
     ort_static_ptq(fp32_path, out / INT8_ONNX, calib)
     size = tuple(calib[0].shape[-2:])
     info = deploy_info(source, size, precision="int8", exporter=exporter, dynamic_batch=True,
-                       outputs=["boxes", "scores"], with_nms=False, quant_path="ort_quantize_static")
+                       with_nms=False, quant_path="ort_quantize_static", **graph_outputs_info(fp32.model))
     write_sidecar(out / INT8_ONNX, info)
     return {"quant_path": "ort_quantize_static", "pt2e_error": error, "exporter": exporter,
             "qdq_nodes": count_qdq(out / INT8_ONNX), "torch_program": None}

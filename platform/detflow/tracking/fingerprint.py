@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["dataset_fingerprint", "count_images"]
+__all__ = ["dataset_fingerprint", "annotation_hash", "count_images"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -24,11 +24,9 @@ def count_images(images_dir: str | Path) -> int:
     return sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def dataset_fingerprint(annotations: str | Path, images_dir: str | Path) -> str:
-    """``"sha256:<first 16 hex of the annotation file's sha256>:images=<N>"``.
-
-    The hash covers the annotation file's bytes; ``N`` counts image files under ``images_dir``.
-    """
+def annotation_hash(annotations: str | Path) -> str:
+    """The first 16 hex digits of the sha256 of the annotation file's bytes (a stored location is
+    fetched first); one-line :class:`DataError` when it cannot be read."""
     from ..artifact_store import local_path
 
     path = local_path(annotations)
@@ -39,4 +37,13 @@ def dataset_fingerprint(annotations: str | Path, images_dir: str | Path) -> str:
                 digest.update(chunk)
     except OSError as exc:
         raise DataError(f"{path}: cannot read annotations: {exc.strerror or exc}") from None
-    return f"sha256:{digest.hexdigest()[:16]}:images={count_images(images_dir)}"
+    return digest.hexdigest()[:16]
+
+
+def dataset_fingerprint(annotations: str | Path, images_dir: str | Path) -> str:
+    """``"sha256:<first 16 hex of the annotation file's sha256>:images=<N>"``.
+
+    The hash covers the annotation file's bytes (:func:`annotation_hash`); ``N`` counts image files
+    under ``images_dir``.
+    """
+    return f"sha256:{annotation_hash(annotations)}:images={count_images(images_dir)}"

@@ -1,5 +1,6 @@
 """Reading the MLflow model registry: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` → the
-version's artifacts on local disk (what :meth:`detflow.tracking.Run.register_model` registered).
+version's artifacts on local disk (what :meth:`detflow.tracking.Run.register_model` registered: a
+run's artifact folder, or a logged model's artifacts for a version made from ``models:/<model_id>``).
 
 Example::
 
@@ -40,7 +41,9 @@ def download_model_version(uri: str, cache: Path) -> Path:
     client = _client()
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-        source = client.get_model_version_download_uri(name, mv.version)
+        # a version registered from a logged model: its artifacts are the model's (models:/<model_id>)
+        source = (mv.source if str(mv.source).startswith("models:/m-")
+                  else client.get_model_version_download_uri(name, mv.version))
     except MlflowException as exc:
         raise UserInputError(f"{uri}: no such registered model version in {mlflow.get_tracking_uri()} "
                              f"({str(exc).splitlines()[0]})") from None

@@ -189,15 +189,16 @@ class Run:
         return sorted((int(m.step), float(m.value), int(m.timestamp)) for m in rows)
 
     # ----------------------------------------------------------------------- writes
-    def log_metrics(self, step: int, metrics: Mapping[str, Any], *, timestamp_ms: int | None = None) -> dict[str, float]:
+    def log_metrics(self, step: int, metrics: Mapping[str, Any], *, timestamp_ms: int | None = None,
+                    model_id: str | None = None) -> dict[str, float]:
         """Log the numeric ``metrics`` (see :func:`numeric_metrics`) at ``step`` with one timestamp,
-        in batches of at most 1000. Re-sending the same batch with the same ``timestamp_ms`` adds
+        in batches of at most 1000, attached to the logged model ``model_id`` when given. Re-sending the same batch with the same ``timestamp_ms`` adds
         nothing (the SQL store ignores identical rows), so a retry after a lost reply is safe."""
         from mlflow.entities import Metric
 
         values = numeric_metrics(metrics)
         ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-        rows = [Metric(k, v, ts, int(step)) for k, v in values.items()]
+        rows = [Metric(k, v, ts, int(step), model_id=model_id) for k, v in values.items()]
         for i in range(0, len(rows), _METRICS_PER_BATCH):
             chunk = rows[i:i + _METRICS_PER_BATCH]
             self._call(f"log metrics step {step}", lambda: self.client.log_batch(self.run_id, metrics=chunk))
@@ -263,24 +264,54 @@ class Run:
         self._call("reopen", lambda: self.client.update_run(self.run_id, status="RUNNING"))
 
     # ----------------------------------------------------------------------- model registry
-    def register_model(self, name: str, artifact_subpath: str, *, tags: Mapping[str, Any] | None = None,
-                       alias: str | None = None, model_tags: Mapping[str, Any] | None = None) -> str:
-        """Register ``<this run's artifacts>/<artifact_subpath>`` as a new version of ``name`` (the
-        registered model is created on first use), optionally pointing ``alias`` at it; its version."""
+    def register_model(self, name: str, artifact_subpath: str | None = None, *, tags: Mapping[str, Any] | None = None,
+                       alias: str | None = None, model_tags: Mapping[str, Any] | None = None,
+                       model_id: str | None = None) -> str:
+        """Register a new version of ``name`` (the registered model is created on first use) from the
+        logged model ``model_id`` (source ``models:/<model_id>``: the lineage the UI shows) or else
+        from ``<this run's artifacts>/<artifact_subpath>``, optionally pointing ``alias`` at it; its version."""
         from mlflow.exceptions import MlflowException
 
+        if (model_id is None) == (artifact_subpath is None):
+            raise ValueError("register_model: give exactly one of artifact_subpath and model_id")
         client = self.client
         try:
             client.create_registered_model(name, tags={k: str(v) for k, v in (model_tags or {}).items()})
         except MlflowException:
             pass  # exists (or was created concurrently)
-        source = f"{self.info().artifact_uri}/{artifact_subpath}"
+        source = f"models:/{model_id}" if model_id else f"{self.info().artifact_uri}/{artifact_subpath}"
         clean = {k: str(v) for k, v in redact(dict(tags or {})).items()}
         version = self._call(f"register {name}", lambda: client.create_model_version(
-            name, source, run_id=self.run_id, tags=clean)).version
+            name, source, run_id=self.run_id, tags=clean, model_id=model_id)).version
+        if model_id:
+            self._link_version(model_id, name, str(version))
         if alias:
             self._call(f"alias {alias}", lambda: client.set_registered_model_alias(name, alias, version))
         return str(version)
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        """Point ``alias`` of the registered model ``name`` at ``version``."""
+        self._call(f"alias {alias}", lambda: self.client.set_registered_model_alias(name, alias, str(version)))
+
+    def find_model_version(self, name: str, tags: Mapping[str, str]) -> str | None:
+        """The newest version of ``name`` carrying all of ``tags`` (None when there is none)."""
+        from mlflow.exceptions import MlflowException
+
+        query = " and ".join([f"name='{name}'"] + [f"tags.`{k}` = '{v}'" for k, v in tags.items()])
+        try:
+            found = self._call(f"search {name}", lambda: self.client.search_model_versions(query))
+        except MlflowException:
+            return None
+        return str(max(int(v.version) for v in found)) if found else None
+
+    def _link_version(self, model_id: str, name: str, version: str) -> None:
+        """Add ``{name, version}`` to the logged model's ``mlflow.modelVersions`` tag (what
+        ``mlflow.register_model`` records, and the model page's "Registered versions" shows)."""
+        key = "mlflow.modelVersions"
+        model = self._call(f"get model {model_id}", lambda: self.client.get_logged_model(model_id))
+        links = json.loads(model.tags.get(key) or "[]") + [{"name": name, "version": version}]
+        self._call(f"link model {model_id}",
+                   lambda: self.client.set_logged_model_tags(model_id, {key: json.dumps(links)}))
 
 
 def _param_text(value: Any) -> str:

@@ -278,11 +278,12 @@ def _default_mode(key: str) -> str:
 
 
 def log_best(metrics: Mapping[str, Any], mode_for: Callable[[str], str] | Mapping[str, str] | None = None,
-             *, step: int | None = None) -> dict[str, float]:
+             *, step: int | None = None, model_id: str | None = None) -> dict[str, float]:
     """Update ``best/<key>`` summary metrics of the active run where ``metrics`` improve on them.
 
     ``mode_for`` maps a key to ``"max"`` or ``"min"`` (callable or dict); the default is ``min`` for
-    losses and times, ``max`` otherwise. Values that are not finite are ignored. Returns the bests
+    losses and times, ``max`` otherwise. Values that are not finite are ignored. With ``model_id``
+    the bests are attached to that logged model (the model page shows them). Returns the bests
     that changed.
     """
     import mlflow
@@ -304,7 +305,7 @@ def log_best(metrics: Mapping[str, Any], mode_for: Callable[[str], str] | Mappin
         if best is None or (value > best if mode == "max" else value < best):
             improved[f"best/{key}"] = value
     if improved:
-        mlflow.log_metrics(improved, step=step)
+        mlflow.log_metrics(improved, step=step, model_id=model_id)
     return {k.removeprefix("best/"): v for k, v in improved.items()}
 
 
@@ -362,7 +363,12 @@ def remembered_parent_run(state: Path, cfg, *, kind: str, resume: bool, extra: M
             raise CorruptStateError(f"{state}: corrupt {kind} state (no parent_run_id); {hint}")
         return parent
     configure()
-    with start_run(cfg.name, tags={f"detflow.{kind}": cfg.name, "detflow.kind": kind}) as run:
+    from .describe import readable_tags
+
+    tags = {**readable_tags(f"{kind} {cfg.name}: the parent run of its trials", source=f"detflow {kind} {cfg.name}",
+                            git_commit=_git("rev-parse", "HEAD")),
+            f"detflow.{kind}": cfg.name, "detflow.kind": kind}
+    with start_run(cfg.name, tags=tags) as run:
         log_config(cfg, name=f"{kind}.yaml")
         run_id = run.info.run_id
     from ..atomic import atomic_write

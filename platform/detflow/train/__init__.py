@@ -1,8 +1,7 @@
-"""Training on Ray Train (``run_training``) and prediction with a checkpoint (``predict``).
+"""Training on Ray Train (``run_training``); prediction is :mod:`detflow.predict`.
 
->>> from detflow.train import run_training, predict, TrainResult
+>>> from detflow.train import run_training, TrainResult
 """
-from .predict import predict
 from .runner import TrainResult, resolve_train_config, run_training
 
-__all__ = ["run_training", "TrainResult", "resolve_train_config", "predict"]
+__all__ = ["run_training", "TrainResult", "resolve_train_config"]

@@ -335,6 +335,18 @@ def _log_recipe(cfg: TrainConfig) -> None:
     tracking.active_run().log_params({f"resolved.{k}": str(v)[:500] for k, v in recipe.describe().items()})
 
 
+def _describe_run(cfg: TrainConfig, run_id: str) -> None:
+    """What a new run logs once: its config, context (seed, code, hardware), resolved recipe and
+    dataset inputs. Each call is idempotent, so an attempt that died half-way repeats it whole."""
+    from .. import tracking
+    from .run_meta import log_train_inputs
+
+    tracking.log_config(cfg)
+    tracking.log_run_context(seed=cfg.train.seed, dataset=(cfg.data.train.annotations, cfg.data.train.images))
+    _log_recipe(cfg)
+    log_train_inputs(tracking.Run(run_id), cfg)
+
+
 def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = None, resume: bool = False,
                  parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None, progress: bool = True,
                  tune_report: bool = False, report_extra: Mapping[str, float] | None = None) -> TrainResult:
@@ -373,17 +385,20 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         check_pretrained(cfg)  # a checkpoint of another model: one line, exit 2, before Ray starts
         name, run_id = _new_run_name(cfg.storage, cfg.name), None
     uri = tracking.configure()
-    all_tags = {"detflow.kind": "train", "detflow.model": cfg.model.name, "detflow.run_dir": _join(cfg.storage, name),
-                **dict(tags or {})}
+    from .run_meta import log_best_model, train_tags
+
+    all_tags = {**train_tags(cfg, tags), "detflow.kind": "train", "detflow.model": cfg.model.name,
+                "detflow.run_dir": _join(cfg.storage, name), **dict(tags or {})}
     with tracking.start_run(name, experiment=cfg.experiment, tags=all_tags, parent_run_id=parent_run_id,
                             run_id=run_id) as run:
         if not resume:
             run_id = run.info.run_id
-            tracking.log_config(cfg)
-            tracking.log_run_context(seed=cfg.train.seed, dataset=(cfg.data.train.annotations, cfg.data.train.images))
-            _log_recipe(cfg)
-            _write_marker(cfg.storage, name, {"run_id": run_id, "name": name, "created": time.time(),
-                                              "config": cfg.model_dump(mode="json")})
+            marker = {"run_id": run_id, "name": name, "created": time.time(), "config": cfg.model_dump(mode="json"),
+                      "described": False}
+            _write_marker(cfg.storage, name, marker)  # first: a retried attempt continues this run
+        if not marker.get("described", True):
+            _describe_run(cfg, run_id)
+            _write_marker(cfg.storage, name, {**marker, "described": True})
         best_dir = None if _is_uri(cfg.storage) else _join(cfg.storage, name, "best")
         spool = tracking.spool_file(None if _is_uri(cfg.storage) else _join(cfg.storage, name), run_id)
         loop_config = {"cfg": cfg, "run_id": run_id, "best_dir": best_dir, "progress": progress,
@@ -405,7 +420,8 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
         meta = ckpt_io.read_meta(last)
         metrics = _best_val(meta)
         tracking.EpochMetrics(tracking.Run(run_id), tracking.MetricSpool(spool)).flush()  # what the workers left
-        log_training_artifacts(cfg, meta, best=best, last=last)
+        model_id = log_best_model(tracking.Run(run_id), cfg, best)
+        log_training_artifacts(cfg, meta, best=best, last=last, model_id=model_id)
         early = meta.get("early_stop")
         if early and early.get("stopped_epoch") is not None:
             from ..engine.loop import emit

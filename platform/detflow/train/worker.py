@@ -13,7 +13,6 @@ at the next epoch (:class:`EpochLogger`).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ..engine.ema import build_ema
 from ..engine.loop import EarlyStopping, TrainLoop, emit, evaluate_model, primary_metric, reduce_stats
 from ..engine.optim import build_optimizer
 from ..engine.schedules import IterLRScheduler, build_schedule
+from ..scratch import scratch_dir
 from .data import TrainData, build_train_data
 
 __all__ = ["train_worker", "EpochLogger", "build_model", "ddp_find_unused", "PID_DIR_ENV", "FIND_UNUSED_ENV"]
@@ -59,7 +59,11 @@ class EpochLogger:
 
     def log(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Spool and send ``metrics`` of ``epoch`` (plus anything still pending); False while MLflow is down."""
-        return False if self.metrics is None else self.metrics.log(epoch, metrics)
+        if self.metrics is None:
+            return False
+        from .. import tracking
+
+        return self.metrics.log(epoch, {**metrics, **tracking.throughput_metrics(metrics)})
 
     def finish(self, wait_s: float = 60.0) -> bool:
         """At the end of training: keep re-sending what is pending for up to ``wait_s`` seconds."""
@@ -250,7 +254,7 @@ class _WorkerRun:
         e, last = self.cfg.train, epoch == self.cfg.train.epochs - 1
         stats = self.loop.train_epoch(self.data.train_loader(epoch), epoch)
         metrics = reduce_stats(stats.summary(self.world))
-        with tempfile.TemporaryDirectory(prefix="detflow-ckpt-") as tmp:
+        with scratch_dir("ckpt") as tmp:
             metrics.update(self._evaluate(epoch, last, Path(tmp)))
             metrics["epoch"] = epoch
             stop = self._early_stop(epoch, metrics)
@@ -270,6 +274,8 @@ class _WorkerRun:
                     self.logger.log_artifact(Path(tmp) / plot, "plots")
         if self.rank == 0:
             line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train/loss", "train/images_per_s", "val/bbox_mAP50", "val/segm_mAP50"))
+            if "train/data_wait_fraction" in metrics:
+                line += f" data_wait={metrics['train/data_wait_fraction']:.0%}"
             emit(f"epoch {epoch + 1}/{e.epochs} {line}")
         return stop
 
@@ -285,12 +291,29 @@ def _broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def _system_monitor(run_id: str | None) -> Any:
+    """MLflow system metrics of this node, from its local rank 0 (``node_id`` ``node<i>`` when the
+    run spans several nodes); ``None`` on other ranks and without a run."""
+    import ray.train
+
+    from .. import tracking
+
+    ctx = ray.train.get_context()
+    if not run_id or ctx.get_local_rank() != 0:
+        return None
+    nodes = max(ctx.get_world_size() // max(ctx.get_local_world_size(), 1), 1)
+    return tracking.start_system_metrics(run_id, node_id=f"node{ctx.get_node_rank()}" if nodes > 1 else None)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``{"cfg": the resolved TrainConfig, "run_id": MLflow run or
     None, "best_dir": where rank 0 publishes the best checkpoint, "progress": bool, "spool": the
     local metric spool file (default: :func:`detflow.tracking.spool_file`)}``."""
     from ..artifact_store import clear_cache
 
+    from .. import tracking
+
+    monitor = _system_monitor(config.get("run_id"))
     try:
         run = _WorkerRun(config)
         for epoch in range(run.start_epoch, run.cfg.train.epochs):
@@ -298,4 +321,5 @@ def train_worker(config: dict[str, Any]) -> None:
                 break
         run.logger.finish()
     finally:  # a worker is killed, not exited, when its run ends: remove the dataset copies now
+        tracking.stop_system_metrics(monitor)
         clear_cache()

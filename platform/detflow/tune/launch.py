@@ -6,6 +6,7 @@ Every helper imports Ray lazily: configs and CLIs that import this module stay l
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -120,18 +121,32 @@ def _keep_credentials_on_the_nodes() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(SECRET_ENV) - {"AWS_SECURITY_TOKEN"}
 
 
+# Tune saves its experiment state (trial statuses, searcher) at most this often; "auto" waits >= 10 s,
+# so a trial that ended in the seconds before a driver was killed would run again on resume.
+EXPERIMENT_STATE_PERIOD_S = "1"
+
+
+def _save_experiment_state_promptly() -> None:
+    """Ray Tune reads its state period from the driver's environment (``TUNE_GLOBAL_CHECKPOINT_S``,
+    Ray 2.60's ``TuneController``); a user's own setting wins."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
+
+
 def make_tuner(trainable, *, dirs: SearchDirs, resume: bool, metric: str, mode: str, num_samples: int,
                search_alg, scheduler, max_retries: int, verbose: int = 1, param_space: dict | None = None):
     """A new Tuner writing its experiment to ``dirs.experiment``, or the stored one on resume
     (searcher, scheduler and trial states as the killed driver left them). A crashed trial is retried
     ``max_retries`` times with its config (Tune's ``FailureConfig``), then recorded as ERROR; the
-    search always carries on. Per-trial attempts, errors and times go to ``dirs.local/trial_stats.json``."""
+    search always carries on. Per-trial attempts, errors and times go to ``dirs.local/stats/trial_stats.json``.
+    The experiment state is saved every second (:data:`EXPERIMENT_STATE_PERIOD_S`): what a resumed
+    driver treats as finished is what was saved."""
     from ray import tune
 
     from ..storage import ray_storage_from_env
     from .stats import TrialStatsCallback
 
     _keep_credentials_on_the_nodes()
+    _save_experiment_state_promptly()
     # an s3:// experiment carries its endpoint, not the credentials: each node reads its own
     path, fs = ray_storage_from_env(dirs.experiment)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):

@@ -101,7 +101,7 @@ def _trial_fn(config: dict, *, base: TrainConfig, base_dir: str, sweep: dict, pa
                         Layer(values, f"sweep {cfg.name}, trial {trial_id}"),
                         Layer(settings, f"sweep {cfg.name}, trial {trial_id} (name, storage, resources)"))
     tags = {"detflow.sweep": cfg.name, "detflow.trial_id": trial_id, "detflow.trial_label": label,
-            "mlflow.runName": label}
+            "mlflow.runName": label, "mlflow.source.name": f"detflow sweep {cfg.name}"}
     run_training(train_cfg, config_dir=base_dir, parent_run_id=parent_run_id, tags=tags,
                  progress=False, tune_report=True, resume=True)
 

@@ -13,6 +13,10 @@ validation, checkpoint and report. The timing is taken from the attempt that rep
 ``started_at`` / ``ended_at`` (epoch seconds): the trial's first start and its end (complete or
 error), so that a search can show which trials ran at the same time.
 The file is rewritten after every change, so a resumed sweep keeps what the killed driver saw.
+It lives in a sub-folder (``stats/``) of the experiment: on restore, Ray Tune copies every top-level
+``.json``/``.pkl`` of the experiment folder into its driver staging folder and uploads them back
+while it runs, which would overwrite a top-level file the resumed driver keeps updating with the
+killed driver's copy.
 This module imports Ray: import it lazily (the sweep CLI and config validation must stay light).
 """
 from __future__ import annotations
@@ -30,13 +34,16 @@ from ray.tune import Callback
 __all__ = ["TrialStatsCallback", "read_trial_stats", "error_line", "median_overhead", "STATS_FILE",
            "EPOCH_TIME_KEY"]
 
-STATS_FILE = "trial_stats.json"
+STATS_FILE = "stats/trial_stats.json"
 EPOCH_TIME_KEY = "train/epoch_time_s"
 
 
 def read_trial_stats(exp_dir: Path) -> dict[str, dict[str, Any]]:
     """``{trial_id: {"attempts", "errors", "start_to_first_report_s", "first_epoch_s", "overhead_s"}}``."""
-    path = Path(exp_dir) / STATS_FILE
+    return _read(Path(exp_dir) / STATS_FILE)
+
+
+def _read(path: Path) -> dict[str, dict[str, Any]]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -74,7 +81,7 @@ def median_overhead(trials: list[dict[str, Any]]) -> float | None:
 
 
 class TrialStatsCallback(Callback):
-    """Ray Tune driver callback filling ``exp_dir/trial_stats.json`` (see the module docstring)."""
+    """Ray Tune driver callback filling ``exp_dir/stats/trial_stats.json`` (see the module docstring)."""
 
     def __init__(self, exp_dir: Path):
         self.path = Path(exp_dir) / STATS_FILE
@@ -84,7 +91,7 @@ class TrialStatsCallback(Callback):
     def setup(self, **info: Any) -> None:
         """Start of ``Tuner.fit``: a restored Tuner unpickles this callback as it was when the sweep
         was created, so the file (what the previous driver saw) is read here, not in ``__init__``."""
-        self.stats = read_trial_stats(self.path.parent)
+        self.stats = _read(self.path)  # its own path: a sweep pickled before stats/ keeps its file
         self._started = {}
 
     def _entry(self, trial_id: str) -> dict[str, Any]:
@@ -93,6 +100,7 @@ class TrialStatsCallback(Callback):
     def _save(self) -> None:
         from ..atomic import atomic_write
 
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(self.stats, indent=1))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 
-__all__ = ["resolve_pretrained", "is_reference", "OFFICIAL"]
+__all__ = ["resolve_pretrained", "registered_checkpoint", "is_reference", "OFFICIAL"]
 
 OFFICIAL = "official"
 
@@ -41,13 +41,15 @@ def resolve_pretrained(value: str, model: str, base: str | os.PathLike | None = 
 
         return str(pull(model))
     if value.startswith("models:/"):
-        return str(_registered_checkpoint(value))
+        return str(registered_checkpoint(value))
     if "://" in value:
         return value
     return str(resolve_path(value, base))
 
 
-def _registered_checkpoint(uri: str) -> Path:
+def registered_checkpoint(uri: str) -> Path:
+    """The checkpoint directory of the registered version ``uri`` (``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS``), downloaded once into ``$DETFLOW_HOME/weights/registry/``."""
     from ..engine.checkpoint import is_checkpoint
     from ..tracking.registry import download_model_version
     from .pull import weights_dir

@@ -107,7 +107,11 @@ def _error_text(exc: BaseException) -> tuple[str, bool]:
 
 # -------------------------------------------------------------------------------------- driver
 class _Driver:
-    def __init__(self, wf: Workflow, run_id: str, store: StateStore, lineage: Any, log: Callable[[str], None]):
+    """Drives one run. Ray is started (``start_ray``) only when a step is launched, so a run whose
+    steps are all cached neither imports nor starts Ray; without ``start_ray`` Ray must be initialised."""
+
+    def __init__(self, wf: Workflow, run_id: str, store: StateStore, lineage: Any, log: Callable[[str], None],
+                 start_ray: Callable[[], None] | None = None):
         self.wf, self.run_id, self.store, self.lineage, self.log = wf, run_id, store, lineage, log
         self.keys = step_keys(wf)
         self.order = topological_order(wf)
@@ -117,9 +121,18 @@ class _Driver:
         # attempts so far, as stored: a resumed run goes on counting (retries are bounded across resumes)
         self.attempts: dict[str, int] = {sid: self.rows[sid].attempts or 0 for sid in self.order}
         self.storage_root = workflow_storage(wf)
-        import ray
+        self.start_ray = start_ray
+        self.remote: Any = None  # ray.remote(execute_step), made on the first launch
 
-        self.remote = ray.remote(execute_step)
+    def remote_step(self) -> Any:
+        """The Ray task that runs a step, starting Ray (once) on the first call."""
+        if self.remote is None:
+            if self.start_ray is not None:
+                self.start_ray()
+            import ray
+
+            self.remote = ray.remote(execute_step)
+        return self.remote
 
     # state helpers
     def status(self, sid: str) -> str:
@@ -212,18 +225,18 @@ class _Driver:
             attempt=attempt, mlflow_run_id=child, tags=self.call_lineage("step_tags", step) or {},
             env=_forward_env())
         options = {**step.ray_resources(), "max_retries": 0, "name": f"{self.wf.name}.{sid}"}
-        ref = self.remote.options(**options).remote(run_fn, step.with_, ctx)
+        ref = self.remote_step().options(**options).remote(run_fn, step.with_, ctx)
         self.running[ref] = sid
         self.set(sid, status=StepStatus.RUNNING, attempts=attempt, cache_key=self.keys[sid],
                  started_at=time.time(), finished_at=None, log_path=ctx.log_uri, mlflow_run_id=child)
         self.log(f"{sid}: running ({step.uses}, attempt {attempt}/{step.retries + 1})")
 
     def collect(self) -> None:
-        import ray
-
         if not self.running:
             time.sleep(POLL_S)
             return
+        import ray
+
         done, _ = ray.wait(list(self.running), num_returns=1, timeout=POLL_S)
         for ref in done:
             sid = self.running.pop(ref)
@@ -260,9 +273,9 @@ class _Driver:
         """Stop the running Ray tasks (forced). With ``record``, running and pending steps become
         ``cancelled`` (error ``reason``) and the running steps' MLflow runs end KILLED; without it (the
         lease was lost: the run belongs to another driver) nothing is written."""
-        import ray
-
         for ref, sid in list(self.running.items()):
+            import ray
+
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True, recursive=True)
             if record:
@@ -355,8 +368,9 @@ def _drive(wf: Workflow, run_id: str, store: StateStore, lease: DriverLease, *, 
             tracker = None
     log(f"run {run_id}: {len(wf.steps)} steps")
     try:
-        with ray_session(address, num_cpus):
-            driver = _Driver(wf, run_id, store, tracker, log)
+        with contextlib.ExitStack() as stack:  # Ray starts on the first step that runs (none: no Ray)
+            driver = _Driver(wf, run_id, store, tracker, log,
+                             start_ray=lambda: stack.enter_context(ray_session(address, num_cpus)))
             driver.lease = lease
             try:
                 driver.run()

@@ -14,31 +14,37 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import shutil
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import artifact_store
+from ..scratch import scratch_dir
 from .context import StepContext
 
 __all__ = ["execute_step", "publish_outputs"]
 
 
 class _Tee:
+    """stdout/stderr of a step, also written to its log. A logging handler made during the step keeps
+    this object after the step closed its log (Ray reuses the worker process for later steps): a
+    closed stream is skipped, so that handler still writes to the worker's own stream."""
+
     def __init__(self, *streams: Any):
         self.streams = streams
 
+    def _open(self) -> list[Any]:
+        return [s for s in self.streams if not getattr(s, "closed", False)]
+
     def write(self, data: str) -> int:
-        for s in self.streams:
+        for s in self._open():
             s.write(data)
             s.flush()
         return len(data)
 
     def flush(self) -> None:
-        for s in self.streams:
+        for s in self._open():
             s.flush()
 
     def __getattr__(self, name: str) -> Any:
@@ -50,23 +56,26 @@ class _Tee:
 def execute_step(run_fn: Callable[..., dict], params: Any, ctx: StepContext) -> dict:
     """Run one attempt of a step in this (Ray task) process; returns its stored outputs (JSON)."""
     ctx.apply_env()
-    scratch = Path(tempfile.mkdtemp(prefix=f"detflow-{ctx.step_id}-")).resolve()
-    ctx.scratch = str(scratch)
-    try:
-        with _step_log(ctx, scratch) as log:
-            log.write(f"--- {ctx.step_id} attempt {ctx.attempt} ({_dt.datetime.now():%Y-%m-%d %H:%M:%S}) "
-                      f"on node {_node_ip()}\n")
-            try:
-                outputs = _run_teed(run_fn, params, ctx, log)
-            except Exception:
-                _store_partial(scratch, ctx.storage, log)
-                raise
-            outputs = publish_outputs(dict(outputs or {}), scratch, ctx.storage)
-        json.dumps(outputs)  # outputs must be JSON (they go to the state DB)
-        return outputs
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        artifact_store.clear_cache()  # the inputs this step downloaded (Ray reuses the worker process)
+    with scratch_dir(ctx.step_id) as scratch:
+        ctx.scratch = str(scratch)
+        try:
+            return _execute_in(run_fn, params, ctx, scratch)
+        finally:
+            artifact_store.clear_cache()  # the inputs this step downloaded (Ray reuses the worker process)
+
+
+def _execute_in(run_fn: Callable[..., dict], params: Any, ctx: StepContext, scratch: Path) -> dict:
+    with _step_log(ctx, scratch) as log:
+        log.write(f"--- {ctx.step_id} attempt {ctx.attempt} ({_dt.datetime.now():%Y-%m-%d %H:%M:%S}) "
+                  f"on node {_node_ip()}\n")
+        try:
+            outputs = _run_teed(run_fn, params, ctx, log)
+        except Exception:
+            _store_partial(scratch, ctx.storage, log)
+            raise
+        outputs = publish_outputs(dict(outputs or {}), scratch, ctx.storage)
+    json.dumps(outputs)  # outputs must be JSON (they go to the state DB)
+    return outputs
 
 
 def _node_ip() -> str:

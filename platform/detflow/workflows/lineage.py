@@ -2,9 +2,19 @@
 
 Child runs are named after the step id and tagged ``detflow.workflow``, ``detflow.workflow_run_id``,
 ``detflow.step_id``, ``detflow.step_kind``, ``detflow.family``, ``detflow.git_commit`` and
-``dataset.fingerprint``. A model-producing step logs its model files under ``model/`` and registers
-them as a new version of the workflow's registered model with lineage tags (source step, upstream
-steps, teacher, calibration set); the alias ``candidate`` points at the last successful one.
+``dataset.fingerprint``, with a description (``mlflow.note.content``), ``mlflow.source.name``
+(``detflow workflow NAME``) and the step's datasets as MLflow dataset inputs. A model-producing step
+logs its model files under ``model/`` and as an MLflow logged model (checkpoint, onnx, int8 or
+engine, the step's metrics attached), and registers that logged model (``models:/<model_id>``) as a
+new version of the workflow's registered model with lineage tags (source step, upstream steps,
+the upstream steps' registered versions ``detflow.upstream_version=NAME/N,…`` and per field
+``detflow.checkpoint_version`` / ``detflow.teacher_version`` / ``detflow.init_version``, teacher,
+calibration set); the alias ``candidate`` points at the last successful one. Each logged model also
+holds an ``MLmodel`` file (``python_function`` flavour, loader module :mod:`detflow.predict.pyfunc`,
+backend by model type), so ``mlflow.pyfunc.load_model("models:/NAME@candidate")`` and ``mlflow
+models serve`` return detections. A benchmark step with a ``promote`` rule that held points the
+rule's alias (e.g. ``champion``) at the registered version of the rule's artifact step: the only way
+a workflow sets an alias other than ``candidate``.
 A benchmark step's table goes up as CSV/Markdown artifacts (child and parent) and metrics, with a
 plot of mAP against latency. Uses :class:`detflow.tracking.Run` only (runs by id, no global active
 run), so the driver can track several steps at once.
@@ -119,12 +129,12 @@ class Lineage:
         self.uri = tracking.configure()
         self.parent: str | None = None
         self.commit = _git_commit()
+        self.versions: dict[str, str] = {}  # step id → the version registered from it in this run
 
     def base_tags(self) -> dict[str, str]:
-        tags = {"detflow.workflow": self.wf.name, "detflow.workflow_run_id": self.run_id}
-        if self.commit:
-            tags["detflow.git_commit"] = self.commit
-        return tags
+        """Grouping (workflow, workflow run id, git commit) and source tags every run of it carries."""
+        return tracking.readable_tags(source=f"detflow workflow {self.wf.name}", workflow=self.wf.name,
+                                      workflow_run_id=self.run_id, git_commit=self.commit)
 
     def start_workflow(self, existing: str | None = None) -> str:
         """Create (or, on resume, reopen) the parent run; returns its id."""
@@ -132,7 +142,10 @@ class Lineage:
             tracking.Run(existing).reopen()
             self.parent = existing
             return existing
-        run = tracking.Run.create(self.run_id, experiment=self.wf.name, tags=self.base_tags())
+        steps = ", ".join(f"{s.id} ({s.uses})" for s in self.wf.steps)
+        tags = {**self.base_tags(), "detflow.kind": "workflow",
+                "mlflow.note.content": f"workflow {self.wf.name}, run {self.run_id}: {steps}"}
+        run = tracking.Run.create(self.run_id, experiment=self.wf.name, tags=tags)
         self.parent = run.run_id
         run.log_dict(self.wf.to_dict(), "workflow.yaml")
         return self.parent
@@ -142,7 +155,10 @@ class Lineage:
                 "detflow.family": _family(self.wf, step)}
 
     def start_step(self, step: Step, cache_key: str) -> str:
-        tags = {**self.step_tags(step), "detflow.cache_key": cache_key}
+        model = getattr(step.with_, "model", None) or self.wf.defaults.model
+        model = model if isinstance(model, str) else getattr(model, "name", "")
+        tags = {**self.step_tags(step), "detflow.cache_key": cache_key,
+                "mlflow.note.content": tracking.step_description(step.uses, step.id, self.wf.name, model or "")}
         run = tracking.Run.create(step.id, experiment=self.wf.name, tags=tags, parent=self.parent)
         params = flatten_params(redacted(step.with_.model_dump(mode="json", exclude_none=True)))
         run.log_params(dict(list(params.items())[:200]))
@@ -152,12 +168,14 @@ class Lineage:
         if child is None:
             return
         run = tracking.Run(child)
-        run.log_metrics(0, flatten_metrics(outputs.get("metrics") or {}))
         self._tag_dataset(step, run, inputs)
         if step.uses == "benchmark":
             self._log_table(run, outputs)
-        if step.kind.registers_model:
-            self._register(step, run, outputs)
+            if outputs.get("promote"):
+                self._promote(run, outputs["promote"])
+        model_id = self._register(step, run, outputs) if step.kind.registers_model else None
+        # once, attached to the step's logged model when it made one (the model page shows them)
+        run.log_metrics(0, flatten_metrics(outputs.get("metrics") or {}), model_id=model_id)
         run.end("FINISHED")
 
     def step_failed(self, step: Step, child: str | None, error: str) -> None:
@@ -192,6 +210,10 @@ class Lineage:
         if split and artifact_store.exists(split["annotations"]):
             child.set_tags({"dataset.fingerprint": tracking.dataset_fingerprint(split["annotations"], split["images"]),
                             "dataset.annotations": split["annotations"]})
+        first = "calibration" if step.uses in ("qat", "ptq") else "train"
+        splits = {ctx_name: data.get(key) for ctx_name, key in ((first, "train"), ("val", "val"))}
+        tracking.log_datasets(child, {k: v for k, v in splits.items()
+                                      if v and artifact_store.exists(v["annotations"])})
 
     def _log_table(self, child: tracking.Run, outputs: dict) -> None:
         parent = tracking.Run(self.parent) if self.parent else None
@@ -218,29 +240,80 @@ class Lineage:
             stored += [artifact_store.join(ckpt, f) for f in _MODEL_FILES]
         if isinstance(outputs.get("onnx"), str):
             stored.append(outputs["onnx"])
+            stored.append(str(Path(outputs["onnx"]).with_suffix(".json")))  # its sidecar (class names, input)
         return [artifact_store.materialize(f) for f in stored if artifact_store.exists(f)]
 
-    def _register(self, step: Step, child: tracking.Run, outputs: dict) -> None:
+    def _register(self, step: Step, child: tracking.Run, outputs: dict) -> str | None:
+        """The step's model files as a logged model registered as a new version; its ``model_id``."""
         files = self._model_files(outputs)
         if not files:
-            return
+            return None
         for f in files:
             child.log_artifact(f, "model")
         name = self.wf.model_name
-        tags = {**self.step_tags(step), "detflow.source_step": step.id, "detflow.upstream": ",".join(step.needs),
+        step_tags = {k: v for k, v in self.step_tags(step).items() if not k.startswith("mlflow.")}
+        tags = {**step_tags, "detflow.source_step": step.id, "detflow.upstream": ",".join(step.needs),
                 "detflow.formats": ",".join(sorted({f.suffix.lstrip('.') for f in files}))}
+        upstream = [v for v in (self._version_of(child, sid) for sid in step.needs) if v]
+        if upstream:
+            tags["detflow.upstream_version"] = ",".join(f"{name}/{v}" for v in upstream)
         for field in ("teacher", "checkpoint", "init"):
             value = getattr(step.with_, field, None)
             if isinstance(value, str):
                 tags[f"detflow.{field}"] = value
+                version = self._version_of(child, value) if value in {s.id for s in self.wf.steps} else None
+                if version:
+                    tags[f"detflow.{field}_version"] = f"{name}/{version}"
         data = getattr(step.with_, "data", None)
         if step.uses in ("qat", "ptq"):
             tags["detflow.calibration_set"] = (
                 json.dumps(data.model_dump(mode="json")) if hasattr(data, "model_dump")
                 else str(data or self.wf.defaults.data or "training set of the checkpoint"))
-        version = child.register_model(name, "model", tags=tags, alias=CANDIDATE_ALIAS,
+        from ..predict import pyfunc
+
+        model_type = _model_type(step.uses, files)
+        model_id = tracking.log_logged_model(
+            child, f"{name}-{step.id}", files, model_type=model_type, tags=step_tags,
+            pyfunc={"loader_module": pyfunc.LOADER_MODULE, "model_config": {"backend": pyfunc.backend_for(model_type)}})
+        version = child.register_model(name, tags=tags, alias=CANDIDATE_ALIAS, model_id=model_id,
                                        model_tags={"detflow.workflow": self.wf.name})
         child.set_tags({"detflow.registered_model": f"{name}/{version}"})
+        self.versions[step.id] = version
+        return model_id
+
+    def _version_of(self, run: tracking.Run, step_id: str) -> str | None:
+        """The registered version made from step ``step_id``: this run's, else (a cached step) the
+        newest one of this workflow from that step."""
+        if step_id in self.versions:
+            return self.versions[step_id]
+        name = self.wf.model_name
+        return (run.find_model_version(name, {"detflow.workflow_run_id": self.run_id, "detflow.source_step": step_id})
+                or run.find_model_version(name, {"detflow.workflow": self.wf.name, "detflow.source_step": step_id}))
+
+    def _promote(self, child: tracking.Run, result: dict) -> None:
+        """Point the rule's alias at the artifact step's version when the rule held; tag what happened."""
+        tags = {"detflow.promote.rule": f"{result['alias']}: {result['when']} on {result['artifact']}/{result['backend']}",
+                "detflow.promote.held": str(bool(result.get("held"))).lower()}
+        if result.get("held"):
+            version = self._version_of(child, result["artifact"])
+            if version is None:
+                tags["detflow.promote.note"] = f"step {result['artifact']!r} registered no version; alias not set"
+            else:
+                name = self.wf.model_name
+                child.set_alias(name, result["alias"], version)
+                tags["detflow.promoted"] = f"{name}/{version}@{result['alias']}"
+        child.set_tags(tags)
+
+
+def _model_type(kind: str, files: list[Path]) -> str:
+    """The logged model's type: ``engine`` (a TensorRT plan), ``int8`` (a QAT/PTQ step), ``onnx``
+    (an ONNX file), else ``checkpoint``."""
+    suffixes = {f.suffix for f in files}
+    if suffixes & {".engine", ".plan"}:
+        return "engine"
+    if kind in ("qat", "ptq"):
+        return "int8"
+    return "onnx" if ".onnx" in suffixes else "checkpoint"
 
 
 def flatten_params(data: Any, prefix: str = "") -> dict[str, str]:

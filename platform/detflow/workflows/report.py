@@ -50,11 +50,12 @@ def _fmt(value: Any) -> str:
 
 
 def benchmark_table(rows: Iterable[dict], title: str = "benchmark") -> Table:
-    """One row per (artifact, backend, precision, batch): latency, throughput and mAP side by side."""
+    """One row per (artifact, backend, precision, batch): latency, throughput and mAP (+ mask mAP50) side by side."""
     table = Table(title=title)
     cols = [("artifact", "artifact"), ("precision", "precision"), ("backend", "backend"), ("batch_size", "batch"),
             ("input_size", "input"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-            ("throughput", "img/s"), ("mAP", "mAP"), ("mAP50", "mAP50"), ("status", "status")]
+            ("throughput", "img/s"), ("mAP", "mAP"), ("mAP50", "mAP50"), ("segm_mAP50", "segm mAP50"),
+            ("status", "status")]  # segm mAP50: instance models only, "—" for detection-only rows
     for _, head in cols:
         table.add_column(head, justify="right" if head not in ("artifact", "precision", "backend", "status") else "left")
     for row in rows:

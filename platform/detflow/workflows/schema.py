@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, SerializeAsAny, ValidationInfo, field_validator
+from pydantic import (Field, NonNegativeInt, PositiveInt, SerializeAsAny, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..archsearch.config import NasObjective
 from ..config.base import StrictModel
@@ -36,7 +37,7 @@ from .retry import DEFAULT_JITTER, DEFAULT_MAX_DELAY_S, NEVER_RETRIED, SHORTHAND
 __all__ = [
     "DatasetSpec", "Defaults", "Resources", "StepParams", "Step", "Workflow", "SynthParams", "TrainParams",
     "DistillParams", "QATParams", "PTQParams", "ExportParams", "BenchmarkParams", "EvaluateParams",
-    "SweepParams", "NASParams", "DataRef",
+    "SweepParams", "NASParams", "DataRef", "PromoteRule",
 ]
 
 STEP_ID = r"^[A-Za-z][A-Za-z0-9_\-]*$"
@@ -153,6 +154,38 @@ class ExportParams(StepParams):
     with_nms: bool = False
 
 
+_BACKENDS = Literal["torch", "torch.compile", "onnxruntime", "onnxruntime-cuda", "tensorrt"]
+
+
+class PromoteRule(StrictModel):
+    """Point ``alias`` at the registered version of ``artifact`` when ``when`` holds on its benchmark
+    row on ``backend`` (see :mod:`detflow.workflows.promote`)."""
+
+    alias: str = Field(description="registry alias to set, e.g. champion")
+    when: str = Field(description="condition over the row's columns, e.g. 'mAP50 >= 0.70 and p50_ms <= 30'")
+    artifact: str = Field(description="the benchmarked step whose registered version gets the alias")
+    backend: _BACKENDS = Field(description="the row's backend")
+    batch_size: PositiveInt | None = Field(None, description="the row's batch size (default: the smallest)")
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(None, description="the row's precision (default: any)")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", value):
+            raise ValueError(f"{value!r}: an alias is letters, digits, _ and -, starting with a letter")
+        if value == "candidate":
+            raise ValueError("'candidate' is set on every registered version; promote to another alias")
+        return value
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, value: str) -> str:
+        from .promote import parse_condition
+
+        parse_condition(value)
+        return value
+
+
 class BenchmarkParams(StepParams):
     """Latency + mAP matrix over artifacts × backends × batch sizes (``detflow.bench``)."""
 
@@ -168,6 +201,23 @@ class BenchmarkParams(StepParams):
     threads: PositiveInt = 1
     missing_backend: Literal["fail", "skip"] = "fail"
     max_eval_images: PositiveInt | None = Field(None, description="cap the val images scored per cell")
+    promote: PromoteRule | None = Field(None, description="set a registry alias when a rule holds on a row")
+
+    @model_validator(mode="after")
+    def _promote_in_matrix(self) -> "BenchmarkParams":
+        rule = self.promote
+        if rule is None:
+            return self
+        if rule.artifact not in self.artifacts:
+            raise ValueError(f"promote.artifact {rule.artifact!r} is not benchmarked; expected one of "
+                             f"{', '.join(self.artifacts)}")
+        if rule.backend not in self.backends:
+            raise ValueError(f"promote.backend {rule.backend!r} is not benchmarked; expected one of "
+                             f"{', '.join(self.backends)}")
+        if rule.batch_size is not None and rule.batch_size not in self.batch_sizes:
+            raise ValueError(f"promote.batch_size {rule.batch_size} is not benchmarked; expected one of "
+                             f"{', '.join(map(str, self.batch_sizes))}")
+        return self
 
 
 class EvaluateParams(StepParams):
