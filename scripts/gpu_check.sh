@@ -3,14 +3,18 @@
 # scripts/setup.sh when absent — for CUDA, install a CUDA torch build in .venv first). About 5–10 min:
 #
 #   1. the gpu-marked tests (tests/ -m gpu): AMP fp16 + GradScaler and bf16 steps, SyncBN/DDP in a
-#      1-process NCCL group, onnxruntime's CUDA provider, the TensorRT runner (skipped when absent);
+#      1-process NCCL group, onnxruntime's CUDA provider, the TensorRT runner and saved engine
+#      directories (fp16 / int8 Q/DQ / int8 entropy: build, reload, predict, refusal; skipped when absent);
 #   2. DDP training of rtmdet_tiny through `detflow train`: NCCL, 640 px, train.amp fp16, 2 epochs on
 #      synthetic data, one worker per GPU (2 workers when there are 2 GPUs or more; NCCL refuses two
 #      ranks on one GPU, so a 1-GPU machine trains 1 NCCL worker);
 #   3. the quickstart's artifact benchmark rows (torch, onnxruntime, onnxruntime-cuda, tensorrt;
-#      batch 1 and 8; backends not installed are recorded as such) on the trained checkpoint.
+#      batch 1 and 8; backends not installed are recorded as such) on the trained checkpoint;
+#   4. saved TensorRT engine directories of the trained checkpoint (`detflow export --format engine`:
+#      fp16, int8 from the Q/DQ graph, int8 entropy-calibrated; profile 1,8,8), each scored with
+#      `detflow val`, and one refused (exit 2) once its sidecar names another GPU (skipped without TensorRT).
 #
-# Figures go to ${OUT:-gpu_out} as JSON (gpu.json, tests.json, train.json, bench.json) plus logs.
+# Figures go to ${OUT:-gpu_out} as JSON (gpu.json, tests.json, train.json, bench.json, engines.json) plus logs.
 # Exit status: 0 all passed; 1 a check failed; 2 no GPU here (nvidia-smi absent or no device).
 #
 #   bash scripts/gpu_check.sh             # OUT=gpu_out
@@ -131,6 +135,63 @@ print(table.to_markdown())
 EOF
   then failed+=("benchmark (see $OUT/bench.log)"); fi
   cat "$OUT/bench.log"
+fi
+
+# 4. saved engine directories --------------------------------------------------------------
+if [[ $train_ok == 1 ]] && "$PY" -c "import tensorrt" >/dev/null 2>&1; then
+  step "saved TensorRT engines of the trained checkpoint (fp16, int8 qdq, int8 entropy)"
+  CKPT=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['checkpoint'])" "$OUT/train.json")
+  for kind in fp16 int8-qdq int8-entropy; do
+    case $kind in
+      fp16) args=() ;;
+      int8-qdq) args=(--precision int8 --calib "$OUT/train.yaml") ;;
+      int8-entropy) args=(--precision int8 --int8 entropy --calib "$OUT/train.yaml") ;;
+    esac
+    if timeout 300 "$PY" -m detflow export "$CKPT" --format engine "${args[@]}" --dynamic-batch 1,8,8 \
+        --out "$OUT/engine-$kind" --overwrite >"$OUT/engine-$kind.log" 2>&1 &&
+       timeout 300 "$PY" -m detflow val "$OUT/engine-$kind" --data "$OUT/train.yaml" --json \
+        >"$OUT/engine-$kind.val.json" 2>>"$OUT/engine-$kind.log"; then
+      echo "[gpu_check] engine $kind: $(tail -n 1 "$OUT/engine-$kind.val.json" | cut -c1-200)"
+    else
+      failed+=("engine $kind (see $OUT/engine-$kind.log)"); tail -n 5 "$OUT/engine-$kind.log"
+    fi
+  done
+  if ! "$PY" - "$OUT" >"$OUT/engines.log" 2>&1 <<'EOF'
+import json, shutil, subprocess, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = {}
+for kind in ("fp16", "int8-qdq", "int8-entropy"):
+    folder = out / f"engine-{kind}"
+    if not (folder / "model.engine.json").is_file():
+        continue
+    info = json.loads((folder / "model.engine.json").read_text())
+    val = (out / f"engine-{kind}.val.json").read_text().strip().splitlines()
+    metrics = json.loads(val[-1]) if val else {}
+    rows[kind] = {"precision": info["precision"], "int8_method": info["int8_method"], "profile": info["profile"],
+                  "environment": info["environment"], "engine_bytes": (folder / "model.engine").stat().st_size,
+                  "AP": metrics.get("AP"), "AP50": metrics.get("AP50")}
+# refusal: a copy whose sidecar names another GPU exits 2 with one line
+src = out / "engine-fp16"
+if src.is_dir():
+    other = out / "engine-other-gpu"
+    shutil.rmtree(other, ignore_errors=True)
+    shutil.copytree(src, other)
+    info = json.loads((other / "model.engine.json").read_text())
+    info["environment"]["gpu_name"] = "Some Other GPU"
+    (other / "model.engine.json").write_text(json.dumps(info))
+    done = subprocess.run([sys.executable, "-m", "detflow", "val", str(other), "--data", str(out / "train.yaml")],
+                          capture_output=True, text=True)
+    rows["refusal"] = {"rc": done.returncode, "stderr": done.stderr.strip()}
+json.dump(rows, open(out / "engines.json", "w"), indent=2)
+print(json.dumps(rows, indent=2))
+assert set(rows) >= {"fp16", "int8-qdq", "int8-entropy", "refusal"}, sorted(rows)
+assert rows["refusal"]["rc"] == 2 and "engine refused" in rows["refusal"]["stderr"], rows["refusal"]
+EOF
+  then failed+=("engine summary/refusal (see $OUT/engines.log)"); fi
+  cat "$OUT/engines.log"
+elif [[ $train_ok == 1 ]]; then
+  step "saved TensorRT engines: skipped (import tensorrt fails in .venv)"
 fi
 
 if (( ${#failed[@]} )); then

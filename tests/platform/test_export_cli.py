@@ -174,24 +174,3 @@ def test_out_is_written_whole_or_not_at_all(ckpt, tmp_path, monkeypatch, capsys)
     with pytest.raises(RuntimeError, match="exporter crashed"):
         main(["export", str(ckpt), "--format", "onnx", "--out", str(out)])
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
-
-
-def test_engine_is_built_from_the_exported_graph_with_the_batch_profile(ckpt, tmp_path, monkeypatch, capsys):
-    """The engine branch without TensorRT: ``build_engine`` (shared with the benchmark) stubbed, fed the fp32 graph."""
-    import detflow.export.tensorrt as trt_mod
-
-    calls = []
-
-    def fake_build(onnx_path, *, precision, input_size, batch):
-        assert Path(onnx_path).is_file()
-        calls.append((Path(onnx_path).name, precision, list(input_size), tuple(batch)))
-        return b"engine-bytes"
-
-    monkeypatch.setattr(trt_mod, "tensorrt_status", lambda: None)
-    monkeypatch.setattr(trt_mod, "build_engine", fake_build)
-    out = tmp_path / "trt"
-    assert main(["export", str(ckpt), "--format", "engine", "--dynamic-batch", "1,4,8", "--out", str(out)]) == 0
-    assert calls == [("model.onnx", "fp16", [64, 64], (1, 4, 8))]
-    assert (out / "model.engine").read_bytes() == b"engine-bytes"
-    manifest = json.loads((out / "export.json").read_text())
-    assert manifest["format"] == "engine" and manifest["precision"] == "fp16" and manifest["file"] == "model.engine"

@@ -1,10 +1,16 @@
 """GPU checks (``-m gpu``; skipped without CUDA, never run in CI): AMP training steps (fp16 with a
 GradScaler, bf16), SyncBN in a 1-process NCCL group, the onnxruntime CUDA provider on an exported
-graph and the TensorRT runner. ``scripts/gpu_check.sh`` runs them on a GPU machine."""
+graph, the TensorRT runner and saved engine directories (``detflow export --format engine``: fp16,
+int8 from the Q/DQ graph, int8 entropy-calibrated; reloaded, run, refused when the sidecar names
+another GPU or TensorRT). ``scripts/gpu_check.sh`` runs them on a GPU machine."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import socket
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +135,78 @@ def test_tensorrt_runner_builds_an_engine_and_matches_onnxruntime(tmp_path):
         assert a.shape == b.shape and np.isfinite(a).all()
     # boxes then scores (DeployModule); FP16 engine: scores within a few hundredths
     np.testing.assert_allclose(trt_out[-1], ort_out[-1], atol=5e-2)
+
+
+@pytest.fixture(scope="module")
+def engine_inputs(tmp_path_factory):
+    """Synthetic data (8 images at 64 px) and an rtmdet_tiny checkpoint that detects boxes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    from checkpoints import detecting_rtmdet_tiny
+    from detflow.data import generate_synthetic
+
+    synth = generate_synthetic(tmp_path_factory.mktemp("synth"), num_images=8, image_size=64, seed=1, val_fraction=0.25)
+    return synth, Path(detecting_rtmdet_tiny(synth, tmp_path_factory.mktemp("ckpt") / "ckpt"))
+
+
+ENGINE_EXPORTS = {
+    "fp16": (["--dynamic-batch", "1,2,4"], "fp16", None, "model.onnx"),
+    "int8-qdq": (["--precision", "int8", "--calib", "{calib}"], "int8", "qdq", "model.int8.onnx"),
+    "int8-entropy": (["--precision", "int8", "--int8", "entropy", "--calib", "{calib}", "--dynamic-batch", "1,2,2"],
+                     "int8", "entropy", "model.onnx"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ENGINE_EXPORTS))
+def test_saved_engine_builds_reloads_and_predicts(kind, engine_inputs, tmp_path):
+    pytest.importorskip("tensorrt")
+    from detflow.bench.backends import make_runner
+    from detflow.cli import main
+    from detflow.export.engine_artifact import engine_environment, load_engine, read_engine_sidecar
+    from detflow.predict import predict
+
+    synth, ckpt = engine_inputs
+    args, precision, method, graph = ENGINE_EXPORTS[kind]
+    out = tmp_path / "engine"
+    assert main(["export", str(ckpt), "--format", "engine", *(a.format(calib=synth.train_json) for a in args),
+                 "--workspace", "512M", "--out", str(out)]) == 0
+    info = read_engine_sidecar(out)
+    here = engine_environment()
+    assert info["precision"] == precision and info["int8_method"] == method and info["workspace_bytes"] == 512 << 20
+    assert info["environment"]["gpu_name"] == here["gpu_name"] and info["environment"]["tensorrt"] == here["tensorrt"]
+    assert Path(info["onnx"]["path"]) == out / graph  # relocated from the temporary build directory
+    assert info["onnx"]["sha256"] == hashlib.sha256((out / graph).read_bytes()).hexdigest()
+    assert info["class_names"] == ["a", "b", "c", "d"] and info["input_size"] == [64, 64]
+    if method == "entropy":
+        assert (out / "calibration.cache").stat().st_size > 0 and info["calibration"]["batch_size"] == 2
+    engine, _ = load_engine(out)
+    assert engine.num_io_tensors >= 3
+    runner = make_runner(out, "tensorrt", input_size=(64, 64))
+    assert runner.max_batch == info["profile"]["max"][0] and runner.precision == precision
+    ref = make_runner(out / graph, "onnxruntime", input_size=(64, 64))
+    x = torch.rand(1, 3, 64, 64)
+    got, want = runner(x), ref(x)
+    assert [a.shape for a in got] == [b.shape for b in want] and all(np.isfinite(a).all() for a in got)
+    tolerance = 5e-2 if precision == "fp16" else 0.15  # scores (the last output) in [0, 1]
+    assert float(np.abs(got[-1] - want[-1]).mean()) < tolerance
+    results = predict(out, images_dir=synth.images_dir, out=tmp_path / "preds.json")
+    assert results and {r["category_id"] for r in results} <= {1, 2, 3, 4}
+
+
+def test_saved_engine_for_another_gpu_or_tensorrt_is_refused(engine_inputs, tmp_path, capsys):
+    pytest.importorskip("tensorrt")
+    from detflow.cli import main
+    from detflow.errors import UserInputError
+    from detflow.export.engine_artifact import SIDECAR_FILE, load_engine
+
+    synth, ckpt = engine_inputs
+    out = tmp_path / "engine"
+    assert main(["export", str(ckpt), "--format", "engine", "--out", str(out)]) == 0
+    info = json.loads((out / SIDECAR_FILE).read_text())
+    for field, value in (("gpu_name", "Some Other GPU"), ("tensorrt", "7.0.0")):
+        edited = {**info, "environment": {**info["environment"], field: value}}
+        (out / SIDECAR_FILE).write_text(json.dumps(edited))
+        with pytest.raises(UserInputError) as err:
+            load_engine(out)
+        assert value in str(err.value) and str(info["environment"][field]) in str(err.value)
+        assert main(["predict", str(out), "--images", str(synth.images_dir), "--out", str(tmp_path / "p.json")]) == 2
+        assert "engine refused" in capsys.readouterr().err

@@ -2,8 +2,10 @@
 ONNX Runtime (CPU, CUDA EP) and TensorRT (FP16 / INT8 engines built from the ONNX graph).
 
 An *artifact* is one of: a checkpoint directory (fp32), a quantisation output directory
-(``model.int8.onnx`` [+ ``model.int8.pt2``]), an export directory or ``.onnx`` file, or a model
-object. :func:`load_artifact` resolves it; :func:`make_runner` turns (artifact, backend) into a
+(``model.int8.onnx`` [+ ``model.int8.pt2``]), an export directory or ``.onnx`` file, a saved TensorRT
+engine directory (``model.engine`` + ``model.engine.json``; runs on ``tensorrt`` only, after
+:func:`detflow.export.engine_artifact.load_engine` checked it was built for this GPU and TensorRT),
+or a model object. :func:`load_artifact` resolves it; :func:`make_runner` turns (artifact, backend) into a
 :class:`Runner`: ``runner(images N×3×H×W float, normalised)`` → list of numpy outputs
 (``boxes``, ``scores`` [+ ``mask_kernels``, ``mask_feat`` for instance models] — or the four fixed-size
 NMS outputs when NMS is in the graph).
@@ -27,6 +29,7 @@ import detmodels
 
 from ..errors import RuntimeFailure, UserInputError
 from ..paths import state_dir
+from ..export.engine_artifact import is_engine_dir, load_engine, read_engine_sidecar
 from ..export.onnx import DeployModule, export_onnx, ort_session, read_sidecar, resolve_model
 
 __all__ = [
@@ -41,7 +44,8 @@ BACKENDS = ("torch", "torch.compile", "onnxruntime", "onnxruntime-cuda", "tensor
 
 @dataclasses.dataclass
 class Artifact:
-    """A resolved artifact. ``kind``: checkpoint | quant | onnx | model; ``precision``: fp32 | int8."""
+    """A resolved artifact. ``kind``: checkpoint | quant | onnx | engine | model; ``precision``: fp32 | int8
+    (| fp16 for an engine)."""
 
     name: str
     kind: str
@@ -85,6 +89,9 @@ def _model_input_spec(meta: dict) -> dict | None:
 
 
 def _from_dir(path: Path, name: str) -> Artifact:
+    if is_engine_dir(path):  # an engine export also holds the graph it was built from: the engine wins
+        info = read_engine_sidecar(path)
+        return Artifact(name, "engine", str(info["precision"]), str(path), info=info)
     if (path / "model.pt").is_file():
         meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
         return Artifact(name, "checkpoint", "fp32", str(path), info={"category_ids": meta.get("category_ids"),
@@ -280,10 +287,12 @@ def make_runner(
         RuntimeFailure: the backend is not installed here. UserInputError: the artifact has no form
         this backend can run (e.g. an ONNX file on torch).
     """
+    art = load_artifact(artifact)
+    if art.kind == "engine":
+        return _engine_runner(art, backend, input_size)
     status = backend_status(backend)
     if status is not None:
         raise RuntimeFailure(f"backend {backend!r} is {status}; install it or set missing_backend: skip")
-    art = load_artifact(artifact)
     work = Path(work_dir) if work_dir else state_dir() / "bench"
     if backend in ("torch", "torch.compile"):
         return _torch_runner(art, backend == "torch.compile", threads)
@@ -303,12 +312,35 @@ def _build_trt_engine(onnx_path: str, precision: str, input_size: tuple[int, int
     return trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
 
 
-def _tensorrt_runner(art: Artifact, onnx_path: str, *, input_size: tuple[int, int], max_batch: int) -> Runner:
-    """TensorRT engine runner; inputs/outputs live in torch CUDA tensors (copies are timed)."""
-    import tensorrt as trt
+def _engine_runner(art: Artifact, backend: str, input_size: tuple[int, int]) -> Runner:
+    """The runner of a saved engine directory: refused on another backend, another input size, or
+    (by :func:`load_engine`) a GPU / TensorRT it was not built for."""
+    if backend != "tensorrt":
+        raise UserInputError(f"artifact {art.name!r}: a TensorRT engine directory runs on backend tensorrt only, "
+                             f"not {backend!r}")
+    size = art.input_size
+    if size and tuple(size) != tuple(input_size):
+        raise UserInputError(f"artifact {art.name!r}: the engine was built for {size[0]}x{size[1]} inputs, not "
+                             f"{input_size[0]}x{input_size[1]}")
+    engine, info = load_engine(art.path)
+    method = info.get("int8_method")
+    note = {"qdq": "saved engine, explicit quantisation (Q/DQ graph)",
+            "entropy": "saved engine, entropy-calibrated int8"}.get(method or "", "saved FP16 engine")
+    return _trt_engine_runner(engine, art.precision, max_batch=int(info["profile"]["max"][0]), note=note)
 
+
+def _tensorrt_runner(art: Artifact, onnx_path: str, *, input_size: tuple[int, int], max_batch: int) -> Runner:
+    """TensorRT engine runner, the engine built from ``onnx_path`` now."""
     precision = "int8" if art.precision == "int8" else "fp16"
     engine = _build_trt_engine(onnx_path, precision, input_size, max_batch)
+    note = "explicit quantisation from the Q/DQ graph" if precision == "int8" else "FP16 engine from the fp32 ONNX"
+    return _trt_engine_runner(engine, precision, max_batch=max_batch, note=note)
+
+
+def _trt_engine_runner(engine: Any, precision: str, *, max_batch: int, note: str) -> Runner:
+    """A runner of a deserialised engine; inputs/outputs live in torch CUDA tensors (copies are timed)."""
+    import tensorrt as trt
+
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -328,7 +360,6 @@ def _tensorrt_runner(art: Artifact, onnx_path: str, *, input_size: tuple[int, in
         stream.synchronize()
         return [b.cpu().numpy() for b in bufs]
 
-    note = "explicit quantisation from the Q/DQ graph" if precision == "int8" else "FP16 engine from the fp32 ONNX"
     return Runner("tensorrt", precision, _device_name("cuda"), run, nms_in_graph=_is_nms_graph(outputs),
                   max_batch=max_batch, note=note)
 

@@ -2,14 +2,17 @@
 
 The same library calls as the workflow steps: ``onnx`` is :func:`detflow.export.export_onnx` (the
 ``export`` step), ``int8`` is :func:`detflow.quant.run_ptq` (the ``ptq`` step), ``engine`` builds a
-TensorRT engine (:func:`detflow.export.tensorrt.build_engine`, as the benchmark's ``tensorrt``
-backend does) from one of those graphs. SOURCE is a checkpoint directory, a registered version
+TensorRT engine (:func:`detflow.export.engine_artifact.build_engine_dir`) from one of those graphs:
+fp16 from the fp32 graph; int8 (``--int8 qdq``, default) from the PTQ Q/DQ graph, or
+(``--int8 entropy``) from the fp32 graph with TensorRT's entropy calibration on ``--calib``. SOURCE is a checkpoint directory, a registered version
 (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) or a workflow step (``RUN_ID/STEP``).
 
 ``--out`` is a directory written whole or not at all (built in a temporary sibling, then renamed):
 the step's files (``model.onnx`` + sidecar ``model.json``; ``model.int8.onnx`` + ``meta.json`` …;
-``model.engine``) and ``export.json``, which says what was exported from what. Every output is an
-artifact ``detflow val`` and the ``benchmark`` step take.
+``model.engine`` + its sidecar ``model.engine.json`` [+ ``calibration.cache``]) and ``export.json``,
+which says what was exported from what. Every output is an artifact ``detflow val``, ``detflow
+predict`` and the ``benchmark`` step take. ``--register NAME`` registers an engine directory as a
+new version of NAME (:func:`detflow.predict.register.register_engine`).
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ import typer
 
 from .output import json_stdout
 
-__all__ = ["register", "export_cmd", "parse_batch_profile", "FORMATS", "MANIFEST"]
+__all__ = ["register", "export_cmd", "parse_batch_profile", "parse_size", "FORMATS", "MANIFEST", "INT8_METHODS"]
 
 FORMATS = ("onnx", "int8", "engine")
+INT8_METHODS = ("qdq", "entropy")
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
 MANIFEST = "export.json"
 _STEP_REF = re.compile(r"(?P<run>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<step>[A-Za-z0-9_\-]+)")
 
@@ -42,6 +47,31 @@ def parse_batch_profile(text: str | None) -> tuple[int, int, int] | None:
     if not 1 <= lo <= opt <= hi:
         raise UserInputError(f"--dynamic-batch {text!r}: expected 1 <= MIN <= OPT <= MAX, got {lo},{opt},{hi}")
     return lo, opt, hi
+
+
+def parse_size(text: str, option: str = "--workspace") -> int:
+    """``1073741824``, ``512M``/``512MiB``, ``2G``/``2GiB`` → bytes (at least 1 MiB)."""
+    from ..errors import UserInputError
+
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = m[2].lower() if m else ""
+    if not m or unit not in _UNITS or int(m[1]) * _UNITS[unit] < (1 << 20):
+        raise UserInputError(f"{option} {text!r}: expected a size of at least 1 MiB, e.g. 1G, 512M or bytes")
+    return int(m[1]) * _UNITS[unit]
+
+
+def _check_engine_options(fmt: str, precision: str, int8_method: str | None, register_as: str | None) -> str | None:
+    """The int8 method of an int8 engine (``qdq`` by default), after refusing options other exports ignore."""
+    from ..errors import UserInputError
+
+    if int8_method is not None and int8_method not in INT8_METHODS:
+        raise UserInputError(f"--int8 {int8_method!r}: expected one of {' | '.join(INT8_METHODS)}")
+    if int8_method is not None and not (fmt == "engine" and precision == "int8"):
+        raise UserInputError(f"--int8 {int8_method!r}: only with --format engine --precision int8")
+    if register_as is not None and fmt != "engine":
+        raise UserInputError(f"--register {register_as!r}: only with --format engine (workflows register the "
+                             "other exports)")
+    return (int8_method or "qdq") if fmt == "engine" and precision == "int8" else None
 
 
 def _check_options(fmt: str, precision: str | None, calib: Path | None) -> str | None:
@@ -166,6 +196,11 @@ def export_cmd(
     input_size: Optional[int] = typer.Option(None, "--input-size", min=32, help="Input size; default the "
                                              "checkpoint's data.image_size."),
     with_nms: bool = typer.Option(False, "--with-nms", help="onnx: also write model_nms.onnx (NMS in the graph)."),
+    int8_method: Optional[str] = typer.Option(None, "--int8", help="Int8 engine: qdq (default; from the PTQ Q/DQ "
+                                              "graph) | entropy (TensorRT entropy calibration of the fp32 graph)."),
+    workspace: str = typer.Option("1G", "--workspace", help="Engine: TensorRT builder workspace (e.g. 512M, 2G)."),
+    register_as: Optional[str] = typer.Option(None, "--register", help="Engine: register the engine directory "
+                                              "as a new version of this model name (lineage to a models:/ SOURCE)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print export.json instead of a summary."),
     state_url: Optional[str] = typer.Option(None, "--state-url", help="State DB for RUN_ID/STEP (default "
@@ -178,6 +213,8 @@ def export_cmd(
     from ..errors import UserInputError
 
     chosen = _check_options(fmt, precision, calib)
+    method = _check_engine_options(fmt, chosen, int8_method, register_as)
+    workspace_bytes = parse_size(workspace)
     batch = parse_batch_profile(dynamic_batch)
     if with_nms and fmt != "onnx":
         raise UserInputError(f"--with-nms: only with --format onnx, got --format {fmt}")
@@ -193,23 +230,32 @@ def export_cmd(
     checkpoint = resolve_source(source, state_url)
     with json_stdout(as_json):
         manifest = _export(checkpoint, fmt, chosen, out, split=split, calib_batches=calib_batches, batch=batch,
-                           input_size=input_size, with_nms=with_nms, source=source)
+                           input_size=input_size, with_nms=with_nms, source=source,
+                           engine={"int8_method": method, "workspace_bytes": workspace_bytes})
+        if register_as is not None:
+            from ..predict.register import register_engine
+
+            manifest["registered"] = f"{register_as}/{register_engine(out, register_as, source=source)}"
     if as_json:
         typer.echo(json.dumps(manifest, indent=2))
         return
-    typer.echo(f"{manifest['format']} ({manifest['precision']}) of {source} -> {out / manifest['file']}")
+    typer.echo(f"{manifest['format']} ({manifest['precision']}) of {source} -> {out / manifest['file']}"
+               + (f" (registered as {manifest['registered']})" if manifest.get("registered") else ""))
 
 
 def _export(checkpoint: Path, fmt: str, precision: str, out: Path, *, split: Any, calib_batches: int,
-            batch: tuple[int, int, int] | None, input_size: int | None, with_nms: bool, source: str) -> dict:
-    """Write the export into a temporary sibling of ``out``, then rename it onto ``out``; the manifest."""
+            batch: tuple[int, int, int] | None, input_size: int | None, with_nms: bool, source: str,
+            engine: dict | None = None) -> dict:
+    """Write the export into a temporary sibling of ``out``, then rename it onto ``out``; the manifest.
+    ``engine``: ``int8_method`` and ``workspace_bytes`` of an engine export."""
     from ..atomic import atomic_dir, atomic_write_json
 
+    engine = engine or {}
     final = out.resolve()
     manifest: dict[str, Any] = {"format": fmt, "precision": precision, "source": source,
                                 "checkpoint": str(checkpoint), "dynamic_batch": list(batch) if batch else None}
     with atomic_dir(final) as tmp:
-        if fmt == "onnx" or (fmt == "engine" and precision == "fp16"):
+        if fmt == "onnx" or (fmt == "engine" and (precision == "fp16" or engine.get("int8_method") == "entropy")):
             from ..export import export_onnx
 
             result = export_onnx(str(checkpoint), tmp, input_size=input_size, dynamic_batch=batch is not None,
@@ -228,14 +274,32 @@ def _export(checkpoint: Path, fmt: str, precision: str, out: Path, *, split: Any
                             ort_vs_torch_max_abs_diff=metrics.get("ort_vs_torch_max_abs_diff"))
         manifest.update(input_size=size, onnx=graph.name, file=graph.name)
         if fmt == "engine":
-            from ..export.tensorrt import build_engine
-
-            blob = build_engine(graph, precision=precision, input_size=size, batch=batch or (1, 1, 1))
-            (tmp / "model.engine").write_bytes(blob)
-            manifest["file"] = "model.engine"
+            manifest.update(_engine(tmp, graph, size, precision, engine, batch=batch or (1, 1, 1),
+                                    checkpoint=checkpoint, split=split, calib_batches=calib_batches))
         _relocate(tmp, final)
         atomic_write_json(tmp / MANIFEST, manifest, indent=2)
     return manifest
+
+
+def _engine(folder: Path, graph: Path, size: list, precision: str, engine: dict, *, batch: tuple[int, int, int],
+            checkpoint: Path, split: Any, calib_batches: int) -> dict[str, Any]:
+    """Build and save the engine of ``graph`` in ``folder``; the manifest's engine fields."""
+    from ..export.engine_artifact import ENGINE_FILE, SIDECAR_FILE, build_engine_dir
+
+    method = engine.get("int8_method")
+    calib, n = None, batch[1]  # entropy calibration runs at the profile's opt batch
+    if method == "entropy":
+        from ..export import resolve_model
+        from ..quant.common import iter_batches, take
+
+        batches = iter_batches(split, resolve_model(str(checkpoint)), int(size[0]), batch_size=n, shuffle=False)
+        calib = [b[0] for b in take(batches, calib_batches)]
+    info = build_engine_dir(folder, graph, precision=precision, input_size=size, batch=batch,
+                            workspace_bytes=int(engine.get("workspace_bytes") or 1 << 30), int8_method=method,
+                            calib=calib, calib_batch_size=n)
+    return {"file": ENGINE_FILE, "sidecar": SIDECAR_FILE, "int8_method": method,
+            "workspace_bytes": info["workspace_bytes"], "gpu": info["environment"].get("gpu_name"),
+            "tensorrt": info["environment"].get("tensorrt")}
 
 
 def register(app: typer.Typer) -> None:

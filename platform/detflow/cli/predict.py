@@ -11,7 +11,7 @@ __all__ = ["register", "predict_cmd"]
 
 def predict_cmd(
     source: str = typer.Argument(..., help="Checkpoint dir, export dir (fp32 / int8 ONNX), .onnx file, "
-                                 "models:/NAME@ALIAS or s3:// URI."),
+                                 "TensorRT engine dir, models:/NAME@ALIAS or s3:// URI."),
     images: Optional[Path] = typer.Option(None, "--images", help="Directory of images (or the image dir of --annotations)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="COCO JSON whose images to predict on."),
     video: Optional[Path] = typer.Option(None, "--video", help="A video file: every frame is detected."),
@@ -19,7 +19,8 @@ def predict_cmd(
     draw: Optional[Path] = typer.Option(None, "--draw", help="Images: a directory for drawn images; video: the "
                                         "annotated video file (e.g. out.mp4)."),
     backend: str = typer.Option("torch", "--backend", help="torch | torch.compile | onnxruntime | "
-                                "onnxruntime-cuda | tensorrt (ONNX artifacts need an ONNX backend)."),
+                                "onnxruntime-cuda | tensorrt (ONNX artifacts need an ONNX backend; an engine dir "
+                                "runs on tensorrt)."),
     score_thr: Optional[float] = typer.Option(None, "--score-thr", min=0, max=1, help="Keep detections above this score."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
 ) -> None:

@@ -68,18 +68,20 @@ def _data_section_split(raw: dict, config: Path, which: str) -> Any:
 
 
 def default_backend(artifact: str) -> str:
-    """``torch`` for a checkpoint directory, ``onnxruntime`` for an ONNX graph or a quantisation output."""
+    """``torch`` for a checkpoint directory, ``tensorrt`` for a saved engine directory, ``onnxruntime``
+    for an ONNX graph or a quantisation output."""
     from ..bench.backends import load_artifact
 
-    return "torch" if load_artifact(artifact).kind in ("checkpoint", "model") else "onnxruntime"
+    kind = load_artifact(artifact).kind
+    return "torch" if kind in ("checkpoint", "model") else "tensorrt" if kind == "engine" else "onnxruntime"
 
 
 def val_cmd(
-    artifact: str = typer.Argument(..., help="Checkpoint directory, export directory / .onnx file, or int8 output."),
+    artifact: str = typer.Argument(..., help="Checkpoint directory, export directory / .onnx file, int8 output or engine directory."),
     data: Path = typer.Option(..., "--data",
                               help="Training config (kind: train) or data section YAML with a val split."),
     backend: str = typer.Option("auto", "--backend", help="torch | torch.compile | onnxruntime | onnxruntime-cuda | "
-                                "tensorrt; auto: torch for a checkpoint, onnxruntime for a graph."),
+                                "tensorrt; auto: torch for a checkpoint, tensorrt for an engine, onnxruntime for a graph."),
     batch: int = typer.Option(8, "--batch", min=1, help="Images per batch."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=32,
                                              help="Letterbox size; default the artifact's export or config size."),

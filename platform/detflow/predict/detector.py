@@ -57,9 +57,7 @@ def resolve_source(source: str | Path) -> Path:
 
     text = str(source)
     if text.startswith("models:/"):
-        from ..weights.resolve import registered_checkpoint
-
-        return registered_checkpoint(text)
+        return _registered(text)
     if artifact_store.is_uri(text):
         return Path(artifact_store.materialize(text))
     path = Path(text).expanduser()
@@ -67,6 +65,23 @@ def resolve_source(source: str | Path) -> Path:
         raise UserInputError(f"SOURCE {text!r}: no such artifact (expected a checkpoint or export directory, an "
                              ".onnx file, models:/NAME@ALIAS or an s3:// URI)")
     return path
+
+
+def _registered(uri: str) -> Path:
+    """The local folder of a registered version: its checkpoint, else (a version registered from an
+    engine directory) the engine directory."""
+    from ..export.engine_artifact import is_engine_dir
+    from ..tracking.registry import download_model_version
+    from ..weights.pull import weights_dir
+    from ..weights.resolve import registered_checkpoint
+
+    try:
+        return registered_checkpoint(uri)
+    except UserInputError:
+        local = download_model_version(uri, weights_dir() / "registry")  # cached by registered_checkpoint
+        if is_engine_dir(local):
+            return local
+        raise
 
 
 def _on_cpu(det: Any) -> Any:
@@ -115,13 +130,17 @@ def _runner_detect(art: Any, backend: str, input_size: tuple[int, int] | None, s
 def load_predictor(source: str | Path, *, backend: str = "torch", device: str | None = None,
                    score_thr: float | None = None, input_size: int | None = None, batch_size: int = 4) -> Predictor:
     """The :class:`Predictor` of SOURCE (see :func:`resolve_source`) on ``backend`` (one of
-    :data:`detflow.bench.backends.BACKENDS`)."""
+    :data:`detflow.bench.backends.BACKENDS`). A saved TensorRT engine directory runs on
+    ``tensorrt`` (the default ``torch`` means it there), after its sidecar was checked against this
+    GPU and TensorRT (:func:`detflow.export.engine_artifact.load_engine`: refused in one line)."""
     from ..bench.backends import BACKENDS, load_artifact
 
     if backend not in BACKENDS:
         raise UserInputError(f"--backend {backend!r}: expected one of {' | '.join(BACKENDS)}")
     path = resolve_source(source)
     art = load_artifact(path)
+    if art.kind == "engine" and backend == "torch":
+        backend = "tensorrt"
     names = list(art.info.get("class_names") or [])
     ids = list(art.info.get("category_ids") or range(1, (len(names) or int(art.info.get("num_classes") or 0)) + 1))
     if art.kind == "checkpoint" and backend == "torch":

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..atomic import atomic_dir
 from ..errors import UserInputError
 
-__all__ = ["parse_model_uri", "download_model_version"]
+__all__ = ["parse_model_uri", "download_model_version", "model_version_label"]
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))/?")
 
@@ -27,6 +27,24 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     if not m:
         raise UserInputError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
     return m["name"], m["version"], m["alias"]
+
+
+def model_version_label(uri: str) -> str:
+    """``NAME/VERSION`` of the registered version ``uri`` (an alias resolved to its version now): the
+    form of a ``detflow.upstream_version`` lineage tag."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .run import _client
+
+    name, version, alias = parse_model_uri(uri)
+    if alias is None:
+        return f"{name}/{version}"
+    try:
+        return f"{name}/{_client().get_model_version_by_alias(name, alias).version}"
+    except MlflowException as exc:
+        raise UserInputError(f"{uri}: no such registered model version in {mlflow.get_tracking_uri()} "
+                             f"({str(exc).splitlines()[0]})") from None
 
 
 def download_model_version(uri: str, cache: Path) -> Path:
