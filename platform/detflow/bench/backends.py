@@ -348,7 +348,9 @@ def _trt_engine_runner(engine: Any, precision: str, *, max_batch: int, note: str
     def run(images: torch.Tensor) -> list[np.ndarray]:
         stream = torch.cuda.current_stream()  # the copies and the engine share one stream
         x = images.to("cuda", torch.float32).contiguous()
-        context.set_input_shape("images", tuple(x.shape))
+        if not context.set_input_shape("images", tuple(x.shape)):  # False: outside the optimisation profile
+            raise ValueError(f"TensorRT engine: input shape {tuple(x.shape)} is outside its profile "
+                             f"(batch up to {max_batch})")
         context.set_tensor_address("images", x.data_ptr())
         bufs = []
         for name in outputs:

@@ -4,8 +4,9 @@ The same library calls as the workflow steps: ``onnx`` is :func:`detflow.export.
 ``export`` step), ``int8`` is :func:`detflow.quant.run_ptq` (the ``ptq`` step), ``engine`` builds a
 TensorRT engine (:func:`detflow.export.engine_artifact.build_engine_dir`) from one of those graphs:
 fp16 from the fp32 graph; int8 (``--int8 qdq``, default) from the PTQ Q/DQ graph, or
-(``--int8 entropy``) from the fp32 graph with TensorRT's entropy calibration on ``--calib``. SOURCE is a checkpoint directory, a registered version
-(``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) or a workflow step (``RUN_ID/STEP``).
+(``--int8 entropy``) from the fp32 graph with TensorRT's entropy calibration on ``--calib``.
+SOURCE is a checkpoint directory, a registered version (``models:/NAME@ALIAS`` or
+``models:/NAME/VERSION``) or a workflow step (``RUN_ID/STEP``).
 
 ``--out`` is a directory written whole or not at all (built in a temporary sibling, then renamed):
 the step's files (``model.onnx`` + sidecar ``model.json``; ``model.int8.onnx`` + ``meta.json`` …;
@@ -190,7 +191,8 @@ def export_cmd(
                                          "a data section YAML (its train split) or a COCO JSON."),
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="Image folder of a COCO JSON "
                                                 "--calib (default images/ beside it, else its folder)."),
-    calib_batches: int = typer.Option(4, "--calib-batches", min=1, help="Calibration batches (8 images each)."),
+    calib_batches: int = typer.Option(4, "--calib-batches", min=1, help="Calibration batches (8 images each; "
+                                       "--int8 entropy: of the --dynamic-batch OPT size, else 1)."),
     dynamic_batch: Optional[str] = typer.Option(None, "--dynamic-batch", help="MIN,OPT,MAX: a symbolic batch axis "
                                                 "(and the engine's profile); default a fixed batch of 1."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=32, help="Input size; default the "
@@ -209,6 +211,8 @@ def export_cmd(
     """Export a checkpoint to fp32 ONNX, int8 Q/DQ ONNX (PTQ) or a TensorRT engine, as the workflow steps do.
 
     Example: detflow export models:/coco_tiny@champion --format int8 --calib workflows/configs/rtmdet_tiny_synth.yaml --out out/int8
+
+    Example: detflow export models:/coco_tiny@champion --format engine --precision int8 --int8 entropy --calib data/train.json --register coco_tiny --out out/trt
     """
     from ..errors import UserInputError
 

@@ -220,7 +220,8 @@ def read_engine_sidecar(folder: str | os.PathLike) -> dict[str, Any]:
         raise UserInputError(f"{path}: not a JSON engine sidecar ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from None
     if not isinstance(info, dict):
-        raise UserInputError(f"{path}: not an engine sidecar (expected a JSON object, got {type(info).__name__}); {hint}")
+        raise UserInputError(f"{path}: not an engine sidecar (expected a JSON object, got "
+                             f"{type(info).__name__}); {hint}")
     problem = _missing_field(info)
     if problem:
         raise UserInputError(f"{path}: {problem}; {hint}")

@@ -1,7 +1,8 @@
 """A registered version as an MLflow ``pyfunc`` model: the loader module its ``MLmodel`` names.
 
 MLflow calls :func:`_load_pyfunc` with the version's artifact folder (a checkpoint, an fp32 ONNX
-export or an int8 quantisation directory, as :func:`detflow.predict.load_predictor` reads it) and
+export, an int8 quantisation directory or a saved TensorRT engine directory, checked against this
+GPU and TensorRT before loading, as :func:`detflow.predict.load_predictor` reads it) and
 the ``model_config`` written at logging time (``backend``, ``score_thr``). This module never
 imports MLflow (only ``detflow.tracking`` does): :func:`detflow.tracking.log_logged_model` writes
 the ``MLmodel`` file naming :data:`LOADER_MODULE`, and MLflow imports it by name when loading.

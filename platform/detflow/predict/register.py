@@ -55,8 +55,8 @@ def register_engine(folder: str | os.PathLike, name: str, *, source: str | None 
     tracking.configure()
     run = tracking.Run.create(f"register-{name}", experiment=experiment, tags={"detflow.kind": "register"})
     try:
-        params = {"precision": info["precision"], "profile": info["profile"], "workspace_bytes": info["workspace_bytes"],
-                  "source": source or ""}
+        params = {"precision": info["precision"], "profile": info["profile"],
+                  "workspace_bytes": info["workspace_bytes"], "source": source or ""}
         model_id = tracking.log_logged_model(
             run, f"{name}-engine", folder, model_type="engine", params=params, tags=tags,
             pyfunc={"loader_module": pyfunc.LOADER_MODULE, "model_config": {"backend": pyfunc.backend_for("engine")}})
