@@ -297,7 +297,12 @@ def _engine(folder: Path, graph: Path, size: list, precision: str, engine: dict,
         from ..quant.common import iter_batches, take
 
         batches = iter_batches(split, resolve_model(str(checkpoint)), int(size[0]), batch_size=n, shuffle=False)
-        calib = [b[0] for b in take(batches, calib_batches)]
+        calib = [b[0] for b in take(batches, calib_batches) if b[0].shape[0] == n]  # TensorRT takes full batches
+        if not calib:
+            from ..errors import UserInputError
+
+            raise UserInputError(f"--calib {split.annotations}: fewer than {n} images (one calibration batch of the "
+                                 "--dynamic-batch OPT size)")
     info = build_engine_dir(folder, graph, precision=precision, input_size=size, batch=batch,
                             workspace_bytes=int(engine.get("workspace_bytes") or 1 << 30), int8_method=method,
                             calib=calib, calib_batch_size=n)
