@@ -22,28 +22,8 @@ _spec = importlib.util.spec_from_file_location("conftest_deploy", Path(__file__)
 deploy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(deploy)
 
-SIZE = 64
-
-
-def box_batches(n: int = 1, batch: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, list[dict]]]:
-    """Dark noise images with one bright box each, and its target (YOLOv6 pixels: RGB in [0, 255])."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        images, targets = torch.rand(batch, 3, SIZE, SIZE, generator=gen) * 60, []
-        for i in range(batch):
-            x0, y0 = torch.randint(0, SIZE // 2, (2,), generator=gen).tolist()
-            w, h = torch.randint(12, SIZE // 2, (2,), generator=gen).tolist()
-            images[i, :, y0:y0 + h, x0:x0 + w] = 220.0
-            targets.append({"boxes": torch.tensor([[x0, y0, x0 + w, y0 + h]], dtype=torch.float32),
-                            "labels": torch.tensor([i % 4])})
-        out.append((images, targets))
-    return out
-
-
-def yolov6_n() -> detmodels.Detector:
-    torch.manual_seed(0)
-    return detmodels.create_model("yolov6_n", num_classes=4)
+SIZE = deploy.BOX_SIZE
+box_batches, yolov6_n = deploy.box_batches, deploy.yolov6_n
 
 
 def test_qat_with_cwd_records_a_falling_term_and_exports_int8(tmp_path):
@@ -63,7 +43,7 @@ def test_qat_with_cwd_records_a_falling_term_and_exports_int8(tmp_path):
     assert [o.name for o in sess.get_outputs()] == ["boxes", "scores"]
     boxes, scores = sess.run(None, {"images": box_batches(batch=3)[0][0].numpy()})
     assert boxes.shape == (3, 84, 4) and scores.shape == (3, 84, 4) and np.isfinite(scores).all()
-    assert m["qdq_nodes"]["QuantizeLinear"] > 0 and m["fp32_score_max_abs_diff"] < 0.05
+    assert m["qdq_nodes"]["QuantizeLinear"] > 0 and 0 < m["fp32_score_mean_abs_diff"] < 0.02
     meta = json.loads((Path(result.checkpoint) / "meta.json").read_text())
     assert meta["quantization"]["cwd_history"] == m["cwd_history"]
 

@@ -165,3 +165,13 @@ def test_export_bad_keep_float_exits_2(args, needle, ckpt, synth, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_keep_float_on_yolov6_n_names_its_fused_repvgg_convs(tmp_path):
+    """The ranked names are the re-parameterised model's (``….fused`` RepVGG convs), which PT2E matches."""
+    result = run_ptq(deploy.yolov6_n(), tmp_path, data=deploy.box_batches(batch=2), calib_batches=1, keep_float=3)
+    m = result.metrics
+    assert m["quantizable_convs"] == 69 and len(m["kept_float"]) == 3
+    assert all(name.endswith(".fused") or ".cls_preds." in name or ".reg_preds." in name for name in m["kept_float"])
+    assert len(_float_convs(result.onnx_path)) == 3
+    assert m["sensitivity_top"][0]["sqnr_db"] < m["sensitivity_top"][-1]["sqnr_db"] < 300

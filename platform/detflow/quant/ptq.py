@@ -144,6 +144,9 @@ def _partial(model: nn.Module, calib: Sequence[torch.Tensor], candidates: Sequen
     """Rank ``candidates`` by sensitivity, write ``sensitivity.json``; the metrics of partial PTQ."""
     ranked = layer_sensitivity(model, calib, candidates)
     kept = [s.name for s in ranked[:keep_float]]
+    if ranked[0].nsr == 0:
+        log.warning("partial PTQ: no single int8 conv changes the head outputs (an untrained head with zero "
+                    "predictor weights?); the convs kept in float are simply the first %d", keep_float)
     write_sensitivity_report(out / SENSITIVITY_FILE, ranked, kept, len(calib))
     log.info("partial PTQ: %d of %d convs kept in float: %s", keep_float, len(ranked), ", ".join(kept))
     return {"kept_float": kept, "quantizable_convs": len(ranked),
