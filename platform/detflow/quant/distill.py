@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import detmodels
 
-from ..errors import UserInputError
+from ..errors import RuntimeFailure, UserInputError
 from .common import FEATURES_KEY, split_features
 
 __all__ = ["CWDConfig", "distill_config", "feature_module_name", "features_in_outputs", "CWDTeacher"]
@@ -122,7 +122,7 @@ class CWDTeacher:
     def loss(self, images: Tensor, student_feats: list[Tensor] | None) -> Tensor:
         """``weight · CWD(student_feats, teacher's features on images, T)`` (a scalar, teacher detached)."""
         if student_feats is None:
-            raise RuntimeError("QAT distill: the student graph returned no features")
+            raise RuntimeFailure("QAT distill: the student graph returned no neck features")
         with torch.no_grad():
             teacher_feats = split_features(self.teacher(images))[1]
         cwd = detmodels.channel_wise_distill(student_feats, teacher_feats, self.config.temperature)
