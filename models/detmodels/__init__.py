@@ -44,6 +44,7 @@ _LAZY = {
     "reparameterize_model": "reparam", "load_official_weights": "weights",
     "count_params": "info", "count_macs": "info", "dense_postprocess": "ops",
     "dense_instance_postprocess": "families.rtmdet_ins", "INSTANCE_OUTPUT_NAMES": "families.rtmdet_ins",
+    "channel_wise_distill": "families.yolov6_distill",
 }
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "reparameterize_model", "load_official_weights", "count_params", "count_macs",
     "dense_postprocess",  # decoding of exported graphs without NMS inside (detflow.bench)
     "dense_instance_postprocess", "INSTANCE_OUTPUT_NAMES",  # the same with instance masks (RTMDet-Ins graphs)
+    "channel_wise_distill",  # CWD feature distillation (Shu et al. 2021): detflow's QAT distils with it
     # typed options
     "OptionError", "variant_options", "options_from_dict", "options_to_dict", "option_paths",
     "RTMDetOptions", "RTMDetNeckOptions", "RTMDetHeadOptions", "DSLOptions",

@@ -1,4 +1,5 @@
-"""A tiny two-level detector for the export / quantisation / benchmark tests (imported explicitly).
+"""A tiny two-level detector for the export / quantisation / benchmark tests (imported explicitly), and
+yolov6_n with a non-trivial head plus box batches with targets for the QAT tests.
 
 Load it with ``load_deploy_helpers()`` pattern used in the test files (pytest runs with importlib mode)::
 
@@ -66,3 +67,33 @@ def tiny_model(num_classes: int = 4, seed: int = 0) -> TinyDet:
 def random_batches(n: int = 3, batch: int = 4, size: int = 64, seed: int = 0) -> list[tuple[torch.Tensor, list]]:
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, 3, size, size, generator=gen), [{}] * batch) for _ in range(n)]
+
+
+BOX_SIZE = 64
+
+
+def box_batches(n: int = 1, batch: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, list[dict]]]:
+    """Dark noise images with one bright box each, and its target (YOLOv6 pixels: RGB in [0, 255])."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        images, targets = torch.rand(batch, 3, BOX_SIZE, BOX_SIZE, generator=gen) * 60, []
+        for i in range(batch):
+            x0, y0 = torch.randint(0, BOX_SIZE // 2, (2,), generator=gen).tolist()
+            w, h = torch.randint(12, BOX_SIZE // 2, (2,), generator=gen).tolist()
+            images[i, :, y0:y0 + h, x0:x0 + w] = 220.0
+            targets.append({"boxes": torch.tensor([[x0, y0, x0 + w, y0 + h]], dtype=torch.float32),
+                            "labels": torch.tensor([i % 4])})
+        out.append((images, targets))
+    return out
+
+
+def yolov6_n() -> detmodels.Detector:
+    """yolov6_n whose predictors are not the init's zero weights (whose outputs ignore the features)."""
+    torch.manual_seed(0)
+    model = detmodels.create_model("yolov6_n", num_classes=4)
+    with torch.no_grad():
+        for name, p in model.head.named_parameters():
+            if "preds" in name and name.endswith("weight"):
+                p.normal_(0.0, 0.05)
+    return model

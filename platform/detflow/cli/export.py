@@ -13,7 +13,8 @@ the step's files (``model.onnx`` + sidecar ``model.json``; ``model.int8.onnx`` +
 ``model.engine`` + its sidecar ``model.engine.json`` [+ ``calibration.cache``]) and ``export.json``,
 which says what was exported from what. Every output is an artifact ``detflow val``, ``detflow
 predict`` and the ``benchmark`` step take. ``--register NAME`` registers an engine directory as a
-new version of NAME (:func:`detflow.predict.register.register_engine`).
+new version of NAME (:func:`detflow.predict.register.register_engine`). ``--keep-float K`` (int8) is
+YOLOv6's partial PTQ: the K convs most sensitive to int8 stay float (ranked in ``sensitivity.json``).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def _check_engine_options(fmt: str, precision: str, int8_method: str | None, reg
     return (int8_method or "qdq") if fmt == "engine" and precision == "int8" else None
 
 
-def _check_options(fmt: str, precision: str | None, calib: Path | None) -> str | None:
+def _check_options(fmt: str, precision: str | None, calib: Path | None, keep_float: int = 0) -> str | None:
     """The precision of the export (``fp32`` | ``int8`` | ``fp16``), after refusing combinations that make no sense."""
     from ..errors import UserInputError
 
@@ -95,6 +96,11 @@ def _check_options(fmt: str, precision: str | None, calib: Path | None) -> str |
     if chosen != "int8" and calib is not None:
         raise UserInputError(f"--calib {str(calib)!r}: only an int8 export (--format int8, or --format engine "
                              "--precision int8) is calibrated")
+    if keep_float < 0:
+        raise UserInputError(f"--keep-float {keep_float}: expected >= 0 convs kept in float")
+    if keep_float and chosen != "int8":
+        raise UserInputError(f"--keep-float {keep_float}: only an int8 export (--format int8, or --format engine "
+                             "--precision int8) keeps layers in float")
     return chosen
 
 
@@ -193,6 +199,8 @@ def export_cmd(
                                                 "--calib (default images/ beside it, else its folder)."),
     calib_batches: int = typer.Option(4, "--calib-batches", min=1, help="Calibration batches (8 images each; "
                                        "--int8 entropy: of the --dynamic-batch OPT size, else 1)."),
+    keep_float: int = typer.Option(0, "--keep-float", help="int8: partial PTQ (YOLOv6): keep the K convs most "
+                                   "sensitive to int8 in float (ranked in sensitivity.json); 0 = plain PTQ."),
     dynamic_batch: Optional[str] = typer.Option(None, "--dynamic-batch", help="MIN,OPT,MAX: a symbolic batch axis "
                                                 "(and the engine's profile); default a fixed batch of 1."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=32, help="Input size; default the "
@@ -216,7 +224,7 @@ def export_cmd(
     """
     from ..errors import UserInputError
 
-    chosen = _check_options(fmt, precision, calib)
+    chosen = _check_options(fmt, precision, calib, keep_float)
     method = _check_engine_options(fmt, chosen, int8_method, register_as)
     workspace_bytes = parse_size(workspace)
     batch = parse_batch_profile(dynamic_batch)
@@ -234,7 +242,7 @@ def export_cmd(
     checkpoint = resolve_source(source, state_url)
     with json_stdout(as_json):
         manifest = _export(checkpoint, fmt, chosen, out, split=split, calib_batches=calib_batches, batch=batch,
-                           input_size=input_size, with_nms=with_nms, source=source,
+                           input_size=input_size, with_nms=with_nms, source=source, keep_float=keep_float,
                            engine={"int8_method": method, "workspace_bytes": workspace_bytes})
         if register_as is not None:
             from ..predict.register import register_engine
@@ -249,7 +257,7 @@ def export_cmd(
 
 def _export(checkpoint: Path, fmt: str, precision: str, out: Path, *, split: Any, calib_batches: int,
             batch: tuple[int, int, int] | None, input_size: int | None, with_nms: bool, source: str,
-            engine: dict | None = None) -> dict:
+            engine: dict | None = None, keep_float: int = 0) -> dict:
     """Write the export into a temporary sibling of ``out``, then rename it onto ``out``; the manifest.
     ``engine``: ``int8_method`` and ``workspace_bytes`` of an engine export."""
     from ..atomic import atomic_dir, atomic_write_json
@@ -269,13 +277,15 @@ def _export(checkpoint: Path, fmt: str, precision: str, out: Path, *, split: Any
         else:
             from ..quant import run_ptq
 
-            result = run_ptq(str(checkpoint), tmp, calib_batches=calib_batches, data=split, image_size=input_size)
+            result = run_ptq(str(checkpoint), tmp, calib_batches=calib_batches, data=split, image_size=input_size,
+                             keep_float=keep_float)
             graph = Path(result.onnx_path)
             size = list(json.loads(graph.with_suffix(".json").read_text()).get("input_size") or [])
             metrics = result.metrics
             manifest.update(quant_path=metrics.get("quant_path"), calib_images=metrics.get("calib_images"),
                             calib={"annotations": split.annotations, "images": split.images},
-                            ort_vs_torch_max_abs_diff=metrics.get("ort_vs_torch_max_abs_diff"))
+                            ort_vs_torch_max_abs_diff=metrics.get("ort_vs_torch_max_abs_diff"),
+                            keep_float=keep_float, kept_float=metrics.get("kept_float", []))
         manifest.update(input_size=size, onnx=graph.name, file=graph.name)
         if fmt == "engine":
             manifest.update(_engine(tmp, graph, size, precision, engine, batch=batch or (1, 1, 1),

@@ -44,7 +44,7 @@ from ..export.onnx import (
 
 __all__ = [
     "QuantResult", "Batch", "conv_qdq_quantizer", "QUANTIZER_STYLES", "build_quantizer", "resolve_skip_layers",
-    "iter_batches", "export_program",
+    "iter_batches", "export_program", "FEATURES_KEY", "split_features",
     "QuantDeployModule", "export_int8", "count_qdq", "write_quant_dir", "fp32_reference_diff",
     "save_torch_program", "load_torch_program", "INT8_PT2", "PT2_DIGEST_SUFFIX",
 ]
@@ -55,6 +55,15 @@ INT8_ONNX = "model.int8.onnx"
 INT8_PT2 = "model.int8.pt2"
 PT2_DIGEST_SUFFIX = ".sha256"  # model.int8.pt2.sha256: "<hex digest>  model.int8.pt2"
 Batch = tuple[Tensor, list[dict], list[dict]]  # images N×3×H×W, targets, metas
+FEATURES_KEY = "feats"  # raw outputs' key of the neck features (feature distillation), never decoded
+
+
+def split_features(outputs: Any) -> tuple[Any, list[Tensor] | None]:
+    """``(raw head outputs without the features, the features or None)`` of a ``forward`` output dict."""
+    if not isinstance(outputs, dict) or FEATURES_KEY not in outputs:
+        return outputs, None
+    raw = {k: v for k, v in outputs.items() if k != FEATURES_KEY}
+    return raw, list(outputs[FEATURES_KEY])
 
 
 @dataclasses.dataclass
@@ -221,7 +230,8 @@ def take(batches: Iterable[Batch], n: int | None) -> list[Batch]:
 
 class QuantDeployModule(nn.Module):
     """Converted (int8) raw forward followed by the float ``deploy_decode`` of the original detector
-    (``boxes, scores`` — plus ``mask_kernels, mask_feat`` for instance models, as :class:`DeployModule`)."""
+    (``boxes, scores`` — plus ``mask_kernels, mask_feat`` for instance models, as :class:`DeployModule`).
+    Neck features a QAT graph returns for distillation (:data:`FEATURES_KEY`) are dropped here."""
 
     def __init__(self, quantized: nn.Module, detector: nn.Module):
         from torchao.quantization.pt2e import allow_exported_model_train_eval
@@ -235,7 +245,7 @@ class QuantDeployModule(nn.Module):
         return output_names_of(self.detector)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        return self.detector.deploy_decode(self.quantized(images))
+        return self.detector.deploy_decode(split_features(self.quantized(images))[0])
 
 
 def count_qdq(onnx_path: str | Path) -> dict[str, int]:

@@ -27,6 +27,9 @@ from .common import (
     INT8_ONNX, QuantDeployModule, QuantResult, build_quantizer, count_qdq, export_int8, export_program,
     fp32_reference_diff, iter_batches, resolve_skip_layers, save_torch_program, take, write_quant_dir,
 )
+from .sensitivity import (
+    SENSITIVITY_FILE, check_keep_float, layer_sensitivity, quantizable_convs, write_sensitivity_report,
+)
 
 __all__ = ["run_ptq", "pt2e_ptq", "ort_static_ptq"]
 
@@ -79,6 +82,7 @@ def run_ptq(
     image_size: int | None = None,
     quantizer: str = "conv_qdq",
     fallback: bool = True,
+    keep_float: int = 0,
 ) -> QuantResult:
     """PTQ of a checkpoint (or model) to ``out_dir/model.int8.onnx``.
 
@@ -87,11 +91,22 @@ def run_ptq(
         data: calibration set — None (the checkpoint's train split), a ``DatasetSplit``, or batches.
         skip_layers: module names / globs kept in float (plus DFL projections, see ``resolve_skip_layers``).
         quantizer: ``conv_qdq`` (XNNPACK-style, fast in ONNX Runtime/TensorRT) or ``x86_inductor``.
-        fallback: use ORT ``quantize_static`` when the PT2E path fails.
+        fallback: use ORT ``quantize_static`` when the PT2E path fails (it quantizes every conv:
+            ``skip_layers`` and ``keep_float`` apply to the PT2E path only).
+        keep_float: partial PTQ (YOLOv6): rank the quantizable convs by sensitivity
+            (:func:`~.sensitivity.layer_sensitivity` on the calibration batches), keep the ``keep_float``
+            most sensitive ones in float and write ``sensitivity.json``; 0 is plain PTQ.
+
+    Raises:
+        UserInputError: ``keep_float`` negative or more than the model's quantizable convs (before any
+            file is written).
     """
     t0 = time.perf_counter()
     source = resolve_model(checkpoint)
     model = detmodels.reparameterize_model(source.model)
+    floats = resolve_skip_layers(model, skip_layers)
+    candidates = quantizable_convs(model, floats)
+    keep_float = check_keep_float(keep_float, candidates, getattr(model, "family", ""))
     size = image_size or (source.config.data.image_size if source.config is not None else None)
     batches = iter_batches(data, source, size or 0, batch_size=batch_size, shuffle=False)
     calib = [b[0] for b in take(batches, calib_batches)]
@@ -99,10 +114,13 @@ def run_ptq(
         raise RuntimeFailure("PTQ: the calibration set yielded no batches")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    floats = resolve_skip_layers(model, skip_layers)
     info: dict[str, Any] = {"method": "ptq", "calib_batches": len(calib),
-                            "calib_images": int(sum(len(x) for x in calib)),
-                            "float_modules": floats, "quantizer": quantizer}
+                            "calib_images": int(sum(len(x) for x in calib)), "quantizer": quantizer,
+                            "keep_float": keep_float}
+    if keep_float:
+        info.update(_partial(model, calib, candidates, keep_float, out))
+        floats = floats + info["kept_float"]
+    info["float_modules"] = floats
     fp32 = DeployModule(model).eval()
     try:
         int8 = pt2e_ptq(model, calib, floats, quantizer)
@@ -119,6 +137,21 @@ def run_ptq(
     info["wall_time_s"] = time.perf_counter() - t0
     write_quant_dir(out, source, info)
     return QuantResult(str(out / INT8_ONNX), str(out), info)
+
+
+def _partial(model: nn.Module, calib: Sequence[torch.Tensor], candidates: Sequence[str], keep_float: int,
+             out: Path) -> dict[str, Any]:
+    """Rank ``candidates`` by sensitivity, write ``sensitivity.json``; the metrics of partial PTQ."""
+    ranked = layer_sensitivity(model, calib, candidates)
+    kept = [s.name for s in ranked[:keep_float]]
+    if ranked[0].nsr == 0:
+        log.warning("partial PTQ: no single int8 conv changes the head outputs (an untrained head with zero "
+                    "predictor weights?); the convs kept in float are simply the first %d", keep_float)
+    write_sensitivity_report(out / SENSITIVITY_FILE, ranked, kept, len(calib))
+    log.info("partial PTQ: %d of %d convs kept in float: %s", keep_float, len(ranked), ", ".join(kept))
+    return {"kept_float": kept, "quantizable_convs": len(ranked),
+            "sensitivity_top": [{"name": s.name, "sqnr_db": round(s.sqnr_db, 4)} for s in ranked[:10]],
+            "sensitivity_report": SENSITIVITY_FILE}
 
 
 def _fallback(fp32: nn.Module, calib: Sequence[torch.Tensor], out: Path, source, *, error: str) -> dict[str, Any]:

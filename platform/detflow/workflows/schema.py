@@ -36,7 +36,7 @@ from .retry import DEFAULT_JITTER, DEFAULT_MAX_DELAY_S, NEVER_RETRIED, SHORTHAND
 
 __all__ = [
     "DatasetSpec", "Defaults", "Resources", "StepParams", "Step", "Workflow", "SynthParams", "TrainParams",
-    "DistillParams", "QATParams", "PTQParams", "ExportParams", "BenchmarkParams", "EvaluateParams",
+    "DistillParams", "QATDistillParams", "QATParams", "PTQParams", "ExportParams", "BenchmarkParams", "EvaluateParams",
     "SweepParams", "NASParams", "DataRef", "PromoteRule",
 ]
 
@@ -126,6 +126,13 @@ class DistillParams(_TrainSections):
     feature: bool = Field(False, description="channel-wise feature distillation (YOLOv6)")
 
 
+class QATDistillParams(StrictModel):
+    """Channel-wise distillation (Shu et al. 2021) of the neck features from the fp32 model during QAT (YOLOv6)."""
+
+    weight: float = Field(10.0, gt=0, description="weight of the CWD term added to the detection loss")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the spatial distributions")
+
+
 class QATParams(StepParams):
     """Re-parameterise, quantization-aware fine-tune (torchao PT2E), export int8 Q/DQ ONNX."""
 
@@ -135,6 +142,8 @@ class QATParams(StepParams):
     lr: float = Field(1e-5, gt=0)
     max_steps_per_epoch: PositiveInt | None = None
     skip_layers: list[str] = Field(default_factory=list, description="module names kept in float")
+    distill: QATDistillParams | None = Field(None, description="channel-wise distillation from the fp32 model on "
+                                             "the neck features ({} for YOLOv6's weight 10, temperature 1); null: none")
 
 
 class PTQParams(StepParams):
@@ -143,6 +152,9 @@ class PTQParams(StepParams):
     checkpoint: CheckpointRef
     data: DataRef = Field(None, description="calibration set (its train split)")
     calib_batches: PositiveInt = 4
+    keep_float: NonNegativeInt = Field(0, description="partial PTQ (YOLOv6): keep this many of the most "
+                                       "quantization-sensitive convs in float (ranked in sensitivity.json); "
+                                       "0: plain PTQ")
 
 
 class ExportParams(StepParams):

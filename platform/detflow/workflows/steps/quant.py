@@ -22,7 +22,8 @@ def run_qat(params: QATParams, ctx: StepContext) -> dict:
 
     result = qat(str(ctx.local(params.checkpoint, "checkpoint")), ctx.path / "qat", epochs=params.epochs, lr=params.lr,
                  max_steps_per_epoch=params.max_steps_per_epoch, skip_layers=tuple(params.skip_layers),
-                 data=split_of(ctx, params.data, "train"))
+                 data=split_of(ctx, params.data, "train"),
+                 distill=params.distill.model_dump() if params.distill is not None else None)
     return _outputs(result)
 
 
@@ -30,5 +31,5 @@ def run_ptq(params: PTQParams, ctx: StepContext) -> dict:
     from ...quant import run_ptq as ptq
 
     result = ptq(str(ctx.local(params.checkpoint, "checkpoint")), ctx.path / "ptq", calib_batches=params.calib_batches,
-                 data=split_of(ctx, params.data, "train"))
+                 data=split_of(ctx, params.data, "train"), keep_float=params.keep_float)
     return _outputs(result)
