@@ -44,6 +44,9 @@ _LAZY = {
     "reparameterize_model": "reparam", "load_official_weights": "weights",
     "count_params": "info", "count_macs": "info", "dense_postprocess": "ops",
     "dense_instance_postprocess": "families.rtmdet_ins", "INSTANCE_OUTPUT_NAMES": "families.rtmdet_ins",
+    "LinearAddBlock": "layers.repopt", "RealVGGBlock": "layers.repopt",
+    **dict.fromkeys(("RepOptimizer", "extract_scales", "scales_from_state_dict", "check_scales", "init_from_scales_",
+                     "grad_masks"), "repopt"),
 }
 
 __all__ = [
@@ -52,6 +55,9 @@ __all__ = [
     "reparameterize_model", "load_official_weights", "count_params", "count_macs",
     "dense_postprocess",  # decoding of exported graphs without NMS inside (detflow.bench)
     "dense_instance_postprocess", "INSTANCE_OUTPUT_NAMES",  # the same with instance masks (RTMDet-Ins graphs)
+    # RepOpt (YOLOv6 quantization-friendly training, docs/yolov6-quantization.md)
+    "LinearAddBlock", "RealVGGBlock", "RepOptimizer", "extract_scales", "scales_from_state_dict", "check_scales",
+    "init_from_scales_", "grad_masks",
     # typed options
     "OptionError", "variant_options", "options_from_dict", "options_to_dict", "option_paths",
     "RTMDetOptions", "RTMDetNeckOptions", "RTMDetHeadOptions", "DSLOptions",
