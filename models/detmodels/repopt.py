@@ -79,9 +79,10 @@ def _vec(t: Tensor) -> Tensor:
 
 
 def realvgg_blocks(model: nn.Module) -> dict[str, RealVGGBlock]:
-    """``{module name: block}`` of every :class:`RealVGGBlock` still holding its BN (not yet fused)."""
+    """``{module name: block}`` of every :class:`RealVGGBlock` still holding its BN (not yet fused;
+    a SyncBatchNorm counts)."""
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, RealVGGBlock) and isinstance(m.norm, nn.BatchNorm2d)}
+            if isinstance(m, RealVGGBlock) and not isinstance(m.norm, nn.Identity)}
 
 
 def check_scales(model: nn.Module, scales: Mapping[str, tuple]) -> dict[str, RealVGGBlock]:
