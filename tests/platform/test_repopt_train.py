@@ -156,10 +156,13 @@ def test_worker_builds_the_repopt_model_from_the_scales_and_trains_with_repoptim
 @pytest.mark.slow
 def test_hyper_search_then_repopt_through_detflow_train_on_ray(ray_session, synth, tmp_path, capsys):
     """Two real ``detflow train`` runs: a hyper-search epoch, then a RepOpt epoch whose config takes
-    the first run's checkpoint; the second run's model is a RepOpt model and its resolved optimizer
-    (logged MLflow param) is repopt with those scales."""
+    the first run's checkpoint. The RepOpt run trains at a tiny lr, so its kernels are still the
+    scale formula's: the stem's off-centre taps within s3·U(±1/√27) and some centre taps beyond
+    1/√27 (the s1·W1 term, W1 ~ U(±1/√3)) — which a default-initialised conv never has. Its MLflow
+    params show the resolved optimizer repopt."""
     import yaml
 
+    import detmodels
     from detflow.engine import checkpoint as ck
 
     storage = tmp_path / "runs"
@@ -168,19 +171,47 @@ def test_hyper_search_then_repopt_through_detflow_train_on_ray(ray_session, synt
     assert main(["train", str(hyper_cfg), "--json"]) == 0
     hyper = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
     assert ck.read_config(hyper).model.backbone.block == "hyper_search"
+    rep = _cfg(synth, "repopt", name="repopt", repopt_scales=hyper, lr=1e-9)
+    rep["train"]["ema"] = {"enabled": False}
     rep_cfg = tmp_path / "rep.yaml"
-    rep_cfg.write_text(yaml.safe_dump({**_cfg(synth, "repopt", name="repopt", repopt_scales=hyper),
-                                       "storage": str(storage)}))
+    rep_cfg.write_text(yaml.safe_dump({**rep, "storage": str(storage)}))
     assert main(["train", str(rep_cfg), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model, cfg, meta = ck.load_checkpoint_model(result["checkpoint"])
     assert cfg.train.optimizer.name == "repopt" and cfg.train.optimizer.repopt_scales == hyper
-    assert model.backbone.stem.__class__.__name__ == "RealVGGBlock" and meta["epoch"] == 0
+    assert isinstance(model.backbone.stem, detmodels.RealVGGBlock) and meta["epoch"] == 0
+    state = ck.load_checkpoint_state(hyper)
+    s3, s1, _ = detmodels.scales_from_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])[
+        "backbone.stem"]
+    w = model.backbone.stem.conv.weight.detach()
+    off = w.clone()
+    off[:, :, 1, 1] = 0
+    assert (off.abs() <= s3.reshape(-1, 1, 1, 1) / math.sqrt(27) + 1e-5).all()
+    assert w[:, :, 1, 1].abs().max() > 1.05 / math.sqrt(27)
     from mlflow.tracking import MlflowClient
 
     from detflow import tracking
 
     tracking.configure()
     params = MlflowClient().get_run(result["run_id"]).data.params
-    assert params["resolved.recipe.optimizer.name"] == "repopt"
-    assert params["resolved.recipe.optimizer.repopt_scales"] == hyper
+    assert params["resolved.recipe.optimizer.name"] == "repopt" and params["train.optimizer.name"] == "repopt"
+
+
+def test_build_optimizer_repopt_needs_masks_and_masks_the_conv_gradients():
+    import detmodels
+    from detflow.engine.optim import build_optimizer
+    from detflow.engine.specs import OptimizerSpec
+
+    spec = OptimizerSpec(name="repopt", lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False, base_batch=16,
+                         scale_lr_by_batch=False, repopt_scales="/x")
+    block = detmodels.RealVGGBlock(2, 3, 2)
+    with pytest.raises(ValueError, match="masks"):
+        build_optimizer(block, spec, total_batch=16)
+    mask = torch.full_like(block.conv.weight, 3.0)
+    opt = build_optimizer(block, spec, total_batch=16, masks={block.conv.weight: mask})
+    assert isinstance(opt, detmodels.RepOptimizer)
+    before = block.conv.weight.detach().clone()
+    block(torch.randn(2, 2, 8, 8)).sum().backward()
+    grad = block.conv.weight.grad.clone()
+    opt.step()
+    assert torch.allclose(block.conv.weight, before - 0.1 * 3.0 * grad)

@@ -25,8 +25,9 @@ __all__ = ["OptimizerSpec", "ScheduleSpec", "EMASpec"]
 @dataclass(frozen=True, kw_only=True)
 class OptimizerSpec:
     """An optimiser: ``adamw`` (``momentum`` is β1), ``sgd`` or ``repopt`` (SGD with RepOpt gradient
-    masks from the hyper-search checkpoint ``repopt_scales``); ``lr`` is for ``base_batch`` images
-    when ``scale_lr_by_batch`` (linear scaling rule, lr · total_batch / base_batch)."""
+    masks from the hyper-search checkpoint ``repopt_scales``, which the worker turns into masks:
+    ``build_optimizer`` takes the masks, not the path); ``lr`` is for ``base_batch`` images when
+    ``scale_lr_by_batch`` (linear scaling rule, lr · total_batch / base_batch)."""
 
     name: OptimizerName
     lr: float
