@@ -215,3 +215,26 @@ def test_build_optimizer_repopt_needs_masks_and_masks_the_conv_gradients():
     grad = block.conv.weight.grad.clone()
     opt.step()
     assert torch.allclose(block.conv.weight, before - 0.1 * 3.0 * grad)
+
+
+@pytest.mark.slow
+def test_a_repopt_yolov6_n_quantizes_every_conv_with_ptq(tmp_path):
+    """The point of RepOpt: the trained model is a plain conv net, so PT2E PTQ gives int8 weights to
+    every conv of the exported graph (~90 s on a loaded 2-core CPU)."""
+    import importlib.util
+
+    import detmodels
+    import onnx
+    from detflow.quant import run_ptq
+
+    spec = importlib.util.spec_from_file_location("conftest_deploy", Path(__file__).with_name("conftest_deploy.py"))
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    torch.manual_seed(0)
+    model = detmodels.create_model("yolov6_n", num_classes=4, backbone=detmodels.YOLOv6BackboneOptions(block="repopt"))
+    result = run_ptq(model.eval(), tmp_path, data=deploy.random_batches(2, 2, 64), calib_batches=2)
+    assert result.metrics["quant_path"] == "pt2e"
+    graph = onnx.load(str(result.onnx_path)).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) > 50 and all(producers.get(n.input[1]) == "DequantizeLinear" for n in convs)
