@@ -220,7 +220,7 @@ def test_build_optimizer_repopt_needs_masks_and_masks_the_conv_gradients():
 @pytest.mark.slow
 def test_a_repopt_yolov6_n_quantizes_every_conv_with_ptq(tmp_path):
     """The point of RepOpt: the trained model is a plain conv net, so PT2E PTQ gives int8 weights to
-    every conv of the exported graph (~90 s on a loaded 2-core CPU)."""
+    every conv of the exported graph (12 s on an idle machine, ~90 s while the CI suite runs beside it)."""
     import importlib.util
 
     import detmodels
