@@ -45,6 +45,9 @@ _LAZY = {
     "count_params": "info", "count_macs": "info", "dense_postprocess": "ops",
     "dense_instance_postprocess": "families.rtmdet_ins", "INSTANCE_OUTPUT_NAMES": "families.rtmdet_ins",
     "channel_wise_distill": "families.yolov6_distill",
+    "LinearAddBlock": "layers.repopt", "RealVGGBlock": "layers.repopt",
+    **dict.fromkeys(("RepOptimizer", "extract_scales", "scales_from_state_dict", "check_scales", "init_from_scales_",
+                     "grad_masks"), "repopt"),
 }
 
 __all__ = [
@@ -54,6 +57,9 @@ __all__ = [
     "dense_postprocess",  # decoding of exported graphs without NMS inside (detflow.bench)
     "dense_instance_postprocess", "INSTANCE_OUTPUT_NAMES",  # the same with instance masks (RTMDet-Ins graphs)
     "channel_wise_distill",  # CWD feature distillation (Shu et al. 2021): detflow's QAT distils with it
+    # RepOpt (YOLOv6 quantization-friendly training, docs/yolov6-quantization.md)
+    "LinearAddBlock", "RealVGGBlock", "RepOptimizer", "extract_scales", "scales_from_state_dict", "check_scales",
+    "init_from_scales_", "grad_masks",
     # typed options
     "OptionError", "variant_options", "options_from_dict", "options_to_dict", "option_paths",
     "RTMDetOptions", "RTMDetNeckOptions", "RTMDetHeadOptions", "DSLOptions",

@@ -66,6 +66,7 @@ WARMUP_SINCE_ISSUE25 = {"rtmdet": (1e-5, 1.0), "rtmdet_ins": (1e-5, 1.0), "yolov
 def _expected(key: str, recipe: str) -> dict:
     """The fixture's values under ``key`` with the issue-25 schedule changes applied."""
     expected = json.loads(json.dumps(FIXTURE["values"][key]))
+    expected["optimizer"].setdefault("repopt_scales", None)  # added with RepOpt (None: no hyper-search scales)
     start, power = WARMUP_SINCE_ISSUE25[recipe]
     name = "flat_cosine" if recipe == "yolov3_asff" else expected["schedule"]["name"]
     expected["schedule"].update(warmup_start=start, warmup_power=power, name=name)

@@ -82,10 +82,14 @@ _CSP_E = optional(number(gt=0, le=1))
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class YOLOv6BackboneOptions(Options):
-    """Basic unit (``repvgg`` or ``conv_silu``) and BepC3 ratio ``csp_e`` in (0, 1]; ``null`` =
-    EfficientRep (RepBlocks, N/S), a ratio = CSPBep (M 2/3, L 1/2)."""
+    """Basic unit and BepC3 ratio ``csp_e`` in (0, 1]; ``null`` = EfficientRep (RepBlocks, N/S), a
+    ratio = CSPBep (M 2/3, L 1/2). ``block``: ``repvgg`` (RepVGG, ReLU), ``conv_silu`` (plain conv, L),
+    ``hyper_search`` (CSLA blocks with trainable scales, the first stage of RepOpt training) or
+    ``repopt`` (plain 3×3 conv + BN + ReLU trained with RepOptimizer, the second stage;
+    docs/yolov6-quantization.md)."""
 
-    block: Literal["repvgg", "conv_silu"] = option("repvgg", one_of("repvgg", "conv_silu"))
+    block: Literal["repvgg", "conv_silu", "hyper_search", "repopt"] = option(
+        "repvgg", one_of("repvgg", "conv_silu", "hyper_search", "repopt"))
     csp_e: float | None = option(None, _CSP_E)
 
 

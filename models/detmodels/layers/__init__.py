@@ -14,10 +14,11 @@ __all__ += [
 ]
 from .bic import BiC  # noqa: E402
 from .repvgg import BepC3, BottleRep, CSPStackRep, RepBlock, RepVGGBlock, make_rep_unit  # noqa: E402
+from .repopt import LinearAddBlock, RealVGGBlock  # noqa: E402
 from .spp import SPPF, SimCSPSPPF, SimSPPF  # noqa: E402
 
 __all__ += ["BiC", "RepVGGBlock", "RepBlock", "BottleRep", "BepC3", "CSPStackRep", "make_rep_unit",
-            "SPPF", "SimSPPF", "SimCSPSPPF"]
+            "SPPF", "SimSPPF", "SimCSPSPPF", "LinearAddBlock", "RealVGGBlock"]
 from .asff import ASFF, ASFFResize, RFBBlock  # noqa: E402
 from .darknet import SPP, Darknet53, DarknetBottleneck, DarknetStage  # noqa: E402
 from .deform_conv import DeformConv2d, deform_conv2d  # noqa: E402

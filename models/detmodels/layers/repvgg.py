@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .conv import ConvNormAct, fuse_conv_bn, make_act
+from .repopt import LinearAddBlock, RealVGGBlock
 
 __all__ = ["RepVGGBlock", "RepBlock", "BottleRep", "BepC3", "CSPStackRep", "make_rep_unit", "REP_UNIT_KINDS"]
 
@@ -87,14 +88,20 @@ class RepVGGBlock(nn.Module):
         self.fused = fused
 
 
-REP_UNIT_KINDS = ("repvgg", "conv_silu", "conv_relu")
+REP_UNIT_KINDS = ("repvgg", "conv_silu", "conv_relu", "hyper_search", "repopt")
 
 
 def make_rep_unit(kind: str, in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
     """The basic 3×3 unit of a YOLOv6 stage: ``repvgg`` (RepVGGBlock, ReLU), ``conv_silu`` or
-    ``conv_relu`` (plain ConvNormAct, YOLOv6-L's ``training_mode``)."""
+    ``conv_relu`` (plain ConvNormAct, YOLOv6-L's ``training_mode``), ``hyper_search``
+    (:class:`~detmodels.layers.repopt.LinearAddBlock`, trainable CSLA scales) or ``repopt``
+    (:class:`~detmodels.layers.repopt.RealVGGBlock`, trained with :class:`detmodels.repopt.RepOptimizer`)."""
     if kind == "repvgg":
         return RepVGGBlock(in_channels, out_channels, stride, **_BN)
+    if kind == "hyper_search":
+        return LinearAddBlock(in_channels, out_channels, stride, **_BN)
+    if kind == "repopt":
+        return RealVGGBlock(in_channels, out_channels, stride, **_BN)
     if kind in ("conv_silu", "conv_relu"):
         return ConvNormAct(in_channels, out_channels, 3, stride, act=kind.split("_")[1], **_BN)
     raise ValueError(f"unknown block kind {kind!r}; expected one of {REP_UNIT_KINDS}")

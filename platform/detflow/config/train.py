@@ -74,7 +74,7 @@ class MixUpConfig(_MixingConfig):
 RecipeName = Literal["rtmdet", "rtmdet_ins", "yolov6", "retinanet", "yolov3_asff", "plain"]
 RECIPE_NAMES: tuple[str, ...] = get_args(RecipeName)
 MULTISCALE_RECIPES = ("yolov3_asff", "plain")  # the recipes whose pipeline takes ``recipe.multiscale``
-OptimizerName = Literal["adamw", "sgd"]
+OptimizerName = Literal["adamw", "sgd", "repopt"]
 ScheduleName = Literal["flat_cosine", "cosine", "step", "constant"]
 EMAKind = Literal["exp_momentum", "ramped"]
 
@@ -124,9 +124,18 @@ def _no_multiscale(recipe: str, model: str = "") -> str:
 
 
 class OptimizerConfig(StrictModel):
-    """Overrides of the recipe's optimiser (``None``: the recipe's value for the model's size)."""
+    """Overrides of the recipe's optimiser (``None``: the recipe's value for the model's size).
 
-    name: OptimizerName | None = None
+    ``name: repopt`` is SGD with RepOpt gradient masks (YOLOv6 quantization-friendly training,
+    docs/yolov6-quantization.md): it needs ``repopt_scales``, the checkpoint of a hyper-search run of
+    the same model, and a model built with ``backbone.block: repopt``.
+    """
+
+    name: OptimizerName | None = Field(None, description="adamw | sgd | repopt (SGD with RepOpt gradient "
+                                       "masks; needs repopt_scales and model.backbone.block: repopt)")
+    repopt_scales: str | None = Field(None, description="repopt: the detflow checkpoint directory of the "
+                                      "hyper-search run (same model with backbone.block: hyper_search) whose "
+                                      "trained branch scales initialise the kernels and set the gradient masks")
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
     momentum: float | None = Field(None, ge=0, lt=1)
@@ -223,6 +232,24 @@ class TrainConfig(StrictModel):
         if self.train.patience is not None and self.data.val is None:
             raise field_error("TrainConfig", ("train", "patience"), self.train.patience,
                               "null (early stopping watches the val metric: add data.val or remove train.patience)")
+        return self
+
+    @model_validator(mode="after")
+    def _repopt(self) -> TrainConfig:
+        """``train.optimizer.name: repopt`` and ``train.optimizer.repopt_scales`` go together, and the
+        model must be built with RepOpt blocks (``model.backbone.block: repopt``)."""
+        opt = self.train.optimizer
+        if opt.name == "repopt" and not opt.repopt_scales:
+            raise field_error("TrainConfig", ("train", "optimizer", "repopt_scales"), opt.repopt_scales,
+                              "the checkpoint directory of a hyper-search run (train.optimizer.name is repopt)")
+        if opt.repopt_scales and opt.name != "repopt":
+            raise field_error("TrainConfig", ("train", "optimizer", "name"), opt.name,
+                              "'repopt' (train.optimizer.repopt_scales is set)")
+        block = getattr(getattr(self.model, "backbone", None), "block", None)
+        if opt.name == "repopt" and block != "repopt":
+            raise field_error("TrainConfig", ("model", "backbone", "block"), block,
+                              f"'repopt' (train.optimizer.name is repopt; {self.model.name} has no such option)"
+                              if block is None else "'repopt' (train.optimizer.name is repopt)")
         return self
 
     @model_validator(mode="after")

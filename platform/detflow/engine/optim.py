@@ -11,7 +11,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -48,17 +48,27 @@ def scaled_lr(lr: float, total_batch: int, base_batch: int, scale: bool) -> floa
     return lr * total_batch / base_batch if scale else lr
 
 
-def build_optimizer(model: nn.Module, spec: OptimizerSpec, *, total_batch: int) -> torch.optim.Optimizer:
-    """AdamW (β = (``spec.momentum``, 0.999)) or SGD (``spec.nesterov``) over :func:`param_groups`.
+def build_optimizer(model: nn.Module, spec: OptimizerSpec, *, total_batch: int,
+                    masks: Mapping[torch.Tensor, torch.Tensor] | None = None) -> torch.optim.Optimizer:
+    """AdamW (β = (``spec.momentum``, 0.999)), SGD (``spec.nesterov``) or RepOpt-SGD
+    (``detmodels.RepOptimizer``: SGD whose masked gradients are multiplied by ``masks`` first) over
+    :func:`param_groups`.
 
     Args:
         spec: the resolved optimiser (a recipe's, with the config's overrides merged).
         total_batch: images per step over all workers (for the linear LR scaling rule).
+        masks: ``repopt`` only: ``{conv weight: gradient mask}`` (``detmodels.grad_masks``).
     """
     lr = scaled_lr(spec.lr, total_batch, spec.base_batch, spec.scale_lr_by_batch)
     groups = param_groups(model, spec.weight_decay)
     if spec.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(spec.momentum, 0.999))
+    if spec.name == "repopt":
+        if masks is None:
+            raise ValueError("optimizer repopt needs the gradient masks (detmodels.grad_masks)")
+        import detmodels
+
+        return detmodels.RepOptimizer(groups, masks, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov)
     return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov)
 
 

@@ -24,8 +24,10 @@ __all__ = ["OptimizerSpec", "ScheduleSpec", "EMASpec"]
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerSpec:
-    """An optimiser: ``adamw`` (``momentum`` is β1) or ``sgd``; ``lr`` is for ``base_batch`` images
-    when ``scale_lr_by_batch`` (linear scaling rule, lr · total_batch / base_batch)."""
+    """An optimiser: ``adamw`` (``momentum`` is β1), ``sgd`` or ``repopt`` (SGD with RepOpt gradient
+    masks from the hyper-search checkpoint ``repopt_scales``, which the worker turns into masks:
+    ``build_optimizer`` takes the masks, not the path); ``lr`` is for ``base_batch`` images when
+    ``scale_lr_by_batch`` (linear scaling rule, lr · total_batch / base_batch)."""
 
     name: OptimizerName
     lr: float
@@ -34,6 +36,7 @@ class OptimizerSpec:
     nesterov: bool
     base_batch: int
     scale_lr_by_batch: bool
+    repopt_scales: str | None = None
 
     def merged(self, cfg: OptimizerConfig | None) -> OptimizerSpec:
         """This spec with the non-``None`` fields of ``train.optimizer`` applied."""

@@ -94,6 +94,8 @@ def resolve_train_config(cfg: TrainConfig, config_dir: str | os.PathLike | None 
         resolved["model.num_classes"] = _count_categories(resolved["data.train.annotations"])
     if cfg.distill is not None:
         resolved["distill.teacher"] = path(cfg.distill.teacher)
+    if cfg.train.optimizer.repopt_scales is not None:
+        resolved["train.optimizer.repopt_scales"] = path(cfg.train.optimizer.repopt_scales)
     return compose(TrainConfig, Layer(cfg, f"training config {cfg.name!r}"), Layer(resolved, "resolved paths"))
 
 
@@ -380,6 +382,9 @@ def run_training(cfg: TrainConfig, *, config_dir: str | os.PathLike | None = Non
     else:
         check_datasets(cfg)
         check_distill(cfg)
+        from .repopt import check_repopt_scales
+
+        check_repopt_scales(cfg)  # not a hyper-search checkpoint of this model: one line, exit 2, before Ray starts
         from .finetune import check_pretrained
 
         check_pretrained(cfg)  # a checkpoint of another model: one line, exit 2, before Ray starts

@@ -27,6 +27,7 @@ from ..engine.optim import build_optimizer
 from ..engine.schedules import IterLRScheduler, build_schedule
 from ..scratch import scratch_dir
 from .data import TrainData, build_train_data
+from .repopt import apply_repopt_init, repopt_masks
 
 __all__ = ["train_worker", "EpochLogger", "build_model", "ddp_find_unused", "PID_DIR_ENV", "FIND_UNUSED_ENV"]
 
@@ -84,11 +85,14 @@ class EpochLogger:
 def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     """``detmodels.create_model`` with the config's overrides; ``model.pretrained`` weights loaded
     where names and shapes match (:func:`detflow.train.finetune.load_pretrained`: a different class
-    count leaves the class predictors fresh; a checkpoint of another model is refused). The
+    count leaves the class predictors fresh; a checkpoint of another model is refused). With
+    ``train.optimizer.name: repopt`` the RealVGG kernels start from the hyper-search scales first
+    (:func:`detflow.train.repopt.apply_repopt_init`; pretrained weights then overwrite them). The
     :class:`~detflow.train.finetune.LoadReport` is kept as ``model.pretrained_report``."""
     import detmodels
 
     model = detmodels.create_model(cfg.model.name, num_classes=num_classes, **cfg.model.create_kwargs())
+    apply_repopt_init(cfg, model)  # train.optimizer.name repopt: kernels from the hyper-search scales
     if cfg.model.pretrained:
         from .finetune import load_pretrained
 
@@ -110,7 +114,8 @@ def build_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.devi
 
 def _build_loop(cfg: TrainConfig, model: torch.nn.Module, recipe: Any, steps: int, world: int,
                 device: torch.device, teacher: torch.nn.Module | None, progress: bool) -> TrainLoop:
-    optimizer = build_optimizer(model, recipe.optimizer, total_batch=cfg.train.batch_size * world)
+    optimizer = build_optimizer(model, recipe.optimizer, total_batch=cfg.train.batch_size * world,
+                                masks=repopt_masks(model))
     schedule = build_schedule(recipe.schedule, epochs=cfg.train.epochs, iters_per_epoch=steps)
     ema = build_ema(model, recipe.ema)
     if ema is not None:

@@ -257,7 +257,7 @@ class Lineage:
         upstream = [v for v in (self._version_of(child, sid) for sid in step.needs) if v]
         if upstream:
             tags["detflow.upstream_version"] = ",".join(f"{name}/{v}" for v in upstream)
-        for field in ("teacher", "checkpoint", "init"):
+        for field in ("teacher", "checkpoint", "init", "repopt_scales"):
             value = getattr(step.with_, field, None)
             if isinstance(value, str):
                 tags[f"detflow.{field}"] = value

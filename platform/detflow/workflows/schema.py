@@ -113,6 +113,10 @@ class TrainParams(_TrainSections):
 
     config_from: Annotated[str | None, Ref("best_config")] = Field(
         None, description="take the best config of an upstream sweep/nas step as the base")
+    repopt_scales: Annotated[str | None, Ref("checkpoint")] = Field(
+        None, description="RepOpt training (YOLOv6, docs/yolov6-quantization.md): the upstream hyper-search step "
+        "whose scales set train.optimizer.repopt_scales (and train.optimizer.name: repopt); the model needs "
+        "backbone.block: repopt")
 
 
 class DistillParams(_TrainSections):

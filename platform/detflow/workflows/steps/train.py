@@ -38,11 +38,15 @@ def base_layer(params: Any, ctx: StepContext) -> Layer:
 
 
 def _run_settings(params: TrainParams | DistillParams, ctx: StepContext) -> dict:
-    """What the step itself decides: the run's name, experiment, storage, start weights, teacher."""
+    """What the step itself decides: the run's name, experiment, storage, start weights, teacher,
+    RepOpt scales."""
     settings: dict[str, Any] = {"name": ctx.step_id, "experiment": ctx.workflow, "storage": ctx.uri("runs"),
                                 "distill": None}
     if params.init:
         settings["model.pretrained"] = ctx.output(params.init, "checkpoint")
+    if getattr(params, "repopt_scales", None):  # RepOpt: the hyper-search step's scales
+        settings["train.optimizer.name"] = "repopt"
+        settings["train.optimizer.repopt_scales"] = ctx.output(params.repopt_scales, "checkpoint")
     if isinstance(params, DistillParams):
         settings["distill"] = {"teacher": ctx.output(params.teacher, "checkpoint"), "weight": params.weight,
                                "temperature": params.temperature, "decay": params.decay, "feature": params.feature}
