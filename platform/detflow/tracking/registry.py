@@ -9,8 +9,10 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
+from typing import Iterator
 
 from ..atomic import atomic_dir
 from ..errors import UserInputError
@@ -29,42 +31,45 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return m["name"], m["version"], m["alias"]
 
 
-def model_version_label(uri: str) -> str:
-    """``NAME/VERSION`` of the registered version ``uri`` (an alias resolved to its version now): the
-    form of a ``detflow.upstream_version`` lineage tag."""
+@contextlib.contextmanager
+def _registry_lookup(uri: str) -> Iterator[None]:
+    """Turn the registry's "no such model / version / alias" into a one-line :class:`UserInputError`."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    try:
+        yield
+    except MlflowException as exc:
+        raise UserInputError(f"{uri}: no such registered model version in {mlflow.get_tracking_uri()} "
+                             f"({str(exc).splitlines()[0]})") from None
+
+
+def model_version_label(uri: str) -> str:
+    """``NAME/VERSION`` of the registered version ``uri`` (an alias resolved to its version now): the
+    form of a ``detflow.upstream_version`` lineage tag."""
     from .run import _client
 
     name, version, alias = parse_model_uri(uri)
     if alias is None:
         return f"{name}/{version}"
-    try:
+    with _registry_lookup(uri):
         return f"{name}/{_client().get_model_version_by_alias(name, alias).version}"
-    except MlflowException as exc:
-        raise UserInputError(f"{uri}: no such registered model version in {mlflow.get_tracking_uri()} "
-                             f"({str(exc).splitlines()[0]})") from None
 
 
 def download_model_version(uri: str, cache: Path) -> Path:
     """The artifacts of the registered version ``uri`` in ``cache/<name>-v<version>/`` (downloaded
     once: a version's artifacts never change; an alias is resolved to its version first)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from .run import _client
 
     name, version, alias = parse_model_uri(uri)
     client = _client()
-    try:
+    with _registry_lookup(uri):
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         # a version registered from a logged model: its artifacts are the model's (models:/<model_id>)
         source = (mv.source if str(mv.source).startswith("models:/m-")
                   else client.get_model_version_download_uri(name, mv.version))
-    except MlflowException as exc:
-        raise UserInputError(f"{uri}: no such registered model version in {mlflow.get_tracking_uri()} "
-                             f"({str(exc).splitlines()[0]})") from None
     dst = Path(cache) / f"{name}-v{mv.version}"
     if not dst.is_dir():
         with atomic_dir(dst) as tmp:
