@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-import time
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from learning import synth_data, timed_training  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +55,7 @@ def learn_config(synth, storage, name: str, *, epochs: int, lr: float):
 
     return parse_config(TrainConfig, {
         "name": f"learn-{name}", "model": {"name": name},
-        "data": {"train": {"annotations": str(synth.train_json), "images": str(synth.images_dir)},
-                 "val": {"annotations": str(synth.val_json), "images": str(synth.images_dir)},
-                 "image_size": IMAGE_SIZE},
+        "data": synth_data(synth, IMAGE_SIZE),
         "recipe": {"name": "rtmdet", "mosaic": {"enabled": False}, "mixup": {"enabled": False}},
         "train": {"epochs": epochs, "batch_size": 4, "eval_interval": epochs,
                   "optimizer": {"lr": lr, "scale_lr_by_batch": False},
@@ -66,13 +68,8 @@ def learn_config(synth, storage, name: str, *, epochs: int, lr: float):
 
 @pytest.mark.parametrize("name", sorted(FLOORS))
 def test_rtmdet_tiny_reaches_map50_floors(ray_session, synth, tmp_path, name):
-    from detflow.train import run_training
-
-    start = time.monotonic()
     epochs, lr = int(EPOCHS or RUNS[name][0]), float(LR or RUNS[name][1])
-    result = run_training(learn_config(synth, tmp_path / "runs", name, epochs=epochs, lr=lr), progress=False)
-    wall = time.monotonic() - start
-    losses = [h["train/loss"] for h in result.history]
+    result, losses, wall = timed_training(learn_config(synth, tmp_path / "runs", name, epochs=epochs, lr=lr))
     measured_bbox, bbox_floor, measured_segm, segm_floor = FLOORS[name]
     bbox = result.metrics["val/bbox_mAP50"]
     segm = result.metrics.get("val/segm_mAP50")

@@ -16,9 +16,13 @@ Slow: ~2–3 min on an idle 2-core machine.
 from __future__ import annotations
 
 import math
-import time
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from learning import synth_data, timed_training  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +56,7 @@ def learn_config(synth, storage, *, epochs: int = EPOCHS, lr: float = 0.002, opt
     opt.update(momentum=0.9, weight_decay=4e-5) if optimizer == "sgd" else opt.update(weight_decay=0.05)
     return parse_config(TrainConfig, {
         "name": "learn-spinenet", "model": {"name": "spinenet_49s", "backbone": BACKBONE},
-        "data": {"train": {"annotations": str(synth.train_json), "images": str(synth.images_dir)},
-                 "val": {"annotations": str(synth.val_json), "images": str(synth.images_dir)},
-                 "image_size": IMAGE_SIZE},
+        "data": synth_data(synth, IMAGE_SIZE),
         "recipe": {"name": "retinanet", "ratio_range": [1.0, 1.0]},
         "train": {"epochs": epochs, "batch_size": 4, "optimizer": opt,
                   "schedule": {"name": "cosine", "warmup_iters": 10, "warmup_epochs": 0, "min_lr_ratio": 0.05},
@@ -66,12 +68,7 @@ def learn_config(synth, storage, *, epochs: int = EPOCHS, lr: float = 0.002, opt
 
 
 def test_spinenet_49s_reaches_a_bbox_map50_floor(ray_session, synth48, tmp_path):
-    from detflow.train import run_training
-
-    start = time.monotonic()
-    result = run_training(learn_config(synth48, tmp_path / "runs"), progress=False)
-    wall = time.monotonic() - start
-    losses = [h["train/loss"] for h in result.history]
+    result, losses, wall = timed_training(learn_config(synth48, tmp_path / "runs"))
     map50 = result.metrics["val/bbox_mAP50"]
     print(f"spinenet_49s learn: mAP50 {map50:.3f} in {wall:.0f} s; train loss per epoch "
           + " ".join(f"{x:.3f}" for x in losses))

@@ -15,9 +15,13 @@ family does not reach within a few CPU-minutes (docs/benchmarks.md: the 20-minut
 from __future__ import annotations
 
 import math
-import time
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from learning import synth_data, timed_training  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +43,7 @@ def _cfg(synth, storage):
 
     return parse_config(TrainConfig, {
         "name": "learn-yolov3-asff", "model": {"name": MODEL},
-        "data": {"train": {"annotations": str(synth.train_json), "images": str(synth.images_dir)},
-                 "val": {"annotations": str(synth.val_json), "images": str(synth.images_dir)},
-                 "image_size": IMAGE_SIZE},
+        "data": synth_data(synth, IMAGE_SIZE),
         "recipe": {"name": "yolov3_asff", "multiscale": [IMAGE_SIZE, IMAGE_SIZE], "mixup": {"enabled": False}},
         "train": {"epochs": EPOCHS, "batch_size": 4, "eval_interval": EPOCHS, "grad_clip": 10.0,
                   "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.05, "scale_lr_by_batch": False},
@@ -53,12 +55,7 @@ def _cfg(synth, storage):
 
 
 def test_yolov3_asff_learns_synthetic(ray_session, synth, tmp_path):
-    from detflow.train import run_training
-
-    start = time.monotonic()
-    result = run_training(_cfg(synth, tmp_path / "runs"), progress=False)
-    elapsed = time.monotonic() - start
-    losses = [h["train/loss"] for h in result.history]
+    result, losses, elapsed = timed_training(_cfg(synth, tmp_path / "runs"))
     map50 = result.metrics["val/bbox_mAP50"]
     print(f"{MODEL}: {EPOCHS} epochs in {elapsed:.0f} s, train/loss {losses}, val bbox mAP50 {map50:.3f}")
     assert all(math.isfinite(v) for v in losses)

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import time
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from learning import synth_data, timed_training  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +50,7 @@ def learn_config(synth, storage, *, epochs: int = EPOCHS, lr: float = LR):
 
     return parse_config(TrainConfig, {
         "name": "learn-yolov6", "model": {"name": "yolov6_n"},
-        "data": {"train": {"annotations": str(synth.train_json), "images": str(synth.images_dir)},
-                 "val": {"annotations": str(synth.val_json), "images": str(synth.images_dir)},
-                 "image_size": IMAGE_SIZE},
+        "data": synth_data(synth, IMAGE_SIZE),
         "recipe": {"name": "yolov6", "mosaic": {"enabled": False}, "mixup": {"enabled": False}},
         "train": {"epochs": epochs, "batch_size": 4, "eval_interval": epochs,
                   "optimizer": {"lr": lr, "scale_lr_by_batch": False},
@@ -60,12 +62,7 @@ def learn_config(synth, storage, *, epochs: int = EPOCHS, lr: float = LR):
 
 
 def test_yolov6_n_reaches_a_bbox_map50_floor(ray_session, synth, tmp_path):
-    from detflow.train import run_training
-
-    start = time.monotonic()
-    result = run_training(learn_config(synth, tmp_path / "runs"), progress=False)
-    wall = time.monotonic() - start
-    losses = [h["train/loss"] for h in result.history]
+    result, losses, wall = timed_training(learn_config(synth, tmp_path / "runs"))
     map50 = result.metrics["val/bbox_mAP50"]
     print(f"yolov6_n learn: {EPOCHS} epochs at lr {LR}, mAP50 {map50:.3f} in {wall:.0f} s; train loss per epoch "
           + " ".join(f"{x:.3f}" for x in losses))
