@@ -1,6 +1,8 @@
 """``detflow bench …``: training throughput (``bench train``), data-pipeline speed (``bench data``),
 searches (``bench search``: ASHA vs none; ``bench nas``: NAS trials at a time), val mAP50 against
-wall time of a time-budgeted training (``bench learn``), CLI start-up times (``bench cli``).
+wall time of a time-budgeted training (``bench learn``), CLI start-up times (``bench cli``), one
+training step (``bench step``) and an inference forward (``bench infer``); ``bench data|step|infer
+--against mmdet`` run OpenMMLab mmdetection 3.3 beside detflow (``detflow.bench.against_mmdet``).
 
 Other benchmark commands attach to :data:`bench_app` in this module.
 """
@@ -19,6 +21,9 @@ __all__ = ["register", "bench_app"]
 
 bench_app = command_group("Benchmarks: training throughput, data pipelines, searches.",
                           "detflow bench train --workers 1,2")
+
+_MMDET_VENV_HELP = ("--against mmdet: the venv made by scripts/bench/setup_mmdet.sh "
+                    "(default: $DETFLOW_HOME/mmdet-venv, else ~/.cache/detflow/mmdet-venv).")
 
 
 def _int_list(text: str, option: str = "--workers") -> list[int]:
@@ -65,17 +70,98 @@ def bench_data_cmd(
     image_size: int = typer.Option(320, "--image-size", min=32, help="Training input size."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="COCO JSON (default: synthetic data)."),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="Image directory of --annotations."),
+    against: Optional[str] = typer.Option(None, "--against", show_default=False,
+                                          help="mmdet: also run mmdetection 3.3's RTMDet-tiny stage-1 pipeline "
+                                          "on the same synthetic images, side by side (recipe rtmdet, tiny size)."),
+    mmdet_venv: Optional[Path] = typer.Option(None, "--mmdet-venv", show_default=False, help=_MMDET_VENV_HELP),
+    repeats: int = typer.Option(2, "--repeats", min=1, help="--against: pairs of runs (detflow, mmdet)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Images/s of the cached (CachedMosaic + CachedMixUp) vs uncached pipeline vs decode+resize.
+    """Images/s of the cached (CachedMosaic + CachedMixUp) vs uncached pipeline vs decode+resize;
+    with --against mmdet, beside mmdetection 3.3's (each side in its own process, back to back).
 
-    Example: detflow bench data --recipe rtmdet --images 200
+    Example: detflow bench data --recipe rtmdet --images 200 --against mmdet --repeats 2
     """
+    if against is not None:
+        from ..errors import UserInputError
+
+        if annotations is not None:
+            raise UserInputError(f"--annotations {annotations}: --against mmdet runs on `detflow data synth` images")
+        if recipe != "rtmdet":
+            raise UserInputError(f"--recipe {recipe}: --against mmdet compares the rtmdet recipe only")
+        _against("data", against, mmdet_venv, repeats, as_json, image_size=image_size, images=images)
+        return
     from ..bench.data_bench import format_data_bench, run_data_bench
 
     dataset = (annotations, images_dir or annotations.parent) if annotations is not None else None
     result = run_data_bench(recipe, images, image_size, dataset, print_fn=None)
     typer.echo(json.dumps(result, default=str) if as_json else format_data_bench(result))
+
+
+@bench_app.command("step")
+def bench_step_cmd(
+    image_size: int = typer.Option(320, "--image-size", min=32, help="Input size of the batch."),
+    batch: int = typer.Option(4, "--batch", min=1, help="Images per step (about 5 boxes each)."),
+    steps: int = typer.Option(20, "--steps", min=1, help="Timed steps (the median is reported)."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed steps first."),
+    against: Optional[str] = typer.Option(None, "--against", show_default=False,
+                                          help="mmdet: the same step in mmdetection 3.3 on the same tensors."),
+    mmdet_venv: Optional[Path] = typer.Option(None, "--mmdet-venv", show_default=False, help=_MMDET_VENV_HELP),
+    repeats: int = typer.Option(2, "--repeats", min=1, help="--against: pairs of runs (detflow, mmdet)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Milliseconds of one RTMDet-tiny (80 classes) training step on 1 thread: zero_grad, forward + loss,
+    backward, SGD step (detflow's TrainLoop.train_step); with --against mmdet, beside mmdetection 3.3's.
+
+    Example: detflow bench step --against mmdet --repeats 2
+    """
+    settings = dict(image_size=image_size, batch=batch, steps=steps, warmup=warmup)
+    if against is not None:
+        _against("step", against, mmdet_venv, repeats, as_json, **settings)
+        return
+    import tempfile
+
+    import torch
+
+    from ..bench.detflow_side import run_step, write_tensors
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="detflow-bench-step-") as tmp:
+        tensors = write_tensors(Path(tmp) / "tensors.npz", batch=batch, image_size=image_size)
+        result = run_step(tensors, steps=steps, warmup=warmup)
+    typer.echo(json.dumps(result) if as_json else
+               f"rtmdet_tiny training step, batch {batch} × {image_size} px, 1 thread: median "
+               f"{result['median_ms']:.1f} ms (min {result['min_ms']:.1f}), {result['cpu_ms_per_run']:.1f} CPU-ms")
+
+
+@bench_app.command("infer")
+def bench_infer_cmd(
+    model: str = typer.Option("rtmdet_tiny", "--model", help="rtmdet_tiny or rtmdet_s."),
+    image_size: int = typer.Option(640, "--image-size", min=32, help="Input size (batch 1)."),
+    runs: int = typer.Option(10, "--runs", min=1, help="Timed forwards (the median is reported)."),
+    against: str = typer.Option("mmdet", "--against", help="The implementation to compare with: mmdet."),
+    mmdet_venv: Optional[Path] = typer.Option(None, "--mmdet-venv", show_default=False, help=_MMDET_VENV_HELP),
+    repeats: int = typer.Option(2, "--repeats", min=1, help="Pairs of runs (detflow, mmdet)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Milliseconds of an eval-mode forward to raw head outputs (no NMS), batch 1, 1 thread, detflow
+    beside mmdetection 3.3 on the same input.
+
+    Example: detflow bench infer --model rtmdet_s --image-size 640 --against mmdet
+    """
+    _against("infer", against, mmdet_venv, repeats, as_json, model=model, image_size=image_size, steps=runs)
+
+
+def _against(bench: str, against: str, mmdet_venv: Optional[Path], repeats: int, as_json: bool, **settings) -> None:
+    """Run ``bench`` on detflow and mmdet side by side and print the table (or JSON)."""
+    from ..bench.against_mmdet import run_against_mmdet
+    from ..errors import UserInputError
+
+    if against != "mmdet":
+        raise UserInputError(f"--against: expected mmdet, got {against!r}")
+    result = run_against_mmdet(bench, mmdet_venv=mmdet_venv, repeats=repeats,
+                               print_fn=lambda msg: typer.echo(msg, err=True), **settings)
+    typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
 
 
 @bench_app.command("search")
