@@ -78,7 +78,7 @@ def test_ratio_table_from_pairs():
     assert "| training step, median | ms | 100.0–150.0 | 200.0 | 0.50–0.75 |" in result.to_markdown()
 
 
-def test_real_side_by_side_step_and_data(mmdet_venv, capsys):
+def test_real_side_by_side_step_data_and_infer(mmdet_venv, capsys):
     assert main(["bench", "step", "--against", "mmdet", "--mmdet-venv", str(mmdet_venv), "--image-size", "160",
                  "--batch", "2", "--steps", "3", "--warmup", "1", "--repeats", "1", "--json"]) == 0
     step = json.loads(capsys.readouterr().out)
@@ -94,3 +94,8 @@ def test_real_side_by_side_step_and_data(mmdet_venv, capsys):
     assert {row["figure"] for row in data["figures"]} >= {"stage 1 (CachedMosaic…CachedMixUp)", "ceiling, CPU"}
     for row in data["figures"]:
         assert all(v > 0 and math.isfinite(v) for v in row["detflow"] + row["mmdet"])
+    assert main(["bench", "infer", "--mmdet-venv", str(mmdet_venv), "--image-size", "160", "--runs", "2",
+                 "--repeats", "1", "--json"]) == 0
+    infer = json.loads(capsys.readouterr().out)
+    assert [(p["detflow"]["model"], p["mmdet"]["model"]) for p in infer["pairs"]] == [("rtmdet_tiny", "rtmdet_tiny")]
+    assert all(v > 0 for row in infer["figures"] for v in row["detflow"] + row["mmdet"])

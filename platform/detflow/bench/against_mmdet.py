@@ -73,6 +73,13 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def _package_roots() -> list[str]:
+    """The directories detflow and detmodels import from (the detflow side's ``PYTHONPATH``)."""
+    import detmodels
+
+    return [str(Path(__file__).resolve().parents[2]), str(Path(detmodels.__file__).resolve().parents[1])]
+
+
 def _run_side(side: str, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run one side; its last JSON stdout line is its result."""
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
@@ -174,7 +181,7 @@ def run_against_mmdet(bench: str, *, mmdet_venv: str | Path | None = None, repea
     if repeats < 1:
         raise UserInputError(f"--repeats: expected a positive number, got {repeats}")
     mmdet_python = check_mmdet_venv(mmdet_venv or default_mmdet_venv())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*_package_roots(),
                                                                      os.environ.get("PYTHONPATH", "")]))}
     pairs, loads = [], []
     with tempfile.TemporaryDirectory(prefix="detflow-vs-mmdet-") as tmp:
