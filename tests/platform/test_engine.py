@@ -159,6 +159,42 @@ def test_non_finite_loss_raises():
         loop.train_step(images * float("nan"), targets, 0)
 
 
+class _WindowedLoop(TrainLoop):
+    """The loop as it runs on CUDA: loss terms read every 3 steps, not every step."""
+
+    def sync_every(self) -> int:
+        return 3
+
+
+def _epoch_with(loop_cls, batches):
+    torch.manual_seed(0)
+    model = ToyDetector()
+    loop = _loop(model, ema=False)
+    loop.__class__ = loop_cls
+    return loop.train_epoch(batches, 0), model
+
+
+def test_windowed_loss_reads_sum_the_same_terms_and_train_the_same_weights():
+    batches = _batches(4)
+    every_step, m1 = _epoch_with(TrainLoop, batches)
+    windowed, m3 = _epoch_with(_WindowedLoop, batches)
+    assert windowed.steps == every_step.steps == 4  # windows of 3 and 1: the last window is read too
+    assert set(windowed.losses) == set(every_step.losses)
+    for k, v in every_step.losses.items():
+        assert windowed.losses[k] == pytest.approx(v, rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m3.state_dict().values()))
+
+
+def test_windowed_loss_read_names_the_steps_of_a_non_finite_loss():
+    from detflow.errors import RuntimeFailure
+
+    batches = _batches(4)
+    images, targets, metas = batches[1]
+    batches[1] = (images * float("nan"), targets, metas)
+    with pytest.raises(RuntimeFailure, match="non-finite loss at epoch 0 steps 0–2"):
+        _epoch_with(_WindowedLoop, batches)
+
+
 def test_distill_alpha_cosine():
     assert distill_alpha(0, 10) == pytest.approx(1.0)
     assert distill_alpha(5, 10) == pytest.approx(1 - 0.99 * 0.5)

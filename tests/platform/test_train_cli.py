@@ -158,8 +158,40 @@ def test_bench_train_table_and_worker_list_parsing():
     assert _int_list("1,2") == [1, 2]
     with pytest.raises(UserInputError, match="--workers"):
         _int_list("1,x")
-    res = TrainBenchResult("rtmdet_tiny", 128, 4, 8, [TrainBenchRow("bare torch", 1, 8.0, 4.0),
-                                                       TrainBenchRow("detflow", 1, 7.5, 4.3, overhead_pct=7.5, scaling_efficiency=1.0),
-                                                       TrainBenchRow("detflow", 2, 12.0, 5.3, scaling_efficiency=0.8)])
+    res = TrainBenchResult("rtmdet_tiny", 128, 4, 8, [
+        TrainBenchRow("bare torch", 1, 8.0, 4.0),
+        TrainBenchRow("bare torch DDP", 2, 15.2, 4.2, scaling_efficiency=0.95, efficiency_range=(0.95, 0.95)),
+        TrainBenchRow("detflow", 1, 7.5, 4.3, overhead_pct=7.5, scaling_efficiency=1.0),
+        TrainBenchRow("detflow", 2, 12.0, 5.3, scaling_efficiency=0.8, efficiency_range=(0.75, 0.85))], repeats=3)
     table = res.to_markdown()
-    assert "| detflow | 1 | 7.50 | 4.30 | +7.5 % | 100 % |" in table and "| detflow | 2 | 12.00 | 5.30 |  | 80 % |" in table
+    assert "3 repetition(s)" in table
+    assert "| bare torch DDP | 2 | 15.20 | 4.20 |  | 95 % | 1.90× |" in table
+    assert "| detflow | 1 | 7.50 | 4.30 | +7.5 % | 100 % | 1.00× |" in table
+    assert "| detflow | 2 | 12.00 | 5.30 |  | 80 % (75–85) | 1.60× |" in table
+
+
+def test_bench_train_scaling_rows_per_repetition():
+    from detflow.bench.train_bench import _scaling_rows
+
+    # two repetitions; epoch seconds for 1 and 2 workers (steps per worker fixed: eff = t1 / t2)
+    rows = _scaling_rows("detflow", [{1: 10.0, 2: 10.5}, {1: 12.0, 2: 15.0}], per_epoch_images=80)
+    two = rows[1]
+    assert two.workers == 2 and two.scaling_efficiency == pytest.approx((10 / 10.5 + 12 / 15) / 2)
+    assert two.efficiency_range == pytest.approx((0.8, 10 / 10.5))
+    assert two.images_per_s == pytest.approx(2 * 80 / 12.75)
+    ddp = _scaling_rows("bare torch DDP", [{2: 5.0}], per_epoch_images=80, base_epoch=4.5)
+    assert ddp[0].scaling_efficiency == pytest.approx(0.9)
+
+
+def test_bare_ddp_runs_the_worker_loop_in_two_gloo_processes(tmp_path):
+    """The machine's own DDP ceiling row of ``detflow bench train``: two spawned processes, a real
+    gloo process group, the worker's loop and data (no Ray)."""
+    from detflow.bench.train_bench import _bench_config, bare_ddp_epoch_times
+    from detflow.data import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "d", num_images=16, image_size=64, seed=0, val_fraction=0.0)
+    cfg = _bench_config("rtmdet_tiny", 64, 2, 2, 2, data, str(tmp_path / "runs"))
+    times = bare_ddp_epoch_times(cfg, 2, world=2)
+    assert len(times) == 2 and all(0 < t < 300 for t in times)
+
+

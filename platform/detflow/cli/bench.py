@@ -48,17 +48,20 @@ def bench_train_cmd(
     steps: int = typer.Option(20, "--steps", min=1, help="Steps per epoch per worker (the per-epoch checkpoint "
                               "and report cost ~0.5 s: very short epochs overstate the overhead)."),
     epochs: int = typer.Option(3, "--epochs", min=2, help="Epochs per run (the first is warm-up)."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Repetitions of the DDP runs; scaling efficiency "
+                                "is given as the mean and range over them."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Training images/s through detflow (Ray Train + MLflow) for each worker count vs a bare torch loop.
+    """Training images/s through detflow (Ray Train + MLflow) for each worker count vs a bare torch loop,
+    and DDP scaling of detflow vs bare torch DDP (gloo, no Ray) on the same machine.
 
-    Example: detflow bench train --model rtmdet_tiny --workers 1,2 --image-size 256 --steps 20
+    Example: detflow bench train --model rtmdet_tiny --workers 1,2 --image-size 256 --steps 20 --repeats 3
     """
     from ..bench.train_bench import run_train_bench
 
     with json_stdout(as_json):
         result = run_train_bench(model, _int_list(workers), image_size=image_size, images=images,
-                                 batch_size=batch_size, steps=steps, epochs=epochs,
+                                 batch_size=batch_size, steps=steps, epochs=epochs, repeats=repeats,
                                  print_fn=None if as_json else typer.echo)
     typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
 

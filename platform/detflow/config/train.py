@@ -191,6 +191,8 @@ class ScalingConfig(StrictModel):
     workers: PositiveInt = 1
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
+    bucket_cap_mb: float = Field(25, gt=0, description="DDP gradient bucket size in MiB: gradients are all-reduced "
+                                 "bucket by bucket while backward still runs")
 
 
 class CheckpointConfig(StrictModel):

@@ -102,6 +102,20 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+CUDA_SYNC_EVERY = 10  # steps between host reads of the loss terms on CUDA
+
+
+def _read_terms(terms: dict[str, torch.Tensor], epoch: int, step: int, steps: int) -> dict[str, float]:
+    """``terms`` as floats (a host sync); a non-finite value in any of the last ``steps`` steps
+    (up to optimizer step ``step``) is a :class:`RuntimeFailure`."""
+    values = {k: float(v) for k, v in terms.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        where = f"step {step}" if steps == 1 else f"steps {step - steps + 1}–{step}"
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise RuntimeFailure(f"non-finite loss at epoch {epoch} {where}: {detail}")
+    return values
+
+
 def move_targets(targets: Sequence[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
@@ -110,8 +124,8 @@ def move_targets(targets: Sequence[dict], device: torch.device) -> list[dict]:
 class EpochStats:
     """What one epoch measured on this process (sums; :meth:`summary` gives means).
 
-    ``data_time`` is the time spent waiting for the loader's next batch, ``step_time`` the time
-    computing it (host→device copy, forward, backward, optimizer step; CUDA synchronised), so
+    ``data_time`` is the time spent waiting for the loader's next batch, ``step_time`` the rest of the
+    epoch (host→device copy, forward, backward, optimizer step, loss reads), so
     ``train/data_wait_fraction`` = data / (data + step) tells whether the epoch was input-bound.
     """
 
@@ -245,13 +259,10 @@ class TrainLoop:
                 losses.update(core.distill_loss(outputs, t_out, targets, weight=w))
         return losses
 
-    def train_step(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict[str, float]:
-        """One optimisation step; returns the loss terms as floats."""
+    def _step(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict[str, torch.Tensor]:
+        """One optimisation step without a host sync; returns the detached loss terms on the device."""
         losses = self._losses(images, targets, epoch)
         total = sum(losses.values())
-        if not torch.isfinite(total):
-            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise RuntimeFailure(f"non-finite loss at epoch {epoch} step {self.step}: {terms}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.grad_clip:
@@ -263,7 +274,16 @@ class TrainLoop:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {k: v.detach() for k, v in losses.items()}
+
+    def train_step(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict[str, float]:
+        """One optimisation step; returns the loss terms as floats (a host sync)."""
+        return _read_terms(self._step(images, targets, epoch), epoch, self.step - 1, 1)
+
+    def sync_every(self) -> int:
+        """Steps between reads of the loss terms: every step on CPU (free there); on CUDA every
+        :data:`CUDA_SYNC_EVERY` steps, so the host queues kernels ahead instead of waiting on each step."""
+        return CUDA_SYNC_EVERY if self.device.type == "cuda" else 1
 
     # ------------------------------------------------------------------ one epoch
     def steps_in(self, loader: Iterable) -> int:
@@ -271,39 +291,51 @@ class TrainLoop:
         return min(n, self.max_steps) if self.max_steps else n
 
     def train_epoch(self, loader: Iterable, epoch: int) -> EpochStats:
-        """Train one epoch over ``loader`` batches ``(images, targets, metas)``."""
+        """Train one epoch over ``loader`` batches ``(images, targets, metas)``.
+
+        Loss terms stay on the device and are summed there; they are read (and checked for
+        non-finite values) every :meth:`sync_every` steps and at the end of the epoch.
+        """
         self.model.train()
         unwrap_model(self.model).set_epoch(epoch, self.max_epochs)
-        stats, total = EpochStats(), self.steps_in(loader)
+        stats, total, every = EpochStats(), self.steps_in(loader), self.sync_every()
         bar = _Progress(self.progress, epoch, self.max_epochs, total)
+        window: dict[str, torch.Tensor] = {}
         start = t_prev = time.perf_counter()
         try:
             for i, (images, targets, _metas) in enumerate(loader):
                 if i >= total:
                     break
                 t_data = time.perf_counter()
-                images = images.to(self.device, non_blocking=True)
-                terms = self.train_step(images, move_targets(targets, self.device), epoch)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                t_end = time.perf_counter()
                 stats.data_time += t_data - t_prev
-                stats.step_time += t_end - t_data
-                for k, v in terms.items():
-                    stats.losses[k] += v
+                terms = self._step(images.to(self.device, non_blocking=True), move_targets(targets, self.device), epoch)
+                window = {k: window[k] + v if k in window else v for k, v in terms.items()}
                 stats.steps += 1
                 stats.images += images.shape[0]
-                if self.on_step is not None:
-                    self.on_step(i, terms)
-                eta = (t_end - start) / stats.steps * (total - stats.steps)
-                info = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in terms.items())
-                bar.update(stats.steps, f"{info} {stats.images / (t_end - start):.1f} img/s", eta)
+                if stats.steps % every == 0 or stats.steps == total:
+                    self._flush(window, stats, epoch, i, bar, start, total)
+                    window = {}
                 t_prev = time.perf_counter()  # the bookkeeping above is neither data wait nor step
         finally:
             bar.close()
         stats.wall_time = time.perf_counter() - start
+        stats.step_time = stats.wall_time - stats.data_time
         stats.lr = self.optimizer.param_groups[0]["lr"]
         return stats
+
+    def _flush(self, window: dict[str, torch.Tensor], stats: EpochStats, epoch: int, i: int, bar: _Progress,
+               start: float, total: int) -> None:
+        """Read the summed loss terms of the steps since the last read into ``stats`` (one host sync)."""
+        steps = (stats.steps - 1) % self.sync_every() + 1
+        sums = _read_terms(window, epoch, self.step - 1, steps)
+        for k, v in sums.items():
+            stats.losses[k] += v
+        mean = {k: v / steps for k, v in sums.items()}
+        if self.on_step is not None:
+            self.on_step(i, mean)
+        elapsed = time.perf_counter() - start
+        info = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in mean.items())
+        bar.update(stats.steps, f"{info} {stats.images / elapsed:.1f} img/s", elapsed / stats.steps * (total - stats.steps))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

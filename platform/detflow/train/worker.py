@@ -29,7 +29,7 @@ from ..scratch import scratch_dir
 from .data import TrainData, build_train_data
 from .repopt import apply_repopt_init, repopt_masks
 
-__all__ = ["train_worker", "EpochLogger", "build_model", "ddp_find_unused", "PID_DIR_ENV", "FIND_UNUSED_ENV"]
+__all__ = ["train_worker", "EpochLogger", "build_model", "ddp_find_unused", "ddp_kwargs", "PID_DIR_ENV", "FIND_UNUSED_ENV"]
 
 # When set, each worker writes an empty file ``rank<r>-<pid>`` there (fault-injection tests, debugging).
 PID_DIR_ENV = "DETFLOW_WORKER_PID_DIR"
@@ -42,6 +42,13 @@ def ddp_find_unused(model: torch.nn.Module) -> bool:
     without a gradient (``Detector.has_unused_train_params``), or when ``DETFLOW_DDP_FIND_UNUSED=1``.
     Otherwise DDP skips the extra autograd-graph traversal it would do every step."""
     return bool(getattr(model, "has_unused_train_params", False)) or os.environ.get(FIND_UNUSED_ENV) == "1"
+
+
+def ddp_kwargs(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """``DistributedDataParallel`` arguments of a worker: gradients are views into the all-reduce
+    buckets (no copy in or out of them) of ``scaling.bucket_cap_mb`` MiB each."""
+    return {"find_unused_parameters": ddp_find_unused(model), "gradient_as_bucket_view": True,
+            "bucket_cap_mb": cfg.scaling.bucket_cap_mb}
 
 
 class EpochLogger:
@@ -175,8 +182,7 @@ class _WorkerRun:
         self.loop = _build_loop(self.cfg, model, self.data.recipe, self.data.steps_per_epoch, self.world,
                                 self.device, teacher, progress=bool(config.get("progress")) and self.rank == 0)
         # DDP wrapping after the EMA copy was taken from the bare module
-        self.loop.model = ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={"find_unused_parameters": ddp_find_unused(model)})
+        self.loop.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs(self.cfg, model))
         self.logger = EpochLogger(config.get("run_id") if self.rank == 0 else None, config.get("spool"))
         if self.rank == 0:  # what the pretrained checkpoint filled and what it left fresh
             from .finetune import log_report
