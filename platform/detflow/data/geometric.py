@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from .imageops import apply_hsv_luts, resize_bilinear, resized_window, warp_affine
 
 __all__ = [
     "RandomTransform", "RandomResize", "RandomCrop", "RandomResizeCrop", "RandomAffine", "YOLOXHSVRandomAug",
@@ -79,10 +80,8 @@ def resize_masks(masks: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    """Bilinear resize of an H×W×3 uint8 image."""
-    if image.shape[:2] == (new_h, new_w):
-        return image
-    return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    """Bilinear resize of an H×W×3 uint8 image (:func:`detflow.data.imageops.resize_bilinear`)."""
+    return resize_bilinear(image, new_w, new_h)
 
 
 def resize_sample(sample: Sample, new_w: int, new_h: int) -> Sample:
@@ -135,12 +134,11 @@ def _finish_crop(out: Sample, boxes: np.ndarray, cw: int, ch: int, recompute_bbo
 def resized_crop_sample(sample: Sample, new_w: int, new_h: int, x0: int, y0: int, x1: int, y1: int, *,
                         recompute_bbox: bool = False) -> Sample:
     """``crop_sample(resize_sample(sample, new_w, new_h), x0, y0, x1, y1)`` computing only the
-    kept window (Pillow ``resize(box=…)``; masks by the same nearest indices)."""
+    kept window (:func:`detflow.data.imageops.resized_window`; masks by the same nearest indices)."""
     h, w = sample["image"].shape[:2]
     sx, sy = new_w / w, new_h / h
     out = dict(sample)
-    box = (x0 / sx, y0 / sy, x1 / sx, y1 / sy)
-    out["image"] = np.array(Image.fromarray(sample["image"]).resize((x1 - x0, y1 - y0), Image.BILINEAR, box=box))
+    out["image"] = resized_window(sample["image"], sx, sy, x0, y0, x1 - x0, y1 - y0)
     masks = sample.get("masks")
     if masks is not None:
         rows = _nearest_index(h, new_h)[y0:y1]
@@ -351,9 +349,7 @@ def warp_sample(sample: Sample, m: np.ndarray, out_w: int, out_h: int, *, border
     """Apply the 3×3 affine ``m`` (source -> output pixel coordinates) to image, boxes and masks."""
     inv = np.linalg.inv(m)
     out = dict(sample)
-    out["image"] = np.array(Image.fromarray(sample["image"]).transform(
-        (out_w, out_h), Image.AFFINE, data=tuple(inv[:2].ravel()), resample=Image.BILINEAR,
-        fillcolor=(border_value,) * 3))
+    out["image"] = warp_affine(sample["image"], m, out_w, out_h, border_value)
     boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
     corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)
     xy = corners @ m[:2, :2].T + m[:2, 2]
@@ -387,19 +383,11 @@ def _warp_masks(masks: np.ndarray, inv: np.ndarray, out_w: int, out_h: int) -> n
     return out
 
 
-def _hsv_luts(image: np.ndarray, lut_h: np.ndarray, lut_s: np.ndarray, lut_v: np.ndarray) -> np.ndarray:
-    """Map the H, S, V channels (Pillow's 0–255 HSV) of an RGB image through three uint8 LUTs.
-
-    The LUTs are applied by Pillow (``point`` on the HSV image) between the two colour conversions,
-    so the pixels never make a numpy round trip in HSV (the same bytes as indexing in numpy)."""
-    lut = np.concatenate([lut_h, lut_s, lut_v]).tolist()
-    return np.array(Image.fromarray(image).convert("HSV").point(lut).convert("RGB"))
-
-
 class YOLOXHSVRandomAug(RandomTransform):
     """Additive HSV jitter (YOLOX; RTMDet stage 1 and 2): each of hue / saturation / value is
     shifted with probability 0.5 by U(−delta, delta). Hue deltas are in OpenCV units (0–180),
-    saturation/value in 0–255, as in the RTMDet config (5, 30, 30)."""
+    saturation/value in 0–255, as in the RTMDet config (5, 30, 30); hue wraps at 180. Applied in
+    uint8 through OpenCV's HSV and one lookup table per channel (:func:`~detflow.data.imageops.apply_hsv_luts`)."""
 
     def __init__(self, hue_delta: int = 5, saturation_delta: int = 30, value_delta: int = 30, *,
                  seed: int | None = None) -> None:
@@ -412,10 +400,10 @@ class YOLOXHSVRandomAug(RandomTransform):
         if not gains.any():
             return sample
         x = np.arange(256, dtype=np.int64)
-        lut_h = ((x + int(round(gains[0] * 256 / 180))) % 256).astype(np.uint8)
+        lut_h = ((x + int(gains[0])) % 180).astype(np.uint8)
         lut_s = np.clip(x + gains[1], 0, 255).astype(np.uint8)
         lut_v = np.clip(x + gains[2], 0, 255).astype(np.uint8)
-        return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
+        return {**sample, "image": apply_hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
 
     def __repr__(self) -> str:
         return f"YOLOXHSVRandomAug(deltas={tuple(int(d) for d in self.deltas)})"
@@ -423,7 +411,7 @@ class YOLOXHSVRandomAug(RandomTransform):
 
 class HSVRandomAug(RandomTransform):
     """Multiplicative HSV gains (YOLOv5/v6 ``augment_hsv``): channel × U(1 − g, 1 + g), hue wraps.
-    YOLOv6 defaults h 0.015, s 0.7, v 0.4."""
+    YOLOv6 defaults h 0.015, s 0.7, v 0.4 (hue in OpenCV's 0–179 units, as YOLOv5/v6)."""
 
     def __init__(self, hgain: float = 0.015, sgain: float = 0.7, vgain: float = 0.4, *,
                  seed: int | None = None) -> None:
@@ -433,10 +421,10 @@ class HSVRandomAug(RandomTransform):
     def __call__(self, sample: Sample) -> Sample:
         r = self.rng.uniform(-1, 1, 3) * self.gains + 1
         x = np.arange(256, dtype=np.float64)
-        lut_h = (np.round(x * r[0]) % 256).astype(np.uint8)
+        lut_h = (np.round(x * r[0]) % 180).astype(np.uint8)
         lut_s = np.clip(np.round(x * r[1]), 0, 255).astype(np.uint8)
         lut_v = np.clip(np.round(x * r[2]), 0, 255).astype(np.uint8)
-        return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
+        return {**sample, "image": apply_hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
 
     def __repr__(self) -> str:
         return f"HSVRandomAug(gains={tuple(float(g) for g in self.gains)})"
