@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .check import non_finite_coordinates
+from .geometric import clip_boxes
 from .imageops import decode_image
 
 __all__ = ["CocoDataset", "load_coco", "read_image"]
@@ -179,9 +180,7 @@ class CocoDataset:
             raise DataError(f"{self.annotations}: image id {image_id} ({info['file_name']}) is {w}x{h} "
                             f"but the annotation says {info.get('width')}x{info.get('height')}")
         boxes, labels, anns = self._usable_instances(image_id)
-        boxes = boxes.copy()
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        boxes = clip_boxes(boxes.copy(), 0, 0, w, h)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, labels = boxes[keep], labels[keep]
         masks = None

@@ -27,8 +27,8 @@ from .imageops import apply_hsv_luts, resize_bilinear, resized_window, warp_affi
 __all__ = [
     "RandomTransform", "RandomResize", "RandomCrop", "RandomResizeCrop", "RandomAffine", "YOLOXHSVRandomAug",
     "HSVRandomAug", "MultiScaleResize", "FilterAnnotations", "resize_sample", "resize_masks", "fit_resize",
-    "crop_sample", "resized_crop_sample", "masks_to_boxes", "select_instances", "pair", "seed_transforms",
-    "warp_sample", "box_candidates",
+    "crop_sample", "resized_crop_sample", "clip_boxes", "masks_to_boxes", "select_instances", "pair",
+    "seed_transforms", "warp_sample", "box_candidates",
 ]
 
 Sample = dict[str, Any]
@@ -41,6 +41,13 @@ def pair(size: int | Sequence[int]) -> tuple[int, int]:
         return int(size), int(size)
     w, h = size
     return int(w), int(h)
+
+
+def clip_boxes(boxes: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """Clip M×4 float32 xyxy ``boxes`` in place to ``[x0, x1]×[y0, y1]`` and return them (two
+    ufunc calls: ``ndarray.clip`` on column slices costs more in Python overhead than in work)."""
+    np.maximum(boxes, np.float32([x0, y0, x0, y0]), out=boxes)
+    return np.minimum(boxes, np.float32([x1, y1, x1, y1]), out=boxes)
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
@@ -122,8 +129,7 @@ def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int, *,
 def _finish_crop(out: Sample, boxes: np.ndarray, cw: int, ch: int, recompute_bbox: bool) -> Sample:
     """Clip crop-relative ``boxes`` to ``cw``×``ch`` (or take them from the cropped masks) and drop
     instances with no area."""
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+    clip_boxes(boxes, 0, 0, cw, ch)
     if recompute_bbox and out.get("masks") is not None:
         boxes = masks_to_boxes(out["masks"])
     out["boxes"] = boxes
@@ -355,8 +361,7 @@ def warp_sample(sample: Sample, m: np.ndarray, out_w: int, out_h: int, *, border
     xy = corners @ m[:2, :2].T + m[:2, 2]
     xy = xy.reshape(-1, 4, 2)
     new = np.concatenate([xy.min(1), xy.max(1)], axis=1).astype(np.float32)
-    new[:, 0::2] = new[:, 0::2].clip(0, out_w)
-    new[:, 1::2] = new[:, 1::2].clip(0, out_h)
+    clip_boxes(new, 0, 0, out_w, out_h)
     masks = sample.get("masks")
     if masks is not None:
         out["masks"] = _warp_masks(masks, inv, out_w, out_h)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .geometric import (
-    RandomTransform, Sample, crop_sample, fit_resize, masks_to_boxes, pair, resize_sample,
+    RandomTransform, Sample, clip_boxes, crop_sample, fit_resize, masks_to_boxes, pair, resize_sample,
     select_instances,
 )
 from .imageops import blend
@@ -83,8 +83,7 @@ def _paste(sample: Sample, image: np.ndarray, x: int, y: int) -> Sample:
     cx1, cy1 = min(x + iw, canvas_w), min(y + ih, canvas_h)
     out = dict(sample)
     boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) + np.float32([x, y, x, y])
-    boxes[:, 0::2] = boxes[:, 0::2].clip(cx0, max(cx1, cx0))
-    boxes[:, 1::2] = boxes[:, 1::2].clip(cy0, max(cy1, cy0))
+    clip_boxes(boxes, cx0, cy0, max(cx1, cx0), max(cy1, cy0))
     out["boxes"] = boxes
     masks = sample.get("masks")
     if masks is not None:
@@ -328,9 +327,7 @@ class MixUp(_MixingTransform):
         """Crop the placed partner to ``tw``×``th`` at (x0, y0); drop boxes the crop cut down too
         much (MMDetection ``_filter_box_candidates``)."""
         before = np.asarray(big["boxes"], np.float32).reshape(-1, 4) - np.float32([x0, y0, x0, y0])
-        c = before.copy()
-        c[:, 0::2] = c[:, 0::2].clip(0, tw)
-        c[:, 1::2] = c[:, 1::2].clip(0, th)
+        c = clip_boxes(before.copy(), 0, 0, tw, th)
         cw, ch = c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]
         ar = np.maximum(cw / (ch + 1e-16), ch / (cw + 1e-16))
         area = (before[:, 2] - before[:, 0]) * (before[:, 3] - before[:, 1])
