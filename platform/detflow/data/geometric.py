@@ -405,9 +405,9 @@ class YOLOXHSVRandomAug(RandomTransform):
         if not gains.any():
             return sample
         x = np.arange(256, dtype=np.int64)
-        lut_h = ((x + int(gains[0])) % 180).astype(np.uint8)
-        lut_s = np.clip(x + gains[1], 0, 255).astype(np.uint8)
-        lut_v = np.clip(x + gains[2], 0, 255).astype(np.uint8)
+        lut_h = ((x + int(gains[0])) % 180).astype(np.uint8) if gains[0] else None  # None: unchanged
+        lut_s = np.clip(x + gains[1], 0, 255).astype(np.uint8) if gains[1] else None
+        lut_v = np.clip(x + gains[2], 0, 255).astype(np.uint8) if gains[2] else None
         return {**sample, "image": apply_hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
 
     def __repr__(self) -> str:

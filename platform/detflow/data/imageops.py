@@ -78,12 +78,17 @@ def warp_affine(image: np.ndarray, m: np.ndarray, out_w: int, out_h: int, border
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(border_value,) * 3)
 
 
-def apply_hsv_luts(image: np.ndarray, lut_h: np.ndarray, lut_s: np.ndarray, lut_v: np.ndarray) -> np.ndarray:
-    """Map OpenCV's H (0–179), S, V channels of an RGB image through three 256-entry uint8 tables:
-    one conversion to HSV, one ``cv2.LUT`` on the three channels, one conversion back (YOLOX)."""
+def apply_hsv_luts(image: np.ndarray, lut_h: np.ndarray | None, lut_s: np.ndarray | None,
+                   lut_v: np.ndarray | None) -> np.ndarray:
+    """Map OpenCV's H (0–179), S, V channels of an RGB image through 256-entry uint8 tables (``None``:
+    the channel is left as it is): one conversion to HSV, one ``cv2.LUT`` per changed channel, one
+    conversion back (YOLOX)."""
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-    lut = np.stack([lut_h, lut_s, lut_v], axis=1).reshape(256, 1, 3)
-    cv2.LUT(hsv, lut, dst=hsv)
+    planes = list(cv2.split(hsv))
+    for c, lut in enumerate((lut_h, lut_s, lut_v)):
+        if lut is not None:
+            cv2.LUT(planes[c], lut, dst=planes[c])
+    cv2.merge(planes, dst=hsv)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=hsv)
 
 

@@ -68,7 +68,11 @@ def letterbox_fit(sample: Sample, w: int, h: int, *, pad_val: int = 114) -> Samp
 def _place(sample: Sample, canvas_w: int, canvas_h: int, x: int, y: int, pad_val: int) -> Sample:
     """Paste ``sample`` with its top-left corner at (x, y) (may be negative) onto a ``pad_val``
     canvas; boxes shifted and clipped, masks placed on zero canvases, instances cut off dropped."""
-    return _paste(sample, np.full((canvas_h, canvas_w, 3), pad_val, np.uint8), x, y)
+    ih, iw = sample["image"].shape[:2]
+    covered = x <= 0 and y <= 0 and x + iw >= canvas_w and y + ih >= canvas_h  # no padding shows
+    canvas = np.empty((canvas_h, canvas_w, 3), np.uint8) if covered else np.full((canvas_h, canvas_w, 3), pad_val,
+                                                                                 np.uint8)
+    return _paste(sample, canvas, x, y)
 
 
 def _paste(sample: Sample, image: np.ndarray, x: int, y: int) -> Sample:
