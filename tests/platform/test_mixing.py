@@ -121,6 +121,30 @@ def test_cache_state_round_trip_reproduces_next_output():
     np.testing.assert_array_equal(a["boxes"], b["boxes"])
 
 
+class _RawCachedMosaic(CachedMosaic):
+    """CachedMosaic caching raw samples (the mosaic fits them at every use): the reference."""
+
+    def _fit(self, sample):
+        return sample
+
+
+@pytest.mark.parametrize("random_pop", [False, True])
+def test_cached_mosaic_caching_fitted_tiles_changes_nothing(random_pop):
+    """Keeping cache entries already resized to a tile gives the same pixels, boxes, labels and masks
+    as resizing the raw entries at every mosaic (48×64 samples, 24×24 tiles)."""
+    ds = _dataset(10)
+    fitted = CachedMosaic(24, max_cached_images=6, random_pop=random_pop, seed=5)
+    raw = _RawCachedMosaic(24, max_cached_images=6, random_pop=random_pop, seed=5)
+    assert any(max(s["image"].shape[:2]) > 24 for s in ds.samples)  # some tiles are really resized
+    mosaics = 0
+    for i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 1]:
+        a, b = fitted(ds.load_sample(i)), raw(ds.load_sample(i))
+        for key in ("image", "boxes", "labels", "masks"):
+            np.testing.assert_array_equal(a[key], b[key])
+        mosaics += a["image"].shape[:2] == (48, 48)
+    assert mosaics == 8
+
+
 # --------------------------------------------------------------------------- MixUp
 def test_mixup_half_blend_hand_case():
     s = aug.rect_sample(32, 32, [(2, 2, 10, 10)], fill=100, image_id=1)

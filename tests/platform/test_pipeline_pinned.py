@@ -1,10 +1,13 @@
 """The RTMDet stage-1 pipeline (CachedMosaic → RandomResize+Crop → HSV → flip → pad → CachedMixUp →
-pack) gives bit-identical outputs for a fixed seed: the sha256 digests below were computed with the
-code before its speed-ups (HSV through Pillow ``point``, flip without a strided copy, normalisation
-in place), so any change of the augmented pixels, boxes or labels shows here."""
+pack) gives bit-identical outputs for a fixed seed: any change of the augmented pixels, boxes or
+labels shows in the sha256 digests below. They were re-pinned when the pixel kernels moved from
+Pillow to OpenCV (``detflow.data.imageops``); ``test_opencv_pipeline_matches_the_pillow_one`` shows
+that the switch changed the pixels only a little (fixture written by the Pillow pipeline) and the
+boxes and labels not at all."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +45,8 @@ class _RandomDataset:
         return {**s, "image": s["image"].copy(), "boxes": s["boxes"].copy()}
 
 
-def _digest(size: str, cache: bool, n: int = 24) -> str:
+def _outputs(size: str, cache: bool, n: int = 24):
+    """The ``n`` packed outputs ``(image, target, meta)`` of the stage-1 pipeline, fixed seeds."""
     from detmodels import InputSpec
 
     ds = _RandomDataset()
@@ -51,9 +55,13 @@ def _digest(size: str, cache: bool, n: int = 24) -> str:
     aug = build_augmentation(cfg, size=size, image_size=320, epochs=300, input_spec=InputSpec(), seed=0)
     pipeline = aug.train_transforms(0, dataset=ds)
     order = np.random.default_rng(1).integers(len(ds), size=n).tolist()
-    h = hashlib.sha256()
     for i in order:
-        image, target, meta = pipeline(ds.load_sample(i))
+        yield pipeline(ds.load_sample(i))
+
+
+def _digest(size: str, cache: bool, n: int = 24) -> str:
+    h = hashlib.sha256()
+    for image, target, meta in _outputs(size, cache, n):
         h.update(image.contiguous().numpy().tobytes())
         h.update(str(tuple(image.shape)).encode())
         h.update(target["boxes"].numpy().tobytes())
@@ -62,10 +70,10 @@ def _digest(size: str, cache: bool, n: int = 24) -> str:
     return h.hexdigest()
 
 
-EXPECTED = {  # computed before the speed-ups, on Pillow 13.0 / numpy / torch of the project venv
-    ("tiny", True): "a15da4b8ce6527c9b03a0a1f07bba90456af6e0696bd5287ba865993caa256dd",
-    ("tiny", False): "730439a500c84b30b92860de11aa707d1290c7ef0a38bfdd9f79847fdce6a015",
-    ("s", True): "d887d8e80a1739bdcf2063b15ee381e6742d29f04fc66f11cea1e33b9782bb97",
+EXPECTED = {  # re-pinned at the switch to the OpenCV kernels (opencv-python-headless 4.10.0.84)
+    ("tiny", True): "c6388fa8cf29f6af0a8c92650e9791c6cc53e12294388b4705b8d3c66d9317e6",
+    ("tiny", False): "d994103d139933293b2870610da580f4af38062c93e7f112e9d2f24339885c7f",
+    ("s", True): "3ea17f675faccd5b31e9f79017e91b9534d78219d12e9c3690f11db01cc81b67",
 }
 
 
@@ -73,3 +81,33 @@ EXPECTED = {  # computed before the speed-ups, on Pillow 13.0 / numpy / torch of
 def test_rtmdet_stage1_outputs_are_pinned(size, cache):
     torch.set_num_threads(1)
     assert _digest(size, cache) == EXPECTED[(size, cache)]
+
+
+def _thumbnail(image: torch.Tensor) -> np.ndarray:
+    """3×H×W normalised image -> 3×(H/8)×(W/8) uint8 means of 8×8 pixel blocks (de-normalised)."""
+    from detmodels import InputSpec
+
+    spec = InputSpec()
+    pixels = image * torch.tensor(spec.std).view(3, 1, 1) + torch.tensor(spec.mean).view(3, 1, 1)
+    c, h, w = pixels.shape
+    return pixels.reshape(c, h // 8, 8, w // 8, 8).mean((2, 4)).round().clamp(0, 255).byte().numpy()
+
+
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "pipeline_reference_pillow.npz"
+
+
+@pytest.mark.parametrize("size,cache", [("tiny", True), ("tiny", False), ("s", True)])
+def test_opencv_pipeline_matches_the_pillow_one(size, cache):
+    """The OpenCV kernels (bilinear without antialiasing, 8-bit OpenCV HSV, uint8 blend) change the
+    pixels a little and nothing else: against the outputs of the Pillow-based pipeline (fixture:
+    boxes, labels and 8×8-block-mean thumbnails written before the switch), the same random draws
+    give the same boxes within 1 px and the same labels, and the thumbnails differ by little."""
+    torch.set_num_threads(1)
+    ref = np.load(REFERENCE)
+    diffs = []
+    for k, (image, target, _) in enumerate(_outputs(size, cache)):
+        key = f"{size}_{int(cache)}_{k}"
+        np.testing.assert_array_equal(target["labels"].numpy(), ref[key + "_labels"])
+        np.testing.assert_allclose(target["boxes"].numpy(), ref[key + "_boxes"], atol=1.0, rtol=0)
+        diffs.append(np.abs(_thumbnail(image).astype(np.int16) - ref[key + "_thumb"]).mean())
+    assert np.mean(diffs) < 1.0 and np.max(diffs) < 2.0, diffs  # measured: mean 0.53–0.68, max 1.07

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from .imageops import apply_hsv_luts, resize_bilinear, resized_window, warp_affine
 
 __all__ = [
     "RandomTransform", "RandomResize", "RandomCrop", "RandomResizeCrop", "RandomAffine", "YOLOXHSVRandomAug",
     "HSVRandomAug", "MultiScaleResize", "FilterAnnotations", "resize_sample", "resize_masks", "fit_resize",
-    "crop_sample", "resized_crop_sample", "masks_to_boxes", "select_instances", "pair", "seed_transforms",
-    "warp_sample", "box_candidates",
+    "crop_sample", "resized_crop_sample", "clip_boxes", "masks_to_boxes", "select_instances", "pair",
+    "seed_transforms", "warp_sample", "box_candidates",
 ]
 
 Sample = dict[str, Any]
@@ -40,6 +41,13 @@ def pair(size: int | Sequence[int]) -> tuple[int, int]:
         return int(size), int(size)
     w, h = size
     return int(w), int(h)
+
+
+def clip_boxes(boxes: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """Clip M×4 float32 xyxy ``boxes`` in place to ``[x0, x1]×[y0, y1]`` and return them (two
+    ufunc calls: ``ndarray.clip`` on column slices costs more in Python overhead than in work)."""
+    np.maximum(boxes, np.float32([x0, y0, x0, y0]), out=boxes)
+    return np.minimum(boxes, np.float32([x1, y1, x1, y1]), out=boxes)
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
@@ -79,10 +87,8 @@ def resize_masks(masks: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    """Bilinear resize of an H×W×3 uint8 image."""
-    if image.shape[:2] == (new_h, new_w):
-        return image
-    return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    """Bilinear resize of an H×W×3 uint8 image (:func:`detflow.data.imageops.resize_bilinear`)."""
+    return resize_bilinear(image, new_w, new_h)
 
 
 def resize_sample(sample: Sample, new_w: int, new_h: int) -> Sample:
@@ -123,8 +129,7 @@ def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int, *,
 def _finish_crop(out: Sample, boxes: np.ndarray, cw: int, ch: int, recompute_bbox: bool) -> Sample:
     """Clip crop-relative ``boxes`` to ``cw``×``ch`` (or take them from the cropped masks) and drop
     instances with no area."""
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+    clip_boxes(boxes, 0, 0, cw, ch)
     if recompute_bbox and out.get("masks") is not None:
         boxes = masks_to_boxes(out["masks"])
     out["boxes"] = boxes
@@ -135,12 +140,11 @@ def _finish_crop(out: Sample, boxes: np.ndarray, cw: int, ch: int, recompute_bbo
 def resized_crop_sample(sample: Sample, new_w: int, new_h: int, x0: int, y0: int, x1: int, y1: int, *,
                         recompute_bbox: bool = False) -> Sample:
     """``crop_sample(resize_sample(sample, new_w, new_h), x0, y0, x1, y1)`` computing only the
-    kept window (Pillow ``resize(box=…)``; masks by the same nearest indices)."""
+    kept window (:func:`detflow.data.imageops.resized_window`; masks by the same nearest indices)."""
     h, w = sample["image"].shape[:2]
     sx, sy = new_w / w, new_h / h
     out = dict(sample)
-    box = (x0 / sx, y0 / sy, x1 / sx, y1 / sy)
-    out["image"] = np.array(Image.fromarray(sample["image"]).resize((x1 - x0, y1 - y0), Image.BILINEAR, box=box))
+    out["image"] = resized_window(sample["image"], sx, sy, x0, y0, x1 - x0, y1 - y0)
     masks = sample.get("masks")
     if masks is not None:
         rows = _nearest_index(h, new_h)[y0:y1]
@@ -351,16 +355,13 @@ def warp_sample(sample: Sample, m: np.ndarray, out_w: int, out_h: int, *, border
     """Apply the 3×3 affine ``m`` (source -> output pixel coordinates) to image, boxes and masks."""
     inv = np.linalg.inv(m)
     out = dict(sample)
-    out["image"] = np.array(Image.fromarray(sample["image"]).transform(
-        (out_w, out_h), Image.AFFINE, data=tuple(inv[:2].ravel()), resample=Image.BILINEAR,
-        fillcolor=(border_value,) * 3))
+    out["image"] = warp_affine(sample["image"], m, out_w, out_h, border_value)
     boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
     corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)
     xy = corners @ m[:2, :2].T + m[:2, 2]
     xy = xy.reshape(-1, 4, 2)
     new = np.concatenate([xy.min(1), xy.max(1)], axis=1).astype(np.float32)
-    new[:, 0::2] = new[:, 0::2].clip(0, out_w)
-    new[:, 1::2] = new[:, 1::2].clip(0, out_h)
+    clip_boxes(new, 0, 0, out_w, out_h)
     masks = sample.get("masks")
     if masks is not None:
         out["masks"] = _warp_masks(masks, inv, out_w, out_h)
@@ -387,19 +388,11 @@ def _warp_masks(masks: np.ndarray, inv: np.ndarray, out_w: int, out_h: int) -> n
     return out
 
 
-def _hsv_luts(image: np.ndarray, lut_h: np.ndarray, lut_s: np.ndarray, lut_v: np.ndarray) -> np.ndarray:
-    """Map the H, S, V channels (Pillow's 0–255 HSV) of an RGB image through three uint8 LUTs.
-
-    The LUTs are applied by Pillow (``point`` on the HSV image) between the two colour conversions,
-    so the pixels never make a numpy round trip in HSV (the same bytes as indexing in numpy)."""
-    lut = np.concatenate([lut_h, lut_s, lut_v]).tolist()
-    return np.array(Image.fromarray(image).convert("HSV").point(lut).convert("RGB"))
-
-
 class YOLOXHSVRandomAug(RandomTransform):
     """Additive HSV jitter (YOLOX; RTMDet stage 1 and 2): each of hue / saturation / value is
     shifted with probability 0.5 by U(−delta, delta). Hue deltas are in OpenCV units (0–180),
-    saturation/value in 0–255, as in the RTMDet config (5, 30, 30)."""
+    saturation/value in 0–255, as in the RTMDet config (5, 30, 30); hue wraps at 180. Applied in
+    uint8 through OpenCV's HSV and one lookup table per channel (:func:`~detflow.data.imageops.apply_hsv_luts`)."""
 
     def __init__(self, hue_delta: int = 5, saturation_delta: int = 30, value_delta: int = 30, *,
                  seed: int | None = None) -> None:
@@ -412,10 +405,10 @@ class YOLOXHSVRandomAug(RandomTransform):
         if not gains.any():
             return sample
         x = np.arange(256, dtype=np.int64)
-        lut_h = ((x + int(round(gains[0] * 256 / 180))) % 256).astype(np.uint8)
-        lut_s = np.clip(x + gains[1], 0, 255).astype(np.uint8)
-        lut_v = np.clip(x + gains[2], 0, 255).astype(np.uint8)
-        return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
+        lut_h = ((x + int(gains[0])) % 180).astype(np.uint8) if gains[0] else None  # None: unchanged
+        lut_s = np.clip(x + gains[1], 0, 255).astype(np.uint8) if gains[1] else None
+        lut_v = np.clip(x + gains[2], 0, 255).astype(np.uint8) if gains[2] else None
+        return {**sample, "image": apply_hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
 
     def __repr__(self) -> str:
         return f"YOLOXHSVRandomAug(deltas={tuple(int(d) for d in self.deltas)})"
@@ -423,7 +416,7 @@ class YOLOXHSVRandomAug(RandomTransform):
 
 class HSVRandomAug(RandomTransform):
     """Multiplicative HSV gains (YOLOv5/v6 ``augment_hsv``): channel × U(1 − g, 1 + g), hue wraps.
-    YOLOv6 defaults h 0.015, s 0.7, v 0.4."""
+    YOLOv6 defaults h 0.015, s 0.7, v 0.4 (hue in OpenCV's 0–179 units, as YOLOv5/v6)."""
 
     def __init__(self, hgain: float = 0.015, sgain: float = 0.7, vgain: float = 0.4, *,
                  seed: int | None = None) -> None:
@@ -433,10 +426,10 @@ class HSVRandomAug(RandomTransform):
     def __call__(self, sample: Sample) -> Sample:
         r = self.rng.uniform(-1, 1, 3) * self.gains + 1
         x = np.arange(256, dtype=np.float64)
-        lut_h = (np.round(x * r[0]) % 256).astype(np.uint8)
+        lut_h = (np.round(x * r[0]) % 180).astype(np.uint8)
         lut_s = np.clip(np.round(x * r[1]), 0, 255).astype(np.uint8)
         lut_v = np.clip(np.round(x * r[2]), 0, 255).astype(np.uint8)
-        return {**sample, "image": _hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
+        return {**sample, "image": apply_hsv_luts(sample["image"], lut_h, lut_s, lut_v)}
 
     def __repr__(self) -> str:
         return f"HSVRandomAug(gains={tuple(float(g) for g in self.gains)})"

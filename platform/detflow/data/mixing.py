@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from .geometric import (
-    RandomTransform, Sample, crop_sample, fit_resize, masks_to_boxes, pair, resize_sample,
+    RandomTransform, Sample, clip_boxes, crop_sample, fit_resize, masks_to_boxes, pair, resize_sample,
     select_instances,
 )
+from .imageops import blend
 from .transforms import flip_sample
 
 __all__ = [
@@ -33,9 +34,10 @@ __all__ = [
 ]
 
 
-def _copy(sample: Sample) -> Sample:
-    """Copy of a sample dict whose arrays are private (safe to cache)."""
-    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in sample.items()}
+def _copy(sample: Sample, fresh: Sequence[str] = ()) -> Sample:
+    """Copy of a sample dict whose arrays are private (safe to cache); the arrays under the keys
+    ``fresh`` are already private (just made by the caller) and are not copied again."""
+    return {k: (v.copy() if isinstance(v, np.ndarray) and k not in fresh else v) for k, v in sample.items()}
 
 
 def _merge(samples: Sequence[Sample], base: Sample, image: np.ndarray) -> Sample:
@@ -67,13 +69,25 @@ def _place(sample: Sample, canvas_w: int, canvas_h: int, x: int, y: int, pad_val
     """Paste ``sample`` with its top-left corner at (x, y) (may be negative) onto a ``pad_val``
     canvas; boxes shifted and clipped, masks placed on zero canvases, instances cut off dropped."""
     ih, iw = sample["image"].shape[:2]
+    covered = x <= 0 and y <= 0 and x + iw >= canvas_w and y + ih >= canvas_h  # no padding shows
+    canvas = np.empty((canvas_h, canvas_w, 3), np.uint8) if covered else np.full((canvas_h, canvas_w, 3), pad_val,
+                                                                                 np.uint8)
+    return _paste(sample, canvas, x, y)
+
+
+def _paste(sample: Sample, image: np.ndarray, x: int, y: int) -> Sample:
+    """Write ``sample``'s image into the canvas ``image`` (in place) with its top-left corner at
+    (x, y) (may be negative), cut at the canvas border: ``_place`` on a canvas the caller owns, so
+    a mosaic writes its tiles straight into one canvas. The returned sample has ``image`` = the
+    canvas, boxes shifted and clipped to the visible part, masks on zero canvases, cut-off
+    instances dropped."""
+    canvas_h, canvas_w = image.shape[:2]
+    ih, iw = sample["image"].shape[:2]
     cx0, cy0 = max(x, 0), max(y, 0)
     cx1, cy1 = min(x + iw, canvas_w), min(y + ih, canvas_h)
-    image = np.full((canvas_h, canvas_w, 3), pad_val, np.uint8)
     out = dict(sample)
     boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) + np.float32([x, y, x, y])
-    boxes[:, 0::2] = boxes[:, 0::2].clip(cx0, max(cx1, cx0))
-    boxes[:, 1::2] = boxes[:, 1::2].clip(cy0, max(cy1, cy0))
+    clip_boxes(boxes, cx0, cy0, max(cx1, cx0), max(cy1, cy0))
     out["boxes"] = boxes
     masks = sample.get("masks")
     if masks is not None:
@@ -99,11 +113,13 @@ class SampleCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def push(self, sample: Sample, rng: np.random.Generator) -> None:
+    def push(self, sample: Sample, rng: np.random.Generator, *, fresh: Sequence[str] = ()) -> None:
+        """Add a private copy of ``sample`` (the arrays under the keys ``fresh`` are taken as they
+        are: the caller just made them)."""
         if len(self.entries) >= self.max_size:
             index = int(rng.integers(len(self.entries))) if self.random_pop else 0
             self.entries.pop(index)
-        self.entries.append(_copy(sample))
+        self.entries.append(_copy(sample, fresh))
 
     def image_ids(self) -> list[int]:
         return [int(s.get("image_id", -1)) for s in self.entries]
@@ -186,31 +202,33 @@ class Mosaic(_MixingTransform):
         self.center_ratio_range = (float(center_ratio_range[0]), float(center_ratio_range[1]))
         self.pad_val = pad_val
 
-    def _partners(self, sample: Sample) -> list[Sample] | None:
-        return [self._load_random() for _ in range(3)]
+    def _tiles(self, sample: Sample) -> list[Sample] | None:
+        """The 4 samples of the mosaic (``sample`` first), or ``None`` for no mosaic."""
+        return [sample, *(self._load_random() for _ in range(3))]
 
     def __call__(self, sample: Sample) -> Sample:
-        partners = self._partners(sample)
-        if partners is None or self.rng.random() > self.prob:
+        tiles = self._tiles(sample)
+        if tiles is None or self.rng.random() > self.prob:
             return sample if self.fallback is None else self.fallback(sample)
-        return self.combine([sample, *partners])
+        return self.combine(tiles)
 
     def combine(self, samples: Sequence[Sample]) -> Sample:
-        """Mosaic of exactly 4 samples (the first gives image_id / orig_size)."""
+        """Mosaic of exactly 4 samples (the first gives image_id / orig_size).
+
+        Each tile is resized keep-ratio to fit ``img_scale`` (a no-op for a tile already fitted,
+        as the cached form keeps them) and written straight into the one ``2h×2w`` canvas: a tile
+        placed against the centre lies inside its own quadrant, so nothing is copied twice."""
         w, h = self.img_scale
         xc = int(self.rng.uniform(*self.center_ratio_range) * w)
         yc = int(self.rng.uniform(*self.center_ratio_range) * h)
+        canvas = np.full((2 * h, 2 * w, 3), self.pad_val, np.uint8)
         placed = []
         for corner, s in enumerate(samples):
             rs = fit_resize(s, w, h)
             rh, rw = rs["image"].shape[:2]
             x = xc - rw if corner in (0, 2) else xc
             y = yc - rh if corner in (0, 1) else yc
-            placed.append(_place(rs, 2 * w, 2 * h, x, y, self.pad_val))
-        canvas = np.full((2 * h, 2 * w, 3), self.pad_val, np.uint8)
-        for corner, p in enumerate(placed):
-            region = _quadrant(corner, xc, yc, 2 * w, 2 * h)
-            canvas[region] = p["image"][region]
+            placed.append(_paste(rs, canvas, x, y))
         out = _merge(placed, samples[0], canvas)
         out["scale"] = placed[0].get("scale", 1.0)
         return out
@@ -219,18 +237,12 @@ class Mosaic(_MixingTransform):
         return f"{type(self).__name__}(img_scale={self.img_scale}, prob={self.prob})"
 
 
-def _quadrant(corner: int, xc: int, yc: int, cw: int, ch: int) -> tuple[slice, slice]:
-    """Canvas region of mosaic tile ``corner`` (0 TL, 1 TR, 2 BL, 3 BR) around centre (xc, yc)."""
-    ys = slice(0, yc) if corner in (0, 1) else slice(yc, ch)
-    xs = slice(0, xc) if corner in (0, 2) else slice(xc, cw)
-    return ys, xs
-
-
 class CachedMosaic(_CacheState, Mosaic):
     """RTMDet's CachedMosaic: partners drawn (with replacement) from a cache of loaded samples.
 
     Unchanged output until the cache holds more than 4 entries. RTMDet: ``max_cached_images=40,
-    random_pop=True`` (tiny: 20, FIFO).
+    random_pop=True`` (tiny: 20, FIFO). The cache keeps each sample already resized to fit a tile
+    (the resize every mosaic would otherwise repeat): the same pixels and boxes, resized once.
     """
 
     def __init__(self, img_scale: int | Sequence[int] = 640, *, max_cached_images: int = 40,
@@ -241,12 +253,22 @@ class CachedMosaic(_CacheState, Mosaic):
                          fallback=fallback, seed=seed)
         self.cache = SampleCache(max_cached_images, random_pop)
 
-    def _partners(self, sample: Sample) -> list[Sample] | None:
-        self.cache.push(sample, self.rng)
+    def _tiles(self, sample: Sample) -> list[Sample] | None:
+        fitted = self._fit(sample)
+        resized = fitted["image"] is not sample["image"]  # a resize made new image, boxes and masks
+        self.cache.push(fitted, self.rng, fresh=("image", "boxes", "masks") if resized else ())
         if len(self.cache) <= 4:
             return None
         picks = self.rng.integers(len(self.cache), size=3)
-        return [self.cache.entries[int(i)] for i in picks]
+        return [fitted, *(self.cache.entries[int(i)] for i in picks)]
+
+    def _fit(self, sample: Sample) -> Sample:
+        """``sample`` resized keep-ratio to fit one tile (what :meth:`combine` would do to it)."""
+        return fit_resize(sample, *self.img_scale)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.cache.entries = [self._fit(s) for s in self.cache.entries]
 
     def __repr__(self) -> str:
         return (f"CachedMosaic(img_scale={self.img_scale}, max_cached_images={self.cache.max_size}, "
@@ -303,17 +325,13 @@ class MixUp(_MixingTransform):
         y0 = int(self.rng.integers(0, big["image"].shape[0] - th + 1))
         cropped = self._crop_partner(big, x0, y0, tw, th)
         lam = 0.5 if self.alpha is None else float(self.rng.beta(self.alpha, self.alpha))
-        image = (lam * sample["image"].astype(np.float32)
-                 + (1 - lam) * cropped["image"].astype(np.float32)).round().astype(np.uint8)
-        return _merge([sample, cropped], sample, image)
+        return _merge([sample, cropped], sample, blend(sample["image"], cropped["image"], lam))
 
     def _crop_partner(self, big: Sample, x0: int, y0: int, tw: int, th: int) -> Sample:
         """Crop the placed partner to ``tw``×``th`` at (x0, y0); drop boxes the crop cut down too
         much (MMDetection ``_filter_box_candidates``)."""
         before = np.asarray(big["boxes"], np.float32).reshape(-1, 4) - np.float32([x0, y0, x0, y0])
-        c = before.copy()
-        c[:, 0::2] = c[:, 0::2].clip(0, tw)
-        c[:, 1::2] = c[:, 1::2].clip(0, th)
+        c = clip_boxes(before.copy(), 0, 0, tw, th)
         cw, ch = c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]
         ar = np.maximum(cw / (ch + 1e-16), ch / (cw + 1e-16))
         area = (before[:, 2] - before[:, 0]) * (before[:, 3] - before[:, 1])

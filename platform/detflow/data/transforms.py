@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+
+from .imageops import flip_columns, resize_bilinear, to_planes
 
 __all__ = [
     "Compose", "LetterboxResize", "Resize", "RandomFlip", "Pad", "PackDetInputs",
@@ -75,7 +76,7 @@ def resize_sample(sample: Sample, new_h: int, new_w: int, *, factor: float | Non
     sx, sy = (factor, factor) if factor is not None else (new_w / w, new_h / h)
     out = dict(sample)
     if (new_h, new_w) != (h, w):
-        out["image"] = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        out["image"] = resize_bilinear(image, new_w, new_h)
         masks = sample.get("masks")
         if masks is not None:
             rows = np.minimum(((np.arange(new_h) + 0.5) * (h / new_h)).astype(np.int64), h - 1)
@@ -179,7 +180,7 @@ def flip_sample(sample: Sample, direction: str = "horizontal") -> Sample:
     boxes = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4).copy()
     masks = sample.get("masks")
     if direction == "horizontal":
-        out["image"] = _flip_columns(sample["image"])
+        out["image"] = flip_columns(sample["image"])
         boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
         if masks is not None:
             out["masks"] = np.ascontiguousarray(masks[:, :, ::-1])
@@ -190,16 +191,6 @@ def flip_sample(sample: Sample, direction: str = "horizontal") -> Sample:
             out["masks"] = np.ascontiguousarray(masks[:, ::-1])
     out["boxes"] = boxes
     return out
-
-
-def _flip_columns(image: np.ndarray) -> np.ndarray:
-    """``image[:, ::-1]`` as a new C-contiguous array. An H×W×C image is viewed as H×W pixels of
-    C·itemsize bytes first, so the reversed copy moves whole pixels (a strided per-byte copy of
-    ``image[:, ::-1]`` is about twice as slow)."""
-    if image.ndim == 3 and image.flags.c_contiguous:
-        pixels = image.view(np.dtype((np.void, image.shape[2] * image.itemsize))).reshape(image.shape[:2])
-        return pixels[:, ::-1].copy().view(image.dtype).reshape(image.shape)
-    return np.ascontiguousarray(image[:, ::-1])
 
 
 class Pad:
@@ -249,12 +240,10 @@ class PackDetInputs:
         self.pad_value = tuple(float((pad - m) / s) for m, s in zip(input_spec.mean, input_spec.std))
 
     def __call__(self, sample: Sample) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        # HWC uint8 -> contiguous CHW uint8 (a cheap byte copy), then float and normalise in place:
+        # HWC uint8 -> CHW uint8 planes (one OpenCV split), then float and normalise in place:
         # the same float32 arithmetic as (x - mean) / std on fresh tensors, with one float buffer
-        image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
-        if self.bgr:
-            image = image.flip(0)
-        image = image.contiguous().float().sub_(self.mean).div_(self.std)
+        image = torch.from_numpy(to_planes(sample["image"], reverse=self.bgr))
+        image = image.float().sub_(self.mean).div_(self.std)
         target = {
             "boxes": torch.as_tensor(np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(sample["labels"], dtype=np.int64).reshape(-1)),

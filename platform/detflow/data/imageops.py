@@ -1,0 +1,110 @@
+"""The pixel kernels of the data pipeline, on OpenCV (uint8 throughout, one thread).
+
+Every function takes and returns ``H×W×3`` uint8 RGB numpy images (C-contiguous or views) and never
+modifies its input. OpenCV is used for what dominates the training pipeline's time (RTMDet §3.3
+stage 1 at 320 px): decoding, the bilinear resample of the large-scale-jitter window, the HSV jitter
+and the MixUp blend — the kernels MMDetection uses too (``cv2.imdecode``, ``cv2.resize``
+``INTER_LINEAR``, ``cv2.cvtColor`` to HSV + lookup tables, uint8 blending).
+
+Conventions: bilinear sampling maps output pixel centres to input coordinates
+``x_in = (x_out + 0.5) / s − 0.5`` with edge pixels replicated (``cv2.resize``), no antialiasing on
+downscaling; HSV is OpenCV's 8-bit HSV (hue 0–179, saturation and value 0–255).
+
+Example::
+
+    image = decode_image(Path("a.jpg").read_bytes())      # H×W×3 RGB
+    small = resize_bilinear(image, 160, 120)                # 120×160×3
+    window = resized_window(image, 2.0, 2.0, 10, 20, 64, 48)  # 48×64 window of the 2× resize
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["decode_image", "resize_bilinear", "resized_window", "apply_hsv_luts", "blend", "warp_affine",
+           "flip_columns", "to_planes"]
+
+cv2.setNumThreads(1)  # the pipeline runs one sample per DataLoader worker process: no nested threads
+cv2.ocl.setUseOpenCL(False)
+
+_FULL_RESIZE_AREA = 3.0  # resized-image / window area below which resizing all costs less (cv2 4.10)
+_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # as Pillow: EXIF orientation ignored
+
+
+def decode_image(data: bytes | np.ndarray) -> np.ndarray | None:
+    """Encoded bytes (JPEG, PNG, BMP, WebP, TIFF …) -> ``H×W×3`` uint8 RGB, or ``None`` when OpenCV
+    cannot decode them (the caller falls back to Pillow for the format or the error message).
+    Grey, palette and 16-bit images are converted to 8-bit RGB; alpha is dropped."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buf.size == 0:
+        return None
+    image = cv2.imdecode(buf, _DECODE_FLAGS)
+    if image is None or image.ndim != 3 or image.dtype != np.uint8:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
+def resize_bilinear(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """Bilinear resize to ``new_h×new_w`` (the input itself when the size is unchanged)."""
+    if image.shape[:2] == (new_h, new_w):
+        return image
+    return cv2.resize(image, (int(new_w), int(new_h)), interpolation=cv2.INTER_LINEAR)
+
+
+def resized_window(image: np.ndarray, sx: float, sy: float, x0: int, y0: int, width: int,
+                   height: int) -> np.ndarray:
+    """The ``height×width`` window at ``(x0, y0)`` of ``image`` resized by ``(sx, sy)``.
+
+    When the whole resized image is small (at most ``_FULL_RESIZE_AREA`` times the window: a
+    downscale or a mild upscale) it is resized whole and cropped, which is cheaper per pixel;
+    otherwise only the window is computed (one ``warpAffine`` with the resize's pixel-centre
+    mapping, edges replicated). The two kernels agree within one grey level."""
+    h, w = image.shape[:2]
+    new_w, new_h = int(round(w * sx)), int(round(h * sy))
+    if (new_w * new_h <= _FULL_RESIZE_AREA * width * height and x0 + width <= new_w and y0 + height <= new_h
+            and abs(new_w / w - sx) < 1e-9 and abs(new_h / h - sy) < 1e-9):
+        return resize_bilinear(image, new_w, new_h)[y0:y0 + height, x0:x0 + width]
+    m = np.array([[sx, 0.0, 0.5 * sx - 0.5 - x0], [0.0, sy, 0.5 * sy - 0.5 - y0]], np.float64)
+    return cv2.warpAffine(image, m, (int(width), int(height)), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def warp_affine(image: np.ndarray, m: np.ndarray, out_w: int, out_h: int, border_value: int) -> np.ndarray:
+    """Bilinear affine warp by the 2×3 (or 3×3) forward matrix ``m`` (input -> output pixel
+    coordinates, pixel corners at integers like Pillow's ``AFFINE``); outside pixels ``border_value``."""
+    m = np.asarray(m, np.float64)[:2].copy()
+    m[:, 2] += m[:, 0] * 0.5 + m[:, 1] * 0.5 - 0.5  # corner convention -> OpenCV's pixel centres
+    return cv2.warpAffine(image, m, (int(out_w), int(out_h)), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(border_value,) * 3)
+
+
+def apply_hsv_luts(image: np.ndarray, lut_h: np.ndarray | None, lut_s: np.ndarray | None,
+                   lut_v: np.ndarray | None) -> np.ndarray:
+    """Map OpenCV's H (0–179), S, V channels of an RGB image through 256-entry uint8 tables (``None``:
+    the channel is left as it is): one conversion to HSV, one ``cv2.LUT`` per changed channel, one
+    conversion back (YOLOX)."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    planes = list(cv2.split(hsv))
+    for c, lut in enumerate((lut_h, lut_s, lut_v)):
+        if lut is not None:
+            cv2.LUT(planes[c], lut, dst=planes[c])
+    cv2.merge(planes, dst=hsv)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=hsv)
+
+
+def flip_columns(image: np.ndarray) -> np.ndarray:
+    """``image[:, ::-1]`` as a new C-contiguous array (``cv2.flip``: whole pixels, vectorised)."""
+    if image.ndim == 3 and image.shape[2] <= 4 and image.dtype == np.uint8:
+        return cv2.flip(image, 1)
+    return np.ascontiguousarray(image[:, ::-1])
+
+
+def to_planes(image: np.ndarray, *, reverse: bool = False) -> np.ndarray:
+    """``H×W×C`` uint8 -> ``C×H×W`` uint8 planes (``reverse``: channel order reversed, RGB -> BGR)."""
+    planes = cv2.split(image) if image.shape[2] <= 4 else [image[..., c] for c in range(image.shape[2])]
+    return np.stack(planes[::-1] if reverse else planes)
+
+
+def blend(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+    """``round(lam·a + (1 − lam)·b)`` in uint8 (saturating), without float images."""
+    return cv2.addWeighted(a, float(lam), b, 1.0 - float(lam), 0.0)
