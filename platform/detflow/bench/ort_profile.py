@@ -3,9 +3,9 @@
 Protocol: CPU execution provider, 1 intra-op thread, batch 1, input at the graph's size. Latency: a plain session,
 ``warmup`` runs then ``iters`` timed runs (median wall ms, mean CPU ms from ``time.process_time``). Profile: a
 second session with ``SessionOptions.enable_profiling``, the same warm-up and runs; the Chrome-trace JSON is
-parsed, the warm-up runs dropped (node events outside the last ``iters`` ``model_run`` windows), and the kernel
-times aggregated per op type (count, ms per inference, share %) and per node. The nodes are those of the graph ORT
-actually runs (``optimized_model_filepath``: QDQ fused into QLinearConv, layout nodes inserted); each is
+parsed, the warm-up runs dropped (node events outside the last ``iters`` ``model_run`` windows), each node's
+kernel time taken as its median over the runs, and summed per op type (count, ms per inference, share %).
+The nodes are those of the graph ORT actually runs (``optimized_model_filepath``: QDQ fused into QLinearConv, layout nodes inserted); each is
 classified int8 / q/dq / float, and each float node of the int8 graph gets the reason
 (:mod:`detflow.bench.float_reasons`).
 
@@ -182,7 +182,8 @@ def _time_runs(session: Any, feed: dict, warmup: int, iters: int) -> tuple[float
 
 
 def _trace_nodes(trace: list[dict], iters: int) -> tuple[dict[str, tuple[str, float, str]], float]:
-    """``{node: (op, µs summed over the last iters runs, first input dtype)}`` and the mean profiled run ms."""
+    """``{node: (op, median µs per run over the last iters runs, first input dtype)}`` and the median profiled
+    run ms. Medians, not means: one run pre-empted on a shared machine would otherwise inflate a single node."""
     runs = sorted((e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"),
                   key=lambda e: e["ts"])[-iters:]
     windows = [(e["ts"], e["ts"] + e["dur"]) for e in runs]
@@ -190,15 +191,17 @@ def _trace_nodes(trace: list[dict], iters: int) -> tuple[dict[str, tuple[str, fl
     for e in trace:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
-        if not any(a <= e["ts"] <= b for a, b in windows):
+        run = next((i for i, (a, b) in enumerate(windows) if a <= e["ts"] <= b), None)
+        if run is None:
             continue
         args = e.get("args", {})
         types = args.get("input_type_shape") or [{}]
         dtype = next(iter(types[0]), "") if types else ""
-        entry = nodes.setdefault(e["name"][: -len("_kernel_time")], [args.get("op_name", "?"), 0.0, dtype])
-        entry[1] += e["dur"]
-    mean_run = statistics.mean(e["dur"] for e in runs) / 1e3 if runs else float("nan")
-    return {k: (v[0], v[1], v[2]) for k, v in nodes.items()}, mean_run
+        entry = nodes.setdefault(e["name"][: -len("_kernel_time")],
+                                 [args.get("op_name", "?"), [0.0] * len(windows), dtype])
+        entry[1][run] += e["dur"]
+    median_run = statistics.median(e["dur"] for e in runs) / 1e3 if runs else float("nan")
+    return {k: (v[0], statistics.median(v[1]), v[2]) for k, v in nodes.items()}, median_run
 
 
 def _kind(op: str, dtype: str) -> str:
@@ -232,7 +235,7 @@ def profile_graph(path: Path, *, iters: int, warmup: int, convs: dict[str, str] 
         node = by_name.get(name)
         reason = (node_reason(node, dtype, convs, feeds_int8, aliases)
                   if convs is not None and node and kind == "float" else "")
-        nodes.append(NodeTime(name, op, us / 1e3 / iters, kind, reason))
+        nodes.append(NodeTime(name, op, us / 1e3, kind, reason))
     before: dict[str, int] = defaultdict(int)
     for n in onnx.load(str(path), load_external_data=False).graph.node:
         before[n.op_type] += 1

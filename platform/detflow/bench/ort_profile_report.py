@@ -9,18 +9,23 @@ from typing import Any
 __all__ = ["format_profile"]
 
 
+def _graph_row(label: str, g: Any) -> str:
+    shares = g.kind_shares()
+    return (f"| {label} | {g.latency_ms:.2f} | {g.cpu_ms:.2f} | {g.profiled_ms:.2f} | {g.kernel_ms:.2f} | "
+            f"{shares.get('int8', 0):.1f} | {shares.get('q/dq', 0):.1f} | {shares.get('float', 0):.1f} |")
+
+
 def _summary(report: Any) -> list[str]:
     f, q = report.fp32, report.int8
-    shares = q.kind_shares()
     return [
         f"ONNX Runtime CPU EP, 1 intra-op thread, batch 1, input {tuple(report.input_shape)}, "
         f"{report.warmup} warm-up + {report.iters} timed runs per graph",
         "",
-        "| graph | latency ms (median) | CPU ms/run | profiled run ms | kernel ms | int8 % | q/dq % | float % |",
+        "| graph | latency ms (median) | CPU ms/run | profiled run ms (median) | Σ node medians ms | int8 % | "
+        "q/dq % | float % |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| fp32 | {f.latency_ms:.2f} | {f.cpu_ms:.2f} | {f.profiled_ms:.2f} | {f.kernel_ms:.2f} | 0 | 0 | 100 |",
-        f"| int8 | {q.latency_ms:.2f} | {q.cpu_ms:.2f} | {q.profiled_ms:.2f} | {q.kernel_ms:.2f} | "
-        f"{shares.get('int8', 0):.1f} | {shares.get('q/dq', 0):.1f} | {shares.get('float', 0):.1f} |",
+        _graph_row("fp32", f),
+        _graph_row("int8", q),
         "",
         f"**int8 speed-up (fp32 / int8): {report.speedup:.2f}× median wall, "
         f"{f.cpu_ms / q.cpu_ms:.2f}× CPU time**",
