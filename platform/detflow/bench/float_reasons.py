@@ -27,8 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INT8_OPS", "QDQ_OPS", "LAYOUT_OPS", "module_of", "conv_modules", "conv_reasons", "conv_aliases", "node_reason",
-           "quantised_downstream", "read_float_modules"]
+__all__ = ["INT8_OPS", "QDQ_OPS", "LAYOUT_OPS", "module_of", "conv_modules", "conv_reasons", "conv_aliases",
+           "node_reason", "quantised_downstream", "read_float_modules"]
 
 INT8_OPS = frozenset({
     "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",

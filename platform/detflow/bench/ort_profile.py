@@ -5,9 +5,9 @@ Protocol: CPU execution provider, 1 intra-op thread, batch 1, input at the graph
 second session with ``SessionOptions.enable_profiling``, the same warm-up and runs; the Chrome-trace JSON is
 parsed, the warm-up runs dropped (node events outside the last ``iters`` ``model_run`` windows), each node's
 kernel time taken as its median over the runs, and summed per op type (count, ms per inference, share %).
-The nodes are those of the graph ORT actually runs (``optimized_model_filepath``: QDQ fused into QLinearConv, layout nodes inserted); each is
-classified int8 / q/dq / float, and each float node of the int8 graph gets the reason
-(:mod:`detflow.bench.float_reasons`).
+The nodes are those of the graph ORT actually runs (``optimized_model_filepath``: QDQ fused into QLinearConv,
+layout nodes inserted); each is classified int8 / q/dq / float, and each float node of the int8 graph gets
+the reason (:mod:`detflow.bench.float_reasons`).
 
 >>> report = profile_pair("exports/model.onnx", "ptq/model.int8.onnx", iters=50)   # doctest: +SKIP
 >>> print(report.to_markdown(top=15))                                              # doctest: +SKIP
