@@ -305,6 +305,28 @@ def bench_cli_cmd(
     typer.echo(json.dumps(result.to_dict()) if as_json else result.to_markdown())
 
 
+@bench_app.command("ort-profile")
+def bench_ort_profile_cmd(
+    fp32: Path = typer.Argument(..., help="fp32 graph: a .onnx file or an export directory (model.onnx)."),
+    int8: Path = typer.Argument(..., help="int8 graph: a .onnx file or a quantisation output directory "
+                                "(model.int8.onnx; its sensitivity.json names the convs kept float)."),
+    iters: int = typer.Option(50, "--iters", min=1, help="Timed runs per graph (after 10 warm-up runs)."),
+    top: int = typer.Option(15, "--top", min=1, help="Op types and nodes listed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Op-level ONNX Runtime profile of an fp32 and an int8 graph (CPU EP, 1 thread, batch 1): latency ratio,
+    ms and share per op type side by side, the top nodes of the int8 graph ORT runs, and why each of its
+    float nodes stays float (keep_float, float prediction outputs, unannotated ops, layout, head decode).
+
+    Example: detflow bench ort-profile exports/train-320x320 ptq/ --iters 50 --top 15
+    """
+    from ..bench.ort_profile import profile_pair
+
+    report = profile_pair(fp32, int8, iters=iters,
+                          progress=None if as_json else lambda msg: typer.echo(msg, err=True))
+    typer.echo(json.dumps(report.to_dict(top)) if as_json else report.to_markdown(top))
+
+
 def _synth_with_bar(root: Path, images: int, image_size: int) -> None:
     """The bench's synthetic set in ``root`` (reused when there), with a rich progress bar on stderr."""
     from rich.console import Console
