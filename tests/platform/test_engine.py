@@ -107,16 +107,17 @@ def _collate(batch):
 
 
 def _slow_step(loop, seconds):
-    """Make every train step take at least ``seconds`` (a model of known cost)."""
+    """Make every optimisation step that ``train_epoch`` runs take at least ``seconds`` (a model of
+    known cost)."""
     import time
 
-    step = loop.train_step
+    step = loop._step
 
     def slow(*a, **kw):
         time.sleep(seconds)
         return step(*a, **kw)
 
-    loop.train_step = slow
+    loop._step = slow
 
 
 @pytest.mark.parametrize("delay,step_s", [(0.15, 0.0), (0.0, 0.2)])
