@@ -87,14 +87,20 @@ def _under(module: str, prefixes: list[str]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def conv_reasons(graph: Any, float_modules: list[str], kept: dict[str, dict]) -> dict[str, str]:
-    """``{module: reason}`` for each exported Conv of a QDQ ``graph`` (onnx GraphProto) that ORT will not
-    turn into QLinearConv."""
-    producer = {out: n for n in graph.node for out in n.output}
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    """``{tensor name: nodes that read it}`` of an onnx GraphProto."""
     consumers: dict[str, list[Any]] = {}
     for n in graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
+    return consumers
+
+
+def conv_reasons(graph: Any, float_modules: list[str], kept: dict[str, dict]) -> dict[str, str]:
+    """``{module: reason}`` for each exported Conv of a QDQ ``graph`` (onnx GraphProto) that ORT will not
+    turn into QLinearConv."""
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers = _consumers(graph)
     reasons: dict[str, str] = {}
     keys = conv_modules(graph)
     for node in graph.node:
@@ -120,10 +126,7 @@ def conv_reasons(graph: Any, float_modules: list[str], kept: dict[str, dict]) ->
 def conv_aliases(graph: Any) -> dict[str, str]:
     """``{tensor: module}`` for each Conv output of the exported ``graph`` and the output of an activation it
     alone feeds: ORT names a float NCHWc conv ``<that tensor>_nchwc`` and drops the bias name when it folds BN."""
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    consumers = _consumers(graph)
     aliases: dict[str, str] = {}
     keys = conv_modules(graph)
     for node in graph.node:
@@ -140,10 +143,7 @@ def conv_aliases(graph: Any) -> dict[str, str]:
 def quantised_downstream(graph: Any) -> set[str]:
     """Names of the nodes of ``graph`` (the optimised one) from which some int8 op or QuantizeLinear is
     reachable."""
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    consumers = _consumers(graph)
     reach: set[str] = set()
     for node in reversed(list(graph.node)):  # ORT saves the optimised graph in topological order
         users = [u for out in node.output for u in consumers.get(out, [])]
