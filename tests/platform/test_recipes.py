@@ -235,3 +235,24 @@ def test_data_bench_reports_three_pipelines():
     assert all(v > 0 for v in r["images_per_cpu_s"].values())
     assert r["speedup_cached_vs_uncached"] == pytest.approx(r["images_per_s"]["cached"] / r["images_per_s"]["uncached"])
     assert "cached / uncached" in lines[0]
+
+
+def test_data_bench_source_size_sets_the_synthetic_images(tmp_path):
+    """``--source-size``: the synthetic JPEGs are decoded at that size (the ceiling's cost), while
+    the pipelines still output ``image_size``."""
+    from detflow.bench.data_bench import _dataset, run_data_bench
+
+    ds = _dataset(None, 96, 8, tmp_path)
+    assert ds.load_sample(0)["image"].shape == (96, 96, 3)
+    lines: list[str] = []
+    r = run_data_bench("rtmdet", images=2, image_size=32, source_size=64, print_fn=lines.append)
+    assert r["source_size"] == 64 and "synthetic 64×64 JPEGs" in lines[0]
+
+
+def test_bench_data_source_size_with_annotations_is_exit_2(tmp_path, capsys):
+    from detflow.cli import main
+
+    ann = tmp_path / "a.json"
+    ann.write_text("{}")
+    assert main(["bench", "data", "--annotations", str(ann), "--source-size", "640"]) == 2
+    assert "--source-size 640" in capsys.readouterr().err

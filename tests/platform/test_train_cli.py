@@ -160,12 +160,14 @@ def test_bench_train_table_and_worker_list_parsing():
         _int_list("1,x")
     res = TrainBenchResult("rtmdet_tiny", 128, 4, 8, [
         TrainBenchRow("bare torch", 1, 8.0, 4.0),
+        TrainBenchRow("independent processes (no DDP)", 2, 15.6, 4.1, scaling_efficiency=0.975),
         TrainBenchRow("bare torch DDP", 2, 15.2, 4.2, scaling_efficiency=0.95, efficiency_range=(0.95, 0.95)),
         TrainBenchRow("detflow", 1, 7.5, 4.3, overhead_pct=7.5, scaling_efficiency=1.0),
         TrainBenchRow("detflow", 2, 12.0, 5.3, scaling_efficiency=0.8, efficiency_range=(0.75, 0.85))], repeats=3)
     table = res.to_markdown()
     assert "3 repetition(s)" in table
     assert "| bare torch DDP | 2 | 15.20 | 4.20 |  | 95 % | 1.90× |" in table
+    assert "| independent processes (no DDP) | 2 | 15.60 | 4.10 |  | 98 % | 1.95× |" in table
     assert "| detflow | 1 | 7.50 | 4.30 | +7.5 % | 100 % | 1.00× |" in table
     assert "| detflow | 2 | 12.00 | 5.30 |  | 80 % (75–85) | 1.60× |" in table
 
@@ -193,5 +195,20 @@ def test_bare_ddp_runs_the_worker_loop_in_two_gloo_processes(tmp_path):
     cfg = _bench_config("rtmdet_tiny", 64, 2, 2, 2, data, str(tmp_path / "runs"))
     times = bare_ddp_epoch_times(cfg, 2, world=2)
     assert len(times) == 2 and all(0 < t < 300 for t in times)
+
+
+def test_independent_processes_row_trains_without_gradient_exchange(tmp_path):
+    """The compute-ceiling row: the same two processes, started together, but not DDP-wrapped —
+    the ranks' weights drift apart, while DDP keeps them identical."""
+    from detflow.bench.train_bench import _bench_config, spawn_loops
+    from detflow.data import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "d", num_images=16, image_size=64, seed=0, val_fraction=0.0)
+    cfg = _bench_config("rtmdet_tiny", 64, 2, 2, 2, data, str(tmp_path / "runs"))
+    synced = spawn_loops(cfg, 2, 2, sync=True)
+    free = spawn_loops(cfg, 2, 2, sync=False)
+    assert synced[0][1] == pytest.approx(synced[1][1], rel=1e-6)
+    assert free[0][1] != pytest.approx(free[1][1], rel=1e-6)
+    assert all(len(times) == 2 and all(t > 0 for t in times) for times, _ in free.values())
 
 

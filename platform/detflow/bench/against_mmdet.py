@@ -137,15 +137,16 @@ def _span(values: list[float], fmt: str = ".1f") -> str:
 
 
 def _side_commands(bench: str, work: Path, mmdet_python: Path, *, image_size: int, images: int, steps: int,
-                   warmup: int, model: str, batch: int, seed: int) -> tuple[list[str], list[str]]:
+                   warmup: int, model: str, batch: int, seed: int, source_size: int | None = None
+                   ) -> tuple[list[str], list[str]]:
     """The two command lines (detflow, mmdet) of one pair, after writing their shared inputs to ``work``."""
     from .detflow_side import data_warmup, write_tensors
 
     if bench == "data":
         from ..data.synth import generate_synthetic
 
-        paths = generate_synthetic(work / "synth", num_images=images, seed=seed, image_size=image_size,
-                                   val_fraction=0.0)
+        paths = generate_synthetic(work / "synth", num_images=images, seed=seed,
+                                   image_size=source_size or image_size, val_fraction=0.0)
         common = ["--ann", str(paths.train_json), "--images-dir", str(paths.images_dir),
                   "--image-size", str(image_size), "--images", str(images), "--seed", str(seed)]
         extra = ["--warmup", str(data_warmup())]
@@ -165,7 +166,8 @@ def _side_commands(bench: str, work: Path, mmdet_python: Path, *, image_size: in
 
 def run_against_mmdet(bench: str, *, mmdet_venv: str | Path | None = None, repeats: int = 2, image_size: int = 320,
                       images: int = 200, steps: int = 20, warmup: int = 3, model: str = "rtmdet_tiny", batch: int = 4,
-                      seed: int = 0, print_fn: Callable[[str], None] | None = print) -> AgainstResult:
+                      seed: int = 0, source_size: int | None = None,
+                      print_fn: Callable[[str], None] | None = print) -> AgainstResult:
     """Run ``bench`` (``data``, ``step`` or ``infer``) on both sides ``repeats`` times, back to back.
 
     Args:
@@ -173,6 +175,7 @@ def run_against_mmdet(bench: str, *, mmdet_venv: str | Path | None = None, repea
             caches' warm-up), ``step`` (RTMDet-tiny training step, ``batch`` × ``image_size``², median
             of ``steps`` after ``warmup``) or ``infer`` (``model`` eval forward, batch 1, median of ``steps``).
         mmdet_venv: the venv of ``scripts/bench/setup_mmdet.sh`` (default :func:`default_mmdet_venv`).
+        source_size: ``data`` only: side of the synthetic source JPEGs both sides read (default ``image_size``).
     """
     if bench not in BENCHES:
         raise UserInputError(f"bench: expected one of {', '.join(BENCHES)}, got {bench!r}")
@@ -186,7 +189,8 @@ def run_against_mmdet(bench: str, *, mmdet_venv: str | Path | None = None, repea
     pairs, loads = [], []
     with tempfile.TemporaryDirectory(prefix="detflow-vs-mmdet-") as tmp:
         ours, theirs = _side_commands(bench, Path(tmp), mmdet_python, image_size=image_size, images=images,
-                                      steps=steps, warmup=warmup, model=model, batch=batch, seed=seed)
+                                      steps=steps, warmup=warmup, model=model, batch=batch, seed=seed,
+                                      source_size=source_size)
         mm_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         for r in range(repeats):
             loads.append(load_average())
@@ -197,7 +201,7 @@ def run_against_mmdet(bench: str, *, mmdet_venv: str | Path | None = None, repea
                 print_fn(f"pair {r + 1}/{repeats}: mmdet …")
             pair["mmdet"] = _run_side("mmdet", theirs, mm_env)
             pairs.append(pair)
-    settings = {"data": {"image size": image_size, "images": images},
+    settings = {"data": {"image size": image_size, "source images": source_size or image_size, "images": images},
                 "step": {"model": "rtmdet_tiny", "batch": batch, "image size": image_size, "steps": steps,
                          "warm-up": warmup},
                 "infer": {"model": model, "batch": 1, "image size": image_size, "runs": steps}}[bench]

@@ -5,6 +5,9 @@ against the same model, data and batch in a bare torch loop, and DDP scaling ove
   one torch thread (as one Ray worker with one CPU).
 * bare torch DDP: the same loop in N spawned processes joined by a gloo process group, still without
   Ray or MLflow: the scaling this machine allows, the ceiling detflow's own scaling is read against.
+* N independent processes: the same N processes and data shards, started together, but the model is
+  not wrapped in DDP (no gradient all-reduce): what N concurrent copies of the loop get out of this
+  machine's cores, memory bandwidth and caches at all — the compute ceiling of any N-worker scaling.
 * detflow: ``run_training`` with N workers; an epoch's cost is the time between consecutive epoch
   records in MLflow, so it includes the report, checkpoint write and logging.
 
@@ -23,12 +26,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["TrainBenchRow", "TrainBenchResult", "run_train_bench", "bare_epoch_times", "bare_ddp_epoch_times"]
+INDEPENDENT = "independent processes (no DDP)"
+
+__all__ = ["INDEPENDENT", "TrainBenchRow", "TrainBenchResult", "run_train_bench", "bare_epoch_times", "bare_ddp_epoch_times", "spawn_loops"]
 
 
 @dataclasses.dataclass
 class TrainBenchRow:
-    mode: str            # "bare torch" | "bare torch DDP" | "detflow"
+    mode: str            # "bare torch" | INDEPENDENT | "bare torch DDP" | "detflow"
     workers: int
     images_per_s: float
     epoch_s: float
@@ -107,8 +112,9 @@ def bare_epoch_times(cfg: Any, epochs: int) -> tuple[list[float], int]:
     return _timed_epochs(loop, data, epochs), data.steps_per_epoch
 
 
-def _ddp_worker(rank: int, world: int, cfg: Any, epochs: int, port: int, queue: Any) -> None:
-    """One process of :func:`bare_ddp_epoch_times` (module level: it is pickled by ``spawn``)."""
+def _ddp_worker(rank: int, world: int, cfg: Any, epochs: int, port: int, queue: Any, sync: bool = True) -> None:
+    """One process of :func:`bare_ddp_epoch_times` (module level: it is pickled by ``spawn``).
+    ``sync=False``: the model is not wrapped in DDP (independent processes; they only start together)."""
     import os
 
     import torch
@@ -120,8 +126,12 @@ def _ddp_worker(rank: int, world: int, cfg: Any, epochs: int, port: int, queue: 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         loop, data = _loop_and_data(cfg, rank, world)
-        loop.model = torch.nn.parallel.DistributedDataParallel(loop.model, **ddp_kwargs(cfg, loop.model))
-        queue.put((rank, _timed_epochs(loop, data, epochs)))
+        if sync:
+            loop.model = torch.nn.parallel.DistributedDataParallel(loop.model, **ddp_kwargs(cfg, loop.model))
+        dist.barrier()
+        times = _timed_epochs(loop, data, epochs)
+        weights = float(sum(p.detach().double().sum() for p in loop.model.parameters()))
+        queue.put((rank, (times, weights)))
     finally:
         dist.destroy_process_group()
 
@@ -132,24 +142,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bare_ddp_epoch_times(cfg: Any, epochs: int, world: int) -> list[float]:
-    """Rank 0's epoch wall times of the bare loop in ``world`` spawned gloo processes (no Ray)."""
+def spawn_loops(cfg: Any, epochs: int, world: int, *, sync: bool = True) -> dict[int, tuple[list[float], float]]:
+    """Run the bare loop in ``world`` spawned gloo processes (no Ray), DDP-wrapped when ``sync``;
+    ``{rank: (epoch wall times, sum of the trained weights)}``."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, world, cfg, epochs, port, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, world, cfg, epochs, port, queue, sync)) for r in range(world)]
     for p in procs:
         p.start()
     try:
-        times = dict(queue.get(timeout=3600) for _ in procs)
+        results = dict(queue.get(timeout=3600) for _ in procs)
     finally:
         for p in procs:
             p.join(timeout=60)
     if any(p.exitcode != 0 for p in procs):
         raise RuntimeError(f"bare DDP benchmark: a worker exited with {[p.exitcode for p in procs]}")
-    return times[0]
+    return results
+
+
+def bare_ddp_epoch_times(cfg: Any, epochs: int, world: int, *, sync: bool = True) -> list[float]:
+    """Rank 0's epoch wall times of the bare loop in ``world`` spawned gloo processes (no Ray);
+    ``sync=False``: the same processes without DDP (no gradient exchange)."""
+    return spawn_loops(cfg, epochs, world, sync=sync)[0][0]
 
 
 def _detflow_epoch_times(cfg: Any) -> list[float]:
@@ -223,16 +240,20 @@ def run_train_bench(model: str = "rtmdet_tiny", workers: Sequence[int] = (1, 2),
         cfg = _bench_config(model, image_size, batch_size, steps, max(epochs, 2), data, str(Path(tmp) / "runs"))
         say("bare torch loop …")
         bare, steps_per_epoch = bare_epoch_times(cfg, cfg.train.epochs)
-        ddp, runs = [], []
+        ddp, free, runs = [], [], []
         for rep in range(repeats):
-            ddp.append({n: _mean_after_first(bare_ddp_epoch_times(cfg, cfg.train.epochs, n)) for n in workers if n > 1})
-            say(f"repetition {rep + 1}/{repeats}: bare DDP {sorted(ddp[-1])}, detflow {list(workers)} worker(s) …")
+            multi = [n for n in workers if n > 1]
+            free.append({n: _mean_after_first(bare_ddp_epoch_times(cfg, cfg.train.epochs, n, sync=False))
+                         for n in multi})
+            ddp.append({n: _mean_after_first(bare_ddp_epoch_times(cfg, cfg.train.epochs, n)) for n in multi})
+            say(f"repetition {rep + 1}/{repeats}: independent + bare DDP {multi}, detflow {list(workers)} worker(s) …")
             runs.append({n: _mean_after_first(_detflow_epoch_times(_with_workers(cfg, n))) for n in workers})
         say("bare torch loop again (the faster of the two bare runs is the reference) …")
         bare_epoch = min(_mean_after_first(bare), _mean_after_first(bare_epoch_times(cfg, cfg.train.epochs)[0]))
     per_epoch_images = steps_per_epoch * batch_size
     rows = [TrainBenchRow("bare torch", 1, per_epoch_images / bare_epoch, bare_epoch)]
     if ddp and ddp[0]:
+        rows += _scaling_rows(INDEPENDENT, free, per_epoch_images, base_epoch=bare_epoch)
         rows += _scaling_rows("bare torch DDP", ddp, per_epoch_images, base_epoch=bare_epoch)
     for row in _scaling_rows("detflow", runs, per_epoch_images):
         if row.workers == 1:

@@ -71,6 +71,9 @@ def bench_data_cmd(
     recipe: str = typer.Option("rtmdet", "--recipe", help="Recipe whose stage-1 pipeline to time."),
     images: int = typer.Option(200, "--images", min=1, help="Timed samples per pipeline."),
     image_size: int = typer.Option(320, "--image-size", min=32, help="Training input size."),
+    source_size: Optional[int] = typer.Option(None, "--source-size", min=32, show_default=False,
+                                              help="Side of the synthetic source JPEGs (default: --image-size; "
+                                              "COCO images are ~640)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="COCO JSON (default: synthetic data)."),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="Image directory of --annotations."),
     against: Optional[str] = typer.Option(None, "--against", show_default=False,
@@ -83,7 +86,7 @@ def bench_data_cmd(
     """Images/s of the cached (CachedMosaic + CachedMixUp) vs uncached pipeline vs decode+resize;
     with --against mmdet, beside mmdetection 3.3's (each side in its own process, back to back).
 
-    Example: detflow bench data --recipe rtmdet --images 200 --against mmdet --repeats 2
+    Example: detflow bench data --recipe rtmdet --images 200 --source-size 640 --against mmdet --repeats 2
     """
     if against is not None:
         from ..errors import UserInputError
@@ -92,12 +95,17 @@ def bench_data_cmd(
             raise UserInputError(f"--annotations {annotations}: --against mmdet runs on `detflow data synth` images")
         if recipe != "rtmdet":
             raise UserInputError(f"--recipe {recipe}: --against mmdet compares the rtmdet recipe only")
-        _against("data", against, mmdet_venv, repeats, as_json, image_size=image_size, images=images)
+        _against("data", against, mmdet_venv, repeats, as_json, image_size=image_size, images=images,
+                 source_size=source_size)
         return
     from ..bench.data_bench import format_data_bench, run_data_bench
 
     dataset = (annotations, images_dir or annotations.parent) if annotations is not None else None
-    result = run_data_bench(recipe, images, image_size, dataset, print_fn=None)
+    if source_size is not None and annotations is not None:
+        from ..errors import UserInputError
+
+        raise UserInputError(f"--source-size {source_size}: sizes the synthetic images; --annotations gives its own")
+    result = run_data_bench(recipe, images, image_size, dataset, source_size=source_size, print_fn=None)
     typer.echo(json.dumps(result, default=str) if as_json else format_data_bench(result))
 
 
