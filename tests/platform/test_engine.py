@@ -186,6 +186,22 @@ def test_windowed_loss_reads_sum_the_same_terms_and_train_the_same_weights():
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m3.state_dict().values()))
 
 
+def test_uint8_batches_are_normalised_on_the_device_like_packed_floats():
+    """Training batches arrive uint8 (``PackDetInputs(normalize=False)``); the loop normalises them
+    with the model's InputSpec: the same losses and weights as the float batches packed normalised."""
+    from detflow.data import normalize_images
+
+    g = torch.Generator().manual_seed(0)
+    raw = [(torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8), t, m) for _, t, m in _batches(4)]
+    spec = ToyDetector().input_spec
+    floats = [(normalize_images(x, spec), t, m) for x, t, m in raw]
+    assert floats[0][0].dtype == torch.float32 and not torch.equal(floats[0][0], raw[0][0].float())
+    from_uint8, m1 = _epoch_with(TrainLoop, raw)
+    from_float, m2 = _epoch_with(TrainLoop, floats)
+    assert from_uint8.losses == from_float.losses
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
 def test_windowed_loss_read_names_the_steps_of_a_non_finite_loss():
     from detflow.errors import RuntimeFailure
 

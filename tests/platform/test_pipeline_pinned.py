@@ -3,7 +3,8 @@ pack) gives bit-identical outputs for a fixed seed: any change of the augmented 
 labels shows in the sha256 digests below. They were re-pinned when the pixel kernels moved from
 Pillow to OpenCV (``detflow.data.imageops``); ``test_opencv_pipeline_matches_the_pillow_one`` shows
 that the switch changed the pixels only a little (fixture written by the Pillow pipeline) and the
-boxes and labels not at all."""
+boxes and labels not at all. The packed training images became uint8, normalised batch-wise on
+the training device: ``normalize_images`` of them is bit-identical (the digests did not move)."""
 from __future__ import annotations
 
 import hashlib
@@ -46,7 +47,9 @@ class _RandomDataset:
 
 
 def _outputs(size: str, cache: bool, n: int = 24):
-    """The ``n`` packed outputs ``(image, target, meta)`` of the stage-1 pipeline, fixed seeds."""
+    """The ``n`` packed outputs ``(image, target, meta)`` of the stage-1 pipeline, fixed seeds; the
+    uint8 training images normalised as the training loop does (``normalize_images``)."""
+    from detflow.data import normalize_images
     from detmodels import InputSpec
 
     ds = _RandomDataset()
@@ -56,7 +59,9 @@ def _outputs(size: str, cache: bool, n: int = 24):
     pipeline = aug.train_transforms(0, dataset=ds)
     order = np.random.default_rng(1).integers(len(ds), size=n).tolist()
     for i in order:
-        yield pipeline(ds.load_sample(i))
+        image, target, meta = pipeline(ds.load_sample(i))
+        assert image.dtype == torch.uint8
+        yield normalize_images(image, InputSpec()), target, meta
 
 
 def _digest(size: str, cache: bool, n: int = 24) -> str:

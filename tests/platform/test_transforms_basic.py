@@ -142,3 +142,21 @@ def test_collate_pads_to_multiple_of_32():
     assert metas[1]["batch_input_size"] == (64, 64) and metas[1]["input_size"] == (64, 30)
     explicit, _, _ = collate_detection([a], pad_value=0.0, size_divisor=16)
     assert explicit.shape == (1, 3, 48, 64) and explicit[0, :, 45, 0].abs().sum() == 0
+
+
+def test_uint8_packing_and_batch_normalisation_are_bit_identical_to_normalised_packing():
+    """Training packs uint8 (pad = the raw pad value) and normalises the collated batch:
+    the batch equals the collated batch of normalised packs, bit for bit, padding included."""
+    from detflow.data import normalize_images
+
+    rtmdet = dict(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395))
+    for spec in (InputSpec(**rtmdet), InputSpec(channel_order="BGR", **rtmdet), InputSpec(pad_value=0.0)):
+        samples = [_sample(h=40, w=50, with_masks=False), _sample(h=70, w=30, with_masks=False)]
+        raw = [PackDetInputs(spec, normalize=False)(s) for s in samples]
+        assert raw[0][0].dtype == torch.uint8 and raw[0][2]["pad_value"] == (spec.pad_value,) * 3
+        packed = [PackDetInputs(spec)(s) for s in samples]
+        batch_u8, _, _ = collate_detection(raw)
+        batch_f, _, _ = collate_detection(packed)
+        assert batch_u8.dtype == torch.uint8 and batch_u8.shape == batch_f.shape == (2, 3, 96, 64)
+        assert torch.equal(normalize_images(batch_u8, spec), batch_f)
+        assert normalize_images(batch_f, spec) is batch_f  # already normalised: untouched

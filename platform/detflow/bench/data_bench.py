@@ -6,6 +6,9 @@ Three pipelines run over the same images in the same order, each after the same 
 * ``uncached`` — the same pipeline with plain Mosaic + MixUp (3 + 1 extra image reads per sample);
 * ``ceiling``  — decode + letterbox resize + pack only (no augmentation at all).
 
+Every pipeline packs as training does: uint8 images, normalised later on the training device
+(MMDetection's PackDetInputs leaves the pixels uint8 too; its data preprocessor normalises).
+
 Example::
 
     from detflow.bench.data_bench import run_data_bench
@@ -77,7 +80,7 @@ def _pipelines(recipe: str, model_name: str, image_size: int, ds: Any, seed: int
         aug = build_augmentation(cfg, size=get_model_entry(model_name).size, image_size=image_size, epochs=300,
                                  input_spec=spec, seed=seed)
         pipelines[name] = aug.train_transforms(0, dataset=ds)
-    pipelines["ceiling"] = Compose([LetterboxResize(image_size), PackDetInputs(spec)])
+    pipelines["ceiling"] = Compose([LetterboxResize(image_size), PackDetInputs(spec, normalize=False)])
     return pipelines
 
 

@@ -3,7 +3,8 @@
 Sample-dict contract (what readers produce and transforms consume, numpy):
 ``image`` H×W×3 uint8 RGB; ``boxes`` M×4 float32 xyxy pixels; ``labels`` M int64 contiguous
 indices; ``masks`` M×H×W uint8 or None; ``image_id`` int; ``orig_size`` (h, w); ``scale`` float.
-``transforms.PackDetInputs`` is the last step; ``loader.collate_detection`` batches its output.
+``transforms.PackDetInputs`` is the last step; ``loader.collate_detection`` batches its output
+(training batches stay uint8 until ``transforms.normalize_images`` on the training device).
 
 Example::
 
@@ -18,11 +19,11 @@ from .coco import CocoDataset, load_coco, read_image
 from .loader import build_dataloader, collate_detection, seed_worker
 from .synth import SHAPES, SynthPaths, generate_synthetic, mask_to_polygons
 from .transforms import (Compose, LetterboxResize, PackDetInputs, Pad, RandomFlip, Resize,
-                         build_basic_train_transforms, build_val_transforms)
+                         build_basic_train_transforms, build_val_transforms, normalize_images)
 
 __all__ = [
     "CheckReport", "check_coco", "CocoDataset", "load_coco", "read_image", "build_dataloader",
     "collate_detection", "seed_worker", "SHAPES", "SynthPaths", "generate_synthetic", "mask_to_polygons",
     "Compose", "LetterboxResize", "PackDetInputs", "Pad", "RandomFlip", "Resize",
-    "build_basic_train_transforms", "build_val_transforms",
+    "build_basic_train_transforms", "build_val_transforms", "normalize_images",
 ]

@@ -208,14 +208,15 @@ class Augmentation:
     def train_transforms(self, epoch: int, *, dataset: Any = None) -> Compose:
         """The pipeline for ``epoch`` (the same object for every epoch of a stage); mixing
         transforms are attached to ``dataset`` when given. Ends in PackDetInputs when there is an
-        ``input_spec``."""
+        ``input_spec``, with uint8 images: the training loop normalises the batch on its device
+        (:func:`detflow.data.transforms.normalize_images`)."""
         stage = self.stage_for(epoch)
         if stage.name not in self._built:
             steps = build_pipeline(self.spec, image_size=self.image_size, strong=stage.strong,
                                    multiscale=stage.multiscale, with_masks=self.with_masks,
                                    batch_size=self.batch_size)
             if self.input_spec is not None:
-                steps.append(PackDetInputs(self.input_spec))
+                steps.append(PackDetInputs(self.input_spec, normalize=False))
             pipeline = Compose(steps)
             seed_transforms(pipeline, self.seed * 1000 + len(self._built) * 100)
             self._built[stage.name] = pipeline

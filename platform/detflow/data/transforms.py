@@ -3,8 +3,10 @@
 A transform is a callable ``sample -> sample`` on the sample dicts of ``detflow.data`` (numpy
 ``image`` H×W×3 uint8 RGB, ``boxes`` M×4 xyxy pixels, ``labels`` M, ``masks`` M×H×W uint8 or None,
 ``image_id``, ``orig_size``, ``scale``). Geometry transforms keep boxes and masks consistent with
-the image. :class:`PackDetInputs` is always last: it turns the sample into torch tensors normalised
-with the model's :class:`detmodels.InputSpec`.
+the image. :class:`PackDetInputs` is always last: it turns the sample into torch tensors, normalised
+with the model's :class:`detmodels.InputSpec` — or, for training, left uint8 so the batch is
+normalised on the device by :func:`normalize_images` (as MMDetection's data preprocessor does: the
+loader workers skip a float pass per image and a GPU gets a 4× smaller host-to-device copy).
 
 Letterbox convention (``detmodels.structures``): an ``h×w`` image is resized by
 ``s = min(H/h, W/w)`` and padded on the right and bottom, so ``boxes_orig = boxes_input / s``.
@@ -31,6 +33,7 @@ from .imageops import flip_columns, resize_bilinear, to_planes
 __all__ = [
     "Compose", "LetterboxResize", "Resize", "RandomFlip", "Pad", "PackDetInputs",
     "build_val_transforms", "build_basic_train_transforms", "resize_sample", "pad_sample", "flip_sample",
+    "normalize_images",
 ]
 
 Sample = dict[str, Any]
@@ -218,32 +221,43 @@ class Pad:
         return f"Pad(size={self.size}, size_divisor={self.size_divisor}, value={self.value})"
 
 
+def _spec_stats(input_spec: Any) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
+    """``(mean 3×1×1, std 3×1×1, pad value normalised per channel)`` of an ``InputSpec``."""
+    mean = torch.tensor(input_spec.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(input_spec.std, dtype=torch.float32).view(3, 1, 1)
+    pad = torch.full((3, 1, 1), float(getattr(input_spec, "pad_value", 114.0)))
+    return mean, std, tuple(pad.sub_(mean).div_(std).flatten().tolist())  # float32, as the pixels
+
+
 class PackDetInputs:
     """Last step: sample -> ``(image, target, meta)`` torch tensors for the model.
 
-    * ``image``: ``3×H×W`` float32, ``(x[c] - mean[c]) / std[c]`` in ``input_spec.channel_order``
-      (``"BGR"`` reverses the RGB channels before normalising).
+    * ``image``: ``3×H×W`` in ``input_spec.channel_order`` (``"BGR"`` reverses the RGB channels):
+      float32 ``(x[c] - mean[c]) / std[c]``, or with ``normalize=False`` the uint8 pixels, to be
+      normalised batch-wise by :func:`normalize_images` (bit-identical to normalising here).
     * ``target``: ``{"boxes": M×4 float32 xyxy input px, "labels": M int64[, "masks": M×H×W uint8]}``.
     * ``meta``: ``image_id``, ``orig_size`` (h, w), ``scale`` (input px per original px),
-      ``input_size`` (H, W), ``scale_xy`` (sx, sy), ``pad_value`` (normalised per channel, for collate).
+      ``input_size`` (H, W), ``scale_xy`` (sx, sy), ``pad_value`` (per channel, in the image's
+      units — normalised, or the raw pixel value when uint8 — for collate).
     """
 
-    def __init__(self, input_spec: Any):
+    def __init__(self, input_spec: Any, *, normalize: bool = True):
         order = getattr(input_spec, "channel_order", "RGB")
         if order not in ("RGB", "BGR"):
             raise ValueError(f"InputSpec.channel_order: expected 'RGB' or 'BGR', got {order!r}")
         self.input_spec = input_spec
+        self.normalize = normalize
         self.bgr = order == "BGR"
-        self.mean = torch.tensor(input_spec.mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(input_spec.std, dtype=torch.float32).view(3, 1, 1)
-        pad = float(getattr(input_spec, "pad_value", 114.0))
-        self.pad_value = tuple(float((pad - m) / s) for m, s in zip(input_spec.mean, input_spec.std))
+        self.mean, self.std, normalized_pad = _spec_stats(input_spec)
+        raw_pad = float(getattr(input_spec, "pad_value", 114.0))
+        self.pad_value = normalized_pad if normalize else (raw_pad,) * 3
 
     def __call__(self, sample: Sample) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        # HWC uint8 -> CHW uint8 planes (one OpenCV split), then float and normalise in place:
-        # the same float32 arithmetic as (x - mean) / std on fresh tensors, with one float buffer
+        # HWC uint8 -> CHW uint8 planes (one OpenCV split); then, when normalising, float and
+        # normalise in place: the float32 arithmetic of (x - mean) / std with one float buffer
         image = torch.from_numpy(to_planes(sample["image"], reverse=self.bgr))
-        image = image.float().sub_(self.mean).div_(self.std)
+        if self.normalize:
+            image = image.float().sub_(self.mean).div_(self.std)
         target = {
             "boxes": torch.as_tensor(np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(sample["labels"], dtype=np.int64).reshape(-1)),
@@ -259,7 +273,17 @@ class PackDetInputs:
         return image, target, meta
 
     def __repr__(self) -> str:
-        return f"PackDetInputs({self.input_spec!r})"
+        return f"PackDetInputs({self.input_spec!r}, normalize={self.normalize})"
+
+
+def normalize_images(images: torch.Tensor, input_spec: Any) -> torch.Tensor:
+    """uint8 images (``N×3×H×W`` or ``3×H×W``, channels already in ``input_spec.channel_order``)
+    -> float32 ``(x - mean) / std`` on their own device; float images are returned as they are
+    (already normalised by :class:`PackDetInputs`). Bit-identical to ``PackDetInputs(normalize=True)``."""
+    if images.dtype != torch.uint8:
+        return images
+    mean, std, _ = _spec_stats(input_spec)
+    return images.float().sub_(mean.to(images.device)).div_(std.to(images.device))
 
 
 def build_val_transforms(image_size: int | Sequence[int], input_spec: Any) -> Compose:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..data.transforms import normalize_images
 from ..errors import RuntimeFailure
 from .ema import ModelEMA, unwrap_model
 from .schedules import IterLRScheduler
@@ -259,6 +260,12 @@ class TrainLoop:
                 losses.update(core.distill_loss(outputs, t_out, targets, weight=w))
         return losses
 
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """A collated batch on the training device, normalised there when it is uint8 (the training
+        pipelines' batches: a 4× smaller copy, and the normalisation off the loader workers)."""
+        return normalize_images(images.to(self.device, non_blocking=True),
+                                getattr(unwrap_model(self.model), "input_spec", None))
+
     def _step(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict[str, torch.Tensor]:
         """One optimisation step without a host sync; returns the detached loss terms on the device."""
         losses = self._losses(images, targets, epoch)
@@ -277,8 +284,8 @@ class TrainLoop:
         return {k: v.detach() for k, v in losses.items()}
 
     def train_step(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict[str, float]:
-        """One optimisation step; returns the loss terms as floats (a host sync)."""
-        return _read_terms(self._step(images, targets, epoch), epoch, self.step - 1, 1)
+        """One optimisation step on a batch (uint8 or normalised); returns the loss terms as floats (a host sync)."""
+        return _read_terms(self._step(self._model_input(images), targets, epoch), epoch, self.step - 1, 1)
 
     def sync_every(self) -> int:
         """Steps between reads of the loss terms: every step on CPU (free there); on CUDA every
@@ -308,7 +315,7 @@ class TrainLoop:
                     break
                 t_data = time.perf_counter()
                 stats.data_time += t_data - t_prev
-                terms = self._step(images.to(self.device, non_blocking=True), move_targets(targets, self.device), epoch)
+                terms = self._step(self._model_input(images), move_targets(targets, self.device), epoch)
                 window = {k: window[k] + v if k in window else v for k, v in terms.items()}
                 stats.steps += 1
                 stats.images += images.shape[0]
@@ -369,7 +376,7 @@ def predict_batches(model: nn.Module, loader: Iterable, *, device: torch.device 
     for b, (images, _targets, metas) in enumerate(loader):
         if max_batches is not None and b >= max_batches:
             break
-        outputs = model(images.to(device))
+        outputs = model(normalize_images(images.to(device), getattr(model, "input_spec", None)))
         dets.extend(model.postprocess(outputs, [tuple(m["orig_size"]) for m in metas], score_thr=score_thr,
                                       nms_iou=nms_iou, max_det=max_det,
                                       scale_factors=[float(m["scale"]) for m in metas]))
