@@ -30,11 +30,12 @@ def collate_detection(batch: Sequence[Packed], *, size_divisor: int = 32,
     Args:
         batch: ``(image 3×h×w, target, meta)`` triples.
         size_divisor: the batch height/width are rounded up to a multiple of it.
-        pad_value: normalised fill per channel (or one number); ``None`` uses ``meta["pad_value"]``
-            written by ``PackDetInputs`` (the model's ``InputSpec.pad_value`` normalised), else 0.
+        pad_value: fill per channel (or one number), in the images' units; ``None`` uses
+            ``meta["pad_value"]`` written by ``PackDetInputs`` (the model's ``InputSpec.pad_value``,
+            normalised for float images, raw for uint8 ones), else 0.
 
     Returns:
-        images ``N×3×H×W`` float, targets (masks zero-padded to ``H×W``), metas (``batch_input_size``
+        images ``N×3×H×W`` (float, or uint8 as packed for training), targets (masks zero-padded to ``H×W``), metas (``batch_input_size``
         added).
     """
     if not batch:
