@@ -40,7 +40,7 @@ def _copy(sample: Sample, fresh: Sequence[str] = ()) -> Sample:
     return {k: (v.copy() if isinstance(v, np.ndarray) and k not in fresh else v) for k, v in sample.items()}
 
 
-def _merge(samples: Sequence[Sample], base: Sample, image: np.ndarray) -> Sample:
+def _merge(samples: Sequence[Sample], base: Sample, image: np.ndarray | TiledCanvas) -> Sample:
     """``base`` with ``image`` and the concatenated instances of ``samples`` (masks only when every
     sample has masks, all already at ``image``'s size)."""
     out = dict(base)
@@ -112,15 +112,16 @@ def _paste(sample: Sample, image: np.ndarray, x: int, y: int) -> Sample:
 
 
 def _tile(sample: Sample, x: int, y: int, canvas_w: int, canvas_h: int) -> tuple[Sample, Tile | None]:
-    """:func:`_paste` without drawing: the instances as ``_paste`` gives them (no masks) and the
-    visible part of the image as a :class:`TiledCanvas` tile (``None`` when nothing shows)."""
+    """:func:`_paste` without drawing: the instances as ``_paste`` gives them (no masks), except
+    that those cut off are still there (the caller drops them from the merged mosaic at once),
+    and the visible part of the image as a :class:`TiledCanvas` tile (``None`` when nothing shows)."""
     ih, iw = sample["image"].shape[:2]
     rect = cx0, cy0, cx1, cy1 = _visible(x, y, iw, ih, canvas_w, canvas_h)
     out = dict(sample)
     out["boxes"] = _placed_boxes(sample, x, y, rect)
     visible = cx1 > cx0 and cy1 > cy0
     tile = (sample["image"][cy0 - y:cy1 - y, cx0 - x:cx1 - x], cx0, cy0) if visible else None
-    return _nonempty(out), tile
+    return out, tile
 
 
 def _fitted(sample: Sample, w: int, h: int) -> Sample:
@@ -263,11 +264,12 @@ class Mosaic(_MixingTransform):
             origins.append((xc - rw if corner in (0, 2) else xc, yc - rh if corner in (0, 1) else yc))
         if self.lazy and all(s.get("masks") is None for s in fitted):
             placed, tiles = zip(*(_tile(rs, x, y, 2 * w, 2 * h) for rs, (x, y) in zip(fitted, origins)))
-            image: np.ndarray | TiledCanvas = TiledCanvas(2 * w, 2 * h, [t for t in tiles if t], self.pad_val)
+            canvas = TiledCanvas(2 * w, 2 * h, [t for t in tiles if t], self.pad_val)
+            out = _nonempty(_merge(placed, samples[0], canvas))
         else:
             image = np.full((2 * h, 2 * w, 3), self.pad_val, np.uint8)
             placed = [_paste(rs, image, x, y) for rs, (x, y) in zip(fitted, origins)]
-        out = _merge(placed, samples[0], image)
+            out = _merge(placed, samples[0], image)
         out["scale"] = placed[0].get("scale", 1.0)
         return out
 
