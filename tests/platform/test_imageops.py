@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from detflow.data.imageops import (
-    apply_hsv_luts, blend, decode_image, flip_columns, resize_bilinear, resized_window, to_planes, warp_affine,
+    TiledCanvas, apply_hsv_luts, blend, decode_image, flip_columns, resize_bilinear, resized_tiles_window,
+    resized_window, to_planes, warp_affine,
 )
 
 
@@ -29,6 +30,53 @@ def test_resized_window_is_the_window_of_the_full_resize(scale):
     window = resized_window(image, new_w / 128, new_h / 96, x0, y0, cw, ch)
     assert window.shape == (ch, cw, 3)
     assert np.abs(full[y0:y0 + ch, x0:x0 + cw] - window).max() <= 1
+
+
+def _bilinear(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Plain float bilinear sample of ``image`` at columns ``u`` (W) × rows ``v`` (H), edges replicated."""
+    h, w = image.shape[:2]
+    uc, vc = np.clip(u, 0, w - 1), np.clip(v, 0, h - 1)
+    c0, r0 = np.minimum(np.floor(uc).astype(int), w - 2), np.minimum(np.floor(vc).astype(int), h - 2)
+    fx, fy = (uc - c0)[None, :, None], (vc - r0)[:, None, None]
+    im = image.astype(np.float64)
+    top = im[np.ix_(r0, c0)] * (1 - fx) + im[np.ix_(r0, c0 + 1)] * fx
+    bottom = im[np.ix_(r0 + 1, c0)] * (1 - fx) + im[np.ix_(r0 + 1, c0 + 1)] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _tiles_reference(tiles, pad_val, sx, sy, x0, y0, width, height) -> np.ndarray:
+    """The definition of ``resized_tiles_window``, pixel centre by pixel centre."""
+    cu, cv = (np.arange(width) + x0 + 0.5) / sx, (np.arange(height) + y0 + 0.5) / sy  # centres on the canvas
+    out = np.full((height, width, 3), float(pad_val))
+    for image, x, y in tiles:
+        th, tw = image.shape[:2]
+        inside = ((cv >= y) & (cv < y + th))[:, None] & ((cu >= x) & (cu < x + tw))[None, :]
+        out[inside] = _bilinear(image, cu - 0.5 - x, cv - 0.5 - y)[inside]
+    return np.round(out)
+
+
+_TILES = [(_image(50, 70, 1), 0, 0), (_image(60, 50, 2), 70, 0), (_image(40, 64, 3), 6, 60)]  # 120×100, padding
+
+
+@pytest.mark.parametrize("sx,sy,x0,y0,width,height", [
+    (1.0, 1.0, 0, 0, 120, 100), (1.7, 1.3, 30, 20, 100, 70), (0.6, 0.55, 5, 3, 60, 50), (2.5, 2.5, 150, 110, 64, 48),
+])
+def test_resized_tiles_window_matches_its_definition(sx, sy, x0, y0, width, height):
+    ours = resized_tiles_window(_TILES, 114, sx, sy, x0, y0, width, height)
+    assert ours.shape == (height, width, 3) and ours.dtype == np.uint8
+    ref = _tiles_reference(_TILES, 114, sx, sy, x0, y0, width, height)
+    assert np.abs(ref - ours).max() <= 1  # warpAffine's 1/32-pixel positions on gradients of a few levels
+
+
+def test_tiled_canvas_draws_its_tiles_and_resamples_like_the_drawn_canvas_inside_tiles():
+    canvas = TiledCanvas(120, 100, _TILES, 114)
+    drawn = canvas.render()
+    assert canvas.shape == drawn.shape == (100, 120, 3) and np.array_equal(np.asarray(canvas), drawn)
+    assert (drawn[60:, :6] == 114).all() and np.array_equal(drawn[:50, 70:120], _TILES[1][0][:50])
+    lazy, full = resized_window(canvas, 1.3, 1.3, 10, 5, 120, 100), resized_window(drawn, 1.3, 1.3, 10, 5, 120, 100)
+    inner = np.s_[5:55, 5:75]  # output pixels far from any tile edge: (X + 10.5) / 1.3 in [12, 66), rows [7, 45)
+    assert np.abs(lazy[inner].astype(np.int16) - full[inner]).max() <= 1
+    assert (lazy != full).any(axis=-1)[60:66].any()  # the seam rows at canvas y = 50 differ: no blending
 
 
 def test_warp_affine_matches_pillow_affine_within_one_level():

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detflow.data.imageops import TiledCanvas
 from detflow.data.mixing import (
     CachedMixUp, CachedMosaic, CopyPaste, CutMix, MixUp, Mosaic, copy_paste_pair, cutmix_pair,
 )
@@ -51,6 +52,22 @@ def test_mosaic_without_masks_and_needs_dataset():
     t.attach(aug.ListDataset([s] * 3))
     out = t(s)
     assert out["masks"] is None and out["image"].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lazy_mosaic_is_the_undrawn_canvas_and_draws_mosaics_with_masks(seed):
+    samples = [aug.random_sample(k + 1, h=30 + 7 * k, w=50 - 5 * k) for k in range(4)]
+    bare = [{**s, "masks": None} for s in samples]
+    drawn = Mosaic(32, seed=seed).combine(bare)
+    lazy = Mosaic(32, lazy=True, seed=seed).combine(bare)
+    assert isinstance(lazy["image"], TiledCanvas) and lazy["image"].shape == (64, 64, 3)
+    np.testing.assert_array_equal(lazy["image"].render(), drawn["image"])
+    np.testing.assert_array_equal(lazy["boxes"], drawn["boxes"])
+    np.testing.assert_array_equal(lazy["labels"], drawn["labels"])
+    assert lazy["masks"] is None and lazy["scale"] == drawn["scale"]
+    with_masks = Mosaic(32, lazy=True, seed=seed).combine(samples)  # masks need the canvas: drawn
+    assert isinstance(with_masks["image"], np.ndarray) and with_masks["masks"].shape[1:] == (64, 64)
+    np.testing.assert_array_equal(with_masks["image"], drawn["image"])
 
 
 # --------------------------------------------------------------------------- cached forms

@@ -12,7 +12,7 @@ from detflow.config.train import (
 )
 from detflow.data.geometric import HSVRandomAug, RandomAffine, RandomResizeCrop, YOLOXHSVRandomAug
 from detflow.data.mixing import CachedMixUp, CachedMosaic, CopyPaste, CutMix, MixUp, Mosaic
-from detflow.data.augment_recipes import scaled_last_epochs
+from detflow.data.augment_recipes import augment_recipe, build_pipeline, scaled_last_epochs
 from detflow.engine.recipes import build_recipe as _build_recipe
 from detflow.data.transforms import LetterboxResize, RandomFlip
 from detflow.errors import ConfigError
@@ -195,6 +195,16 @@ def test_recipe_pipelines_end_to_end(name):
             b = target["boxes"].numpy()
             assert (b[:, 2] > b[:, 0]).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
             assert target["masks"].shape == (len(b), h, w)
+
+
+@pytest.mark.parametrize("name,with_masks,lazy", [
+    ("rtmdet", False, True), ("rtmdet_ins", True, False), ("yolov6", False, False),
+])
+def test_mosaic_is_left_undrawn_only_for_the_lsj_crop_without_masks(name, with_masks, lazy):
+    steps = build_pipeline(augment_recipe(name, "s").augment, image_size=64, strong=True, multiscale=True,
+                           with_masks=with_masks)
+    assert isinstance(steps[0], Mosaic) and steps[0].lazy is lazy
+    assert not lazy or isinstance(steps[1], RandomResizeCrop)  # the crop renders the undrawn mosaic
 
 
 def test_recipe_state_dict_round_trip():

@@ -271,7 +271,8 @@ def build_pipeline(a: AugmentSpec, *, image_size: int, strong: bool, multiscale:
     if mosaic:
         # YOLOv6 letterboxes the images it does not mosaic; RTMDet's LSJ takes any size
         fallback = LetterboxResize(s, pad_value=a.pad_val) if a.layout == "affine" else None
-        steps.append(_mosaic(a, s, fallback))
+        # LSJ: the crop that follows renders its window straight from the mosaic's tiles (masks: drawn)
+        steps.append(_mosaic(a, s, fallback, lazy=a.layout == "lsj" and not with_masks))
     steps += _geometry(a, s, mosaic=mosaic, multiscale=multiscale, with_masks=with_masks,
                        batch_size=batch_size)
     if a.hsv == "yolox":
@@ -293,12 +294,12 @@ def build_pipeline(a: AugmentSpec, *, image_size: int, strong: bool, multiscale:
     return steps
 
 
-def _mosaic(a: AugmentSpec, s: int, fallback: Callable | None) -> Mosaic:
+def _mosaic(a: AugmentSpec, s: int, fallback: Callable | None, *, lazy: bool) -> Mosaic:
     m = a.mosaic
     if m.cache:
         return CachedMosaic(s, max_cached_images=m.max_cached_images, random_pop=m.random_pop, prob=m.prob,
-                            pad_val=a.pad_val, fallback=fallback)
-    return Mosaic(s, prob=m.prob, pad_val=a.pad_val, fallback=fallback)
+                            pad_val=a.pad_val, fallback=fallback, lazy=lazy)
+    return Mosaic(s, prob=m.prob, pad_val=a.pad_val, fallback=fallback, lazy=lazy)
 
 
 def _mixup(a: AugmentSpec, s: int) -> MixUp:

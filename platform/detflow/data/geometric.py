@@ -27,7 +27,7 @@ from .imageops import apply_hsv_luts, resize_bilinear, resized_window, warp_affi
 __all__ = [
     "RandomTransform", "RandomResize", "RandomCrop", "RandomResizeCrop", "RandomAffine", "YOLOXHSVRandomAug",
     "HSVRandomAug", "MultiScaleResize", "FilterAnnotations", "resize_sample", "resize_masks", "fit_resize",
-    "crop_sample", "resized_crop_sample", "clip_boxes", "masks_to_boxes", "select_instances", "pair",
+    "fit_size", "crop_sample", "resized_crop_sample", "clip_boxes", "masks_to_boxes", "select_instances", "pair",
     "seed_transforms", "warp_sample", "box_candidates",
 ]
 
@@ -105,11 +105,16 @@ def resize_sample(sample: Sample, new_w: int, new_h: int) -> Sample:
     return out
 
 
+def fit_size(iw: int, ih: int, w: int, h: int) -> tuple[int, int]:
+    """``(new_w, new_h)`` of an ``ih×iw`` image resized keep-ratio by ``min(w / iw, h / ih)``."""
+    f = min(w / iw, h / ih)
+    return max(1, int(round(iw * f))), max(1, int(round(ih * f)))
+
+
 def fit_resize(sample: Sample, w: int, h: int) -> Sample:
     """Keep-ratio resize by ``min(w / iw, h / ih)`` so the sample fits ``w``×``h`` (no padding)."""
     ih, iw = sample["image"].shape[:2]
-    f = min(w / iw, h / ih)
-    return resize_sample(sample, max(1, int(round(iw * f))), max(1, int(round(ih * f))))
+    return resize_sample(sample, *fit_size(iw, ih, w, h))
 
 
 def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int, *,
@@ -138,13 +143,15 @@ def _finish_crop(out: Sample, boxes: np.ndarray, cw: int, ch: int, recompute_bbo
 
 
 def resized_crop_sample(sample: Sample, new_w: int, new_h: int, x0: int, y0: int, x1: int, y1: int, *,
-                        recompute_bbox: bool = False) -> Sample:
+                        recompute_bbox: bool = False, pixels: bool = True) -> Sample:
     """``crop_sample(resize_sample(sample, new_w, new_h), x0, y0, x1, y1)`` computing only the
-    kept window (:func:`detflow.data.imageops.resized_window`; masks by the same nearest indices)."""
+    kept window (:func:`detflow.data.imageops.resized_window`; masks by the same nearest indices).
+    ``pixels=False``: the instances only (``image`` is left as the input's), to try a window."""
     h, w = sample["image"].shape[:2]
     sx, sy = new_w / w, new_h / h
     out = dict(sample)
-    out["image"] = resized_window(sample["image"], sx, sy, x0, y0, x1 - x0, y1 - y0)
+    if pixels:
+        out["image"] = resized_window(sample["image"], sx, sy, x0, y0, x1 - x0, y1 - y0)
     masks = sample.get("masks")
     if masks is not None:
         rows = _nearest_index(h, new_h)[y0:y1]
@@ -261,22 +268,25 @@ class RandomCrop(RandomTransform):
         self.max_tries = max_tries
 
     def search(self, w: int, h: int, had_boxes: bool, crop: Callable[[int, int, int, int], Sample],
-               rng: np.random.Generator) -> Sample:
-        """Draw offsets for a ``w×h`` image and return ``crop(x0, y0, x1, y1)`` (with retries)."""
+               rng: np.random.Generator) -> tuple[Sample, tuple[int, int, int, int]]:
+        """Draw offsets for a ``w×h`` image: ``(crop(x0, y0, x1, y1), (x0, y0, x1, y1))`` of the
+        kept try (only ``crop``'s boxes decide a retry)."""
         cw, ch = min(self.size[0], w), min(self.size[1], h)
         out: Sample = {}
+        window = (0, 0, cw, ch)
         for _ in range(1 if self.allow_negative_crop else self.max_tries):
             x0 = int(rng.integers(0, w - cw + 1))
             y0 = int(rng.integers(0, h - ch + 1))
-            out = crop(x0, y0, x0 + cw, y0 + ch)
+            window = (x0, y0, x0 + cw, y0 + ch)
+            out = crop(*window)
             if len(out["boxes"]) or not had_boxes:
                 break
-        return out
+        return out, window
 
     def __call__(self, sample: Sample) -> Sample:
         h, w = sample["image"].shape[:2]
         return self.search(w, h, len(sample["boxes"]) > 0, lambda x0, y0, x1, y1: crop_sample(
-            sample, x0, y0, x1, y1, recompute_bbox=self.recompute_bbox), self.rng)
+            sample, x0, y0, x1, y1, recompute_bbox=self.recompute_bbox), self.rng)[0]
 
     def __repr__(self) -> str:
         return (f"RandomCrop(size={self.size}, recompute_bbox={self.recompute_bbox}, "
@@ -286,7 +296,10 @@ class RandomCrop(RandomTransform):
 class RandomResizeCrop(RandomTransform):
     """``RandomResize`` then ``RandomCrop`` fused: same random draws and the same result (up to
     bilinear rounding at the window border), but only the kept ``size`` window is resampled —
-    LSJ at ratio 2 on a 2S mosaic canvas otherwise resamples a 4S×4S image to keep S×S."""
+    LSJ at ratio 2 on a 2S mosaic canvas otherwise resamples a 4S×4S image to keep S×S. The
+    retries try windows on the boxes alone; only the kept window's pixels are computed. The image
+    may be an undrawn mosaic (``Mosaic(lazy=True)``'s TiledCanvas): its window is rendered from the
+    tiles."""
 
     def __init__(self, scale: int | Sequence[int], ratio_range: Sequence[float], size: int | Sequence[int], *,
                  keep_ratio: bool = True, recompute_bbox: bool = False, allow_negative_crop: bool = False,
@@ -296,11 +309,22 @@ class RandomResizeCrop(RandomTransform):
         self.crop = RandomCrop(size, recompute_bbox=recompute_bbox, allow_negative_crop=allow_negative_crop,
                                max_tries=max_tries)
 
-    def __call__(self, sample: Sample) -> Sample:
+    def plan(self, sample: Sample) -> tuple[Sample, tuple[int, int], tuple[int, int, int, int]]:
+        """The random draws without the pixels: ``(output but its image, (new_w, new_h), window)``,
+        ``window = (x0, y0, x1, y1)`` in the resized image."""
         h, w = sample["image"].shape[:2]
         new_w, new_h = self.resize.draw_size(h, w, self.rng)
-        return self.crop.search(new_w, new_h, len(sample["boxes"]) > 0, lambda x0, y0, x1, y1: resized_crop_sample(
-            sample, new_w, new_h, x0, y0, x1, y1, recompute_bbox=self.crop.recompute_bbox), self.rng)
+        out, window = self.crop.search(
+            new_w, new_h, len(sample["boxes"]) > 0, lambda x0, y0, x1, y1: resized_crop_sample(
+                sample, new_w, new_h, x0, y0, x1, y1, recompute_bbox=self.crop.recompute_bbox, pixels=False),
+            self.rng)
+        return out, (new_w, new_h), window
+
+    def __call__(self, sample: Sample) -> Sample:
+        out, (new_w, new_h), (x0, y0, x1, y1) = self.plan(sample)
+        h, w = sample["image"].shape[:2]
+        out["image"] = resized_window(sample["image"], new_w / w, new_h / h, x0, y0, x1 - x0, y1 - y0)
+        return out
 
     def __repr__(self) -> str:
         return f"RandomResizeCrop({self.resize!r} + {self.crop!r})"

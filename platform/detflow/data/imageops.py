@@ -18,11 +18,14 @@ Example::
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
-__all__ = ["decode_image", "resize_bilinear", "resized_window", "apply_hsv_luts", "blend", "warp_affine",
-           "flip_columns", "to_planes"]
+__all__ = ["decode_image", "resize_bilinear", "resized_window", "TiledCanvas", "resized_tiles_window",
+           "apply_hsv_luts", "blend", "warp_affine", "flip_columns", "to_planes"]
 
 cv2.setNumThreads(1)  # the pipeline runs one sample per DataLoader worker process: no nested threads
 cv2.ocl.setUseOpenCL(False)
@@ -58,7 +61,10 @@ def resized_window(image: np.ndarray, sx: float, sy: float, x0: int, y0: int, wi
     When the whole resized image is small (at most ``_FULL_RESIZE_AREA`` times the window: a
     downscale or a mild upscale) it is resized whole and cropped, which is cheaper per pixel;
     otherwise only the window is computed (one ``warpAffine`` with the resize's pixel-centre
-    mapping, edges replicated). The two kernels agree within one grey level."""
+    mapping, edges replicated). The two kernels agree within one grey level. A :class:`TiledCanvas`
+    renders the window from its tiles (:func:`resized_tiles_window`) without drawing the canvas."""
+    if isinstance(image, TiledCanvas):
+        return image.resized_window(sx, sy, x0, y0, width, height)
     h, w = image.shape[:2]
     new_w, new_h = int(round(w * sx)), int(round(h * sy))
     if (new_w * new_h <= _FULL_RESIZE_AREA * width * height and x0 + width <= new_w and y0 + height <= new_h
@@ -67,6 +73,82 @@ def resized_window(image: np.ndarray, sx: float, sy: float, x0: int, y0: int, wi
     m = np.array([[sx, 0.0, 0.5 * sx - 0.5 - x0], [0.0, sy, 0.5 * sy - 0.5 - y0]], np.float64)
     return cv2.warpAffine(image, m, (int(width), int(height)), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+Tile = tuple[np.ndarray, int, int]  # (h×w×3 uint8 image, x, y): covers canvas pixels [x, x+w) × [y, y+h)
+
+
+class TiledCanvas:
+    """An undrawn ``height×width×3`` uint8 canvas: disjoint ``tiles`` on a ``pad_val`` background.
+
+    A mosaic hands this to the large-scale-jitter crop that follows it, which renders only its
+    window (:func:`resized_window` dispatches to :meth:`resized_window`), so the 2S×2S canvas is
+    never written. ``shape`` / ``dtype`` read like an image's; :meth:`render` (or ``np.asarray``)
+    draws the canvas."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, width: int, height: int, tiles: Sequence[Tile], pad_val: int) -> None:
+        self.shape = (int(height), int(width), 3)
+        self.tiles, self.pad_val = list(tiles), int(pad_val)
+
+    def render(self) -> np.ndarray:
+        """The drawn ``height×width×3`` canvas."""
+        canvas = np.full(self.shape, self.pad_val, np.uint8)
+        for image, x, y in self.tiles:
+            canvas[y:y + image.shape[0], x:x + image.shape[1]] = image
+        return canvas
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        canvas = self.render()
+        return canvas if dtype is None else canvas.astype(dtype)
+
+    def resized_window(self, sx: float, sy: float, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """:func:`resized_tiles_window` of this canvas."""
+        return resized_tiles_window(self.tiles, self.pad_val, sx, sy, x0, y0, width, height)
+
+    def __repr__(self) -> str:
+        return f"TiledCanvas({self.shape[1]}x{self.shape[0]}, {len(self.tiles)} tiles)"
+
+
+def _centre_span(lo: int, hi: int, s: float, offset: int, size: int) -> tuple[int, int]:
+    """Output pixels ``[a, b)`` (clamped to ``[0, size)``) whose centres ``(X + offset + 0.5) / s``
+    lie in ``[lo, hi)``; tiles sharing an edge compute it identically, so their spans abut."""
+    a = math.ceil(lo * s - offset - 0.5)
+    b = math.ceil(hi * s - offset - 0.5)
+    return min(max(a, 0), size), min(max(b, 0), size)
+
+
+def resized_tiles_window(tiles: Sequence[Tile], pad_val: int, sx: float, sy: float, x0: int, y0: int,
+                         width: int, height: int) -> np.ndarray:
+    """The ``height×width×3`` window at ``(x0, y0)`` of a tiled canvas resized by ``(sx, sy)``,
+    computed from the tiles (no canvas).
+
+    ``tiles``: ``(image, x, y)`` with ``image`` ``h×w×3`` uint8 covering the canvas pixels
+    ``[x, x + w) × [y, y + h)`` (integers; the rectangles are disjoint); elsewhere the canvas is
+    ``pad_val``. Output pixel ``(Y, X)`` has its centre at canvas point
+    ``((X + x0 + 0.5) / sx, (Y + y0 + 0.5) / sy)``; it takes the tile whose rectangle holds that
+    point (``pad_val`` if none) and is that tile alone sampled bilinearly at
+    ``((X + x0 + 0.5) / sx − 0.5, …)``, the tile's edge pixels replicated (one ``warpAffine`` per
+    tile, into its block of the output). Equals :func:`resized_window` of the drawn canvas within
+    one grey level, except in the output pixels next to an edge between two tiles or a tile and
+    the padding, where the canvas's resample blended both sides."""
+    blocks = []
+    for image, x, y in tiles:
+        th, tw = image.shape[:2]
+        c0, c1 = _centre_span(x, x + tw, sx, x0, width)
+        r0, r1 = _centre_span(y, y + th, sy, y0, height)
+        if c1 > c0 and r1 > r0:
+            blocks.append((image, x, y, c0, c1, r0, r1))
+    covered = sum((c1 - c0) * (r1 - r0) for *_, c0, c1, r0, r1 in blocks)
+    full = covered == width * height  # no padding shows: nothing to fill first
+    out = np.empty((height, width, 3), np.uint8) if full else np.full((height, width, 3), pad_val, np.uint8)
+    for image, x, y, c0, c1, r0, r1 in blocks:
+        m = np.array([[sx, 0.0, sx * (x + 0.5) - 0.5 - x0 - c0], [0.0, sy, sy * (y + 0.5) - 0.5 - y0 - r0]])
+        cv2.warpAffine(image, m, (c1 - c0, r1 - r0), dst=out[r0:r1, c0:c1], flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return out
 
 
 def warp_affine(image: np.ndarray, m: np.ndarray, out_w: int, out_h: int, border_value: int) -> np.ndarray:

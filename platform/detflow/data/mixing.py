@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from .geometric import (
-    RandomTransform, Sample, clip_boxes, crop_sample, fit_resize, masks_to_boxes, pair, resize_sample,
+    RandomTransform, Sample, clip_boxes, crop_sample, fit_resize, fit_size, masks_to_boxes, pair, resize_sample,
     select_instances,
 )
-from .imageops import blend
+from .imageops import Tile, TiledCanvas, blend
 from .transforms import flip_sample
 
 __all__ = [
@@ -40,7 +40,7 @@ def _copy(sample: Sample, fresh: Sequence[str] = ()) -> Sample:
     return {k: (v.copy() if isinstance(v, np.ndarray) and k not in fresh else v) for k, v in sample.items()}
 
 
-def _merge(samples: Sequence[Sample], base: Sample, image: np.ndarray) -> Sample:
+def _merge(samples: Sequence[Sample], base: Sample, image: np.ndarray | TiledCanvas) -> Sample:
     """``base`` with ``image`` and the concatenated instances of ``samples`` (masks only when every
     sample has masks, all already at ``image``'s size)."""
     out = dict(base)
@@ -75,6 +75,19 @@ def _place(sample: Sample, canvas_w: int, canvas_h: int, x: int, y: int, pad_val
     return _paste(sample, canvas, x, y)
 
 
+def _visible(x: int, y: int, iw: int, ih: int, canvas_w: int, canvas_h: int) -> tuple[int, int, int, int]:
+    """``(cx0, cy0, cx1, cy1)``: the part of an ``ih×iw`` image placed at (x, y) that lies on a
+    ``canvas_h×canvas_w`` canvas (empty when cx1 <= cx0 or cy1 <= cy0)."""
+    return max(x, 0), max(y, 0), min(x + iw, canvas_w), min(y + ih, canvas_h)
+
+
+def _placed_boxes(sample: Sample, x: int, y: int, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """``sample``'s boxes moved by (x, y) and clipped to its visible ``rect`` on the canvas."""
+    cx0, cy0, cx1, cy1 = rect
+    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) + np.float32([x, y, x, y])
+    return clip_boxes(boxes, cx0, cy0, max(cx1, cx0), max(cy1, cy0))
+
+
 def _paste(sample: Sample, image: np.ndarray, x: int, y: int) -> Sample:
     """Write ``sample``'s image into the canvas ``image`` (in place) with its top-left corner at
     (x, y) (may be negative), cut at the canvas border: ``_place`` on a canvas the caller owns, so
@@ -83,12 +96,9 @@ def _paste(sample: Sample, image: np.ndarray, x: int, y: int) -> Sample:
     instances dropped."""
     canvas_h, canvas_w = image.shape[:2]
     ih, iw = sample["image"].shape[:2]
-    cx0, cy0 = max(x, 0), max(y, 0)
-    cx1, cy1 = min(x + iw, canvas_w), min(y + ih, canvas_h)
+    rect = cx0, cy0, cx1, cy1 = _visible(x, y, iw, ih, canvas_w, canvas_h)
     out = dict(sample)
-    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4) + np.float32([x, y, x, y])
-    clip_boxes(boxes, cx0, cy0, max(cx1, cx0), max(cy1, cy0))
-    out["boxes"] = boxes
+    out["boxes"] = _placed_boxes(sample, x, y, rect)
     masks = sample.get("masks")
     if masks is not None:
         out["masks"] = np.zeros((len(masks), canvas_h, canvas_w), np.uint8)
@@ -99,6 +109,26 @@ def _paste(sample: Sample, image: np.ndarray, x: int, y: int) -> Sample:
             out["masks"][:, cy0:cy1, cx0:cx1] = masks[(slice(None),) + src]
     out["image"] = image
     return _nonempty(out)
+
+
+def _tile(sample: Sample, x: int, y: int, canvas_w: int, canvas_h: int) -> tuple[Sample, Tile | None]:
+    """:func:`_paste` without drawing: the instances as ``_paste`` gives them (no masks), except
+    that those cut off are still there (the caller drops them from the merged mosaic at once),
+    and the visible part of the image as a :class:`TiledCanvas` tile (``None`` when nothing shows)."""
+    ih, iw = sample["image"].shape[:2]
+    rect = cx0, cy0, cx1, cy1 = _visible(x, y, iw, ih, canvas_w, canvas_h)
+    out = dict(sample)
+    out["boxes"] = _placed_boxes(sample, x, y, rect)
+    visible = cx1 > cx0 and cy1 > cy0
+    tile = (sample["image"][cy0 - y:cy1 - y, cx0 - x:cx1 - x], cx0, cy0) if visible else None
+    return out, tile
+
+
+def _fitted(sample: Sample, w: int, h: int) -> Sample:
+    """:func:`fit_resize` to ``w``×``h``; a sample that already has the fitted size (a cached
+    mosaic tile) as it is — the resize would only copy the dict and scale its boxes by 1."""
+    ih, iw = sample["image"].shape[:2]
+    return sample if fit_size(iw, ih, w, h) == (iw, ih) else fit_resize(sample, w, h)
 
 
 class SampleCache:
@@ -191,16 +221,21 @@ class Mosaic(_MixingTransform):
     the centre, cut at the canvas border. Output: image 2h×2w×3, boxes clipped, masks 2h×2w.
     A sample that is not mosaicked is returned unchanged, or through ``fallback`` when given
     (YOLOv6 letterboxes it to the tile size).
+
+    ``lazy`` (for a ``RandomResizeCrop`` that comes next, RTMDet's LSJ): the output ``image`` is a
+    :class:`~detflow.data.imageops.TiledCanvas` — the placed tiles, undrawn — and the crop renders
+    only its window from the tiles. Boxes and labels are the same; mosaics with masks are drawn.
     """
 
     def __init__(self, img_scale: int | Sequence[int] = 640, *, center_ratio_range: Sequence[float] = (0.5, 1.5),
                  pad_val: int = 114, prob: float = 1.0, fallback: Callable[[Sample], Sample] | None = None,
-                 seed: int | None = None) -> None:
+                 lazy: bool = False, seed: int | None = None) -> None:
         super().__init__(prob, seed=seed)
         self.fallback = fallback
         self.img_scale = pair(img_scale)
         self.center_ratio_range = (float(center_ratio_range[0]), float(center_ratio_range[1]))
         self.pad_val = pad_val
+        self.lazy = bool(lazy)
 
     def _tiles(self, sample: Sample) -> list[Sample] | None:
         """The 4 samples of the mosaic (``sample`` first), or ``None`` for no mosaic."""
@@ -216,25 +251,33 @@ class Mosaic(_MixingTransform):
         """Mosaic of exactly 4 samples (the first gives image_id / orig_size).
 
         Each tile is resized keep-ratio to fit ``img_scale`` (a no-op for a tile already fitted,
-        as the cached form keeps them) and written straight into the one ``2h×2w`` canvas: a tile
-        placed against the centre lies inside its own quadrant, so nothing is copied twice."""
+        as the cached form keeps them) and placed against the centre, inside its own quadrant:
+        written straight into the one ``2h×2w`` canvas, or (``lazy``, no masks) kept as a tile of
+        a :class:`TiledCanvas`."""
         w, h = self.img_scale
         xc = int(self.rng.uniform(*self.center_ratio_range) * w)
         yc = int(self.rng.uniform(*self.center_ratio_range) * h)
-        canvas = np.full((2 * h, 2 * w, 3), self.pad_val, np.uint8)
-        placed = []
-        for corner, s in enumerate(samples):
-            rs = fit_resize(s, w, h)
+        fitted = [_fitted(s, w, h) for s in samples]
+        origins = []
+        for corner, rs in enumerate(fitted):
             rh, rw = rs["image"].shape[:2]
-            x = xc - rw if corner in (0, 2) else xc
-            y = yc - rh if corner in (0, 1) else yc
-            placed.append(_paste(rs, canvas, x, y))
-        out = _merge(placed, samples[0], canvas)
+            origins.append((xc - rw if corner in (0, 2) else xc, yc - rh if corner in (0, 1) else yc))
+        if self.lazy and all(s.get("masks") is None for s in fitted):
+            placed, tiles = zip(*(_tile(rs, x, y, 2 * w, 2 * h) for rs, (x, y) in zip(fitted, origins)))
+            canvas = TiledCanvas(2 * w, 2 * h, [t for t in tiles if t], self.pad_val)
+            out = _nonempty(_merge(placed, samples[0], canvas))
+        else:
+            image = np.full((2 * h, 2 * w, 3), self.pad_val, np.uint8)
+            placed = [_paste(rs, image, x, y) for rs, (x, y) in zip(fitted, origins)]
+            out = _merge(placed, samples[0], image)
         out["scale"] = placed[0].get("scale", 1.0)
         return out
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(img_scale={self.img_scale}, prob={self.prob})"
+        return f"{type(self).__name__}(img_scale={self.img_scale}, prob={self.prob}{self._lazy_repr()})"
+
+    def _lazy_repr(self) -> str:
+        return ", lazy=True (drawn by the crop)" if self.lazy else ""
 
 
 class CachedMosaic(_CacheState, Mosaic):
@@ -248,9 +291,9 @@ class CachedMosaic(_CacheState, Mosaic):
     def __init__(self, img_scale: int | Sequence[int] = 640, *, max_cached_images: int = 40,
                  random_pop: bool = True, center_ratio_range: Sequence[float] = (0.5, 1.5),
                  pad_val: int = 114, prob: float = 1.0, fallback: Callable[[Sample], Sample] | None = None,
-                 seed: int | None = None) -> None:
+                 lazy: bool = False, seed: int | None = None) -> None:
         super().__init__(img_scale, center_ratio_range=center_ratio_range, pad_val=pad_val, prob=prob,
-                         fallback=fallback, seed=seed)
+                         fallback=fallback, lazy=lazy, seed=seed)
         self.cache = SampleCache(max_cached_images, random_pop)
 
     def _tiles(self, sample: Sample) -> list[Sample] | None:
@@ -272,7 +315,7 @@ class CachedMosaic(_CacheState, Mosaic):
 
     def __repr__(self) -> str:
         return (f"CachedMosaic(img_scale={self.img_scale}, max_cached_images={self.cache.max_size}, "
-                f"random_pop={self.cache.random_pop}, prob={self.prob})")
+                f"random_pop={self.cache.random_pop}, prob={self.prob}{self._lazy_repr()})")
 
 
 # --------------------------------------------------------------------------- MixUp
