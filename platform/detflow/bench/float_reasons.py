@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["INT8_OPS", "QDQ_OPS", "LAYOUT_OPS", "module_of", "conv_modules", "conv_reasons", "conv_aliases",
@@ -59,6 +60,12 @@ def conv_modules(graph: Any) -> dict[str, str]:
             module = module_of(node)
             keys[node.name] = module if module and module not in keys.values() else f"{module or '?'} ({node.name})"
     return keys
+
+
+def _convs(graph: Any) -> Iterator[tuple[Any, str]]:
+    """``(node, module key of conv_modules)`` for each Conv of ``graph``, in graph order."""
+    keys = conv_modules(graph)
+    return ((node, keys[node.name]) for node in graph.node if node.op_type == "Conv")
 
 
 def read_float_modules(artifact_dir: Path) -> tuple[list[str], dict[str, dict]]:
@@ -102,11 +109,7 @@ def conv_reasons(graph: Any, float_modules: list[str], kept: dict[str, dict]) ->
     producer = {out: n for n in graph.node for out in n.output}
     consumers = _consumers(graph)
     reasons: dict[str, str] = {}
-    keys = conv_modules(graph)
-    for node in graph.node:
-        if node.op_type != "Conv":
-            continue
-        module = keys[node.name]
+    for node, module in _convs(graph):
         from_dq = [getattr(producer.get(i), "op_type", None) == "DequantizeLinear" for i in node.input[:2]]
         to_q = any(c.op_type == "QuantizeLinear" for c in consumers.get(node.output[0], []))
         if module in kept or module_of(node) in kept:
@@ -128,11 +131,7 @@ def conv_aliases(graph: Any) -> dict[str, str]:
     alone feeds: ORT names a float NCHWc conv ``<that tensor>_nchwc`` and drops the bias name when it folds BN."""
     consumers = _consumers(graph)
     aliases: dict[str, str] = {}
-    keys = conv_modules(graph)
-    for node in graph.node:
-        if node.op_type != "Conv":
-            continue
-        module = keys[node.name]
+    for node, module in _convs(graph):
         aliases[node.output[0]] = module
         users = consumers.get(node.output[0], [])
         if len(users) == 1 and users[0].op_type in ("Relu", "Sigmoid", "Clip", "LeakyRelu", "HardSigmoid"):

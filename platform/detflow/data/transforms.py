@@ -22,6 +22,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -282,8 +283,17 @@ def normalize_images(images: torch.Tensor, input_spec: Any) -> torch.Tensor:
     (already normalised by :class:`PackDetInputs`). Bit-identical to ``PackDetInputs(normalize=True)``."""
     if images.dtype != torch.uint8:
         return images
-    mean, std, _ = _spec_stats(input_spec)
-    return images.float().sub_(mean.to(images.device)).div_(std.to(images.device))
+    mean, std = _device_stats(tuple(input_spec.mean), tuple(input_spec.std), images.device)
+    return images.float().sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def _device_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as 3×1×1 float32 tensors on ``device``, made once per triple: the training
+    loop normalises every batch with them (no per-step host-to-device copies)."""
+    m, s = (torch.tensor(v, dtype=torch.float32, device=device).view(3, 1, 1) for v in (mean, std))
+    return m, s
 
 
 def build_val_transforms(image_size: int | Sequence[int], input_spec: Any) -> Compose:
