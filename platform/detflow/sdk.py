@@ -368,9 +368,13 @@ def cancel(run_id: str, *, state_url: str | None = None, address: str | None = N
     return outcome
 
 
-def _stop_job(address: str, job_id: str, *, explicit: bool) -> None:
-    """``stop_job`` (a no-op for an ended or unknown job); an unreachable job server named with
+def _stop_job(address: str, job_id: str, *, explicit: bool, wait_s: float = 60.0) -> None:
+    """``stop_job``, then wait up to ``wait_s`` for the job to end, so that a returned ``cancel``
+    means Ray says the job is STOPPED (Ray stops it asynchronously: SIGTERM, a grace period, then
+    SIGKILL). A no-op for an ended or unknown job; an unreachable job server named with
     ``--address`` is a RuntimeFailure, otherwise ignored (the run may predate it)."""
+    import time
+
     try:
         client = _job_client(address)
     except Exception as exc:  # noqa: BLE001
@@ -379,6 +383,9 @@ def _stop_job(address: str, job_id: str, *, explicit: bool) -> None:
         return
     with contextlib.suppress(Exception):  # already ended, or not a job of this server
         client.stop_job(job_id)
+        deadline = time.monotonic() + wait_s
+        while not client.get_job_status(job_id).is_terminal() and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def logs(run_id: str, step: str | None = None, *, state_url: str | None = None, address: str | None = None) -> str:

@@ -211,14 +211,22 @@ def test_submit_refuses_a_sqlite_state_url_before_writing_anything(given, tmp_pa
 
 
 class _FakeJobs:
-    """The Jobs API of a cluster whose job ended with ``status``."""
+    """The Jobs API of a cluster whose job ended with ``status``; like Ray's, a stopped job still
+    reads as before for ``lag`` more status reads (Ray stops a job asynchronously)."""
 
-    def __init__(self, status: str):
+    def __init__(self, status: str, lag: int = 0):
         from ray.job_submission import JobStatus
 
-        self.status, self.stopped = JobStatus(status), []
+        self.status, self.stopped, self.lag, self.reads = JobStatus(status), [], lag, 0
 
     def get_job_status(self, job_id):
+        from ray.job_submission import JobStatus
+
+        self.reads += 1
+        if self.stopped and not self.status.is_terminal():
+            self.lag -= 1
+            if self.lag < 0:
+                self.status = JobStatus.STOPPED
         return self.status
 
     def get_job_logs(self, job_id):
@@ -257,3 +265,19 @@ def test_status_reconciles_a_submitted_run_with_its_ended_job(job_status, cancel
     else:
         assert result.error and result.error.startswith(expected_error), result.error
     assert sdk.cancel("sub-1", state_url=url) in ("cancelled", "failed") and jobs.stopped == ["sub-1"]
+
+
+def test_cancel_returns_once_ray_says_the_job_stopped(tmp_path, monkeypatch):
+    """Ray stops a job asynchronously; ``detflow cancel`` polls until the job reads STOPPED, so a
+    returned cancel means the job has ended."""
+    from detflow import sdk
+    from detflow.workflows.state import StateStore
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore(url)
+    store.create_run("sub-1", "wf", {"name": "wf", "steps": []}, [("a", "synth")], address="http://127.0.0.1:1")
+    store.update_run("sub-1", job_id="sub-1", status="running")
+    jobs = _FakeJobs("RUNNING", lag=3)
+    monkeypatch.setattr(sdk, "_job_client", lambda address: jobs)
+    assert sdk.cancel("sub-1", state_url=url) == "cancelled"
+    assert jobs.stopped == ["sub-1"] and jobs.status.value == "STOPPED" and jobs.reads == 4
