@@ -91,7 +91,7 @@ def test_head_normal_and_prior_bias(models, name, reg_bias):
             continue
         expected = prior if ".rtm_cls." in cname + "." else reg_bias if ".rtm_reg." in cname + "." else 0.0
         assert torch.equal(conv.bias, torch.full_like(conv.bias, expected)), cname
-    assert len(head.rtm_cls) == 3 and float(head.rtm_cls[0].bias[0]) == pytest.approx(-4.59512, abs=1e-5)
+    assert len(head.rtm_cls) == 3 and head.rtm_cls[0].bias[0].item() == pytest.approx(-4.59512, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", ["rtmdet_tiny", "rtmdet_m", "rtmdet_ins_tiny"])

@@ -178,7 +178,7 @@ def cancel(
     state_url: Optional[str] = _STATE,
 ) -> None:
     """Stop a running workflow: running steps are cancelled, pending ones will not start; a submitted
-    run's Ray job is stopped.
+    run's Ray job is stopped, and the command returns once Ray reads it as ended.
 
     Example: detflow cancel quickstart-20260101-120000-ab12
     """
