@@ -27,6 +27,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -256,8 +257,6 @@ def submit(workflow: str | os.PathLike, *, address: str, overrides: Iterable[str
 
 def _submit_job(address: str, job: JobSpec, run_id: str, wait_s: float = 90.0) -> str:
     """Submit, retrying while a freshly started head has no job agent yet."""
-    import time
-
     from ray.job_submission import JobSubmissionClient
 
     deadline = time.time() + wait_s
@@ -301,8 +300,6 @@ def _sync_job(store: StateStore, run_obj: Any, address: str | None = None) -> No
     requested → cancelled; an ``interrupted`` run stays resumable; a pending/running one whose job
     failed or was stopped → failed with the job's last log line, whose job SUCCEEDED → a "driver lost
     its state" error with the status kept (never failed: the driver finished, its state went elsewhere)."""
-    import time
-
     from ray.job_submission import JobStatus
 
     address, job_id = _job_target(run_obj, address)
@@ -311,7 +308,7 @@ def _sync_job(store: StateStore, run_obj: Any, address: str | None = None) -> No
     try:
         client = _job_client(address)
         job_status = client.get_job_status(job_id)
-        if job_status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.SUCCEEDED):
+        if not job_status.is_terminal():
             return
         lines = [ln for ln in client.get_job_logs(job_id).splitlines() if ln.strip()]
     except Exception:  # noqa: BLE001 — the job server may be gone; keep the stored state
@@ -373,8 +370,6 @@ def _stop_job(address: str, job_id: str, *, explicit: bool, wait_s: float = 60.0
     means Ray says the job is STOPPED (Ray stops it asynchronously: SIGTERM, a grace period, then
     SIGKILL). A no-op for an ended or unknown job; an unreachable job server named with
     ``--address`` is a RuntimeFailure, otherwise ignored (the run may predate it)."""
-    import time
-
     try:
         client = _job_client(address)
     except Exception as exc:  # noqa: BLE001
